@@ -1,0 +1,323 @@
+"""Few-shot image classification as meta-RL environments (Santoro et al. 2016; Woodward & Finn 2017)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
+
+__all__ = ["FEEDBACK_MODES", "FewShotEnv", "FewShotVectorEnv"]
+
+FEEDBACK_MODES = ("label", "reward", "active")
+_DEFAULT_REWARDS: dict[str, tuple[float, float, float]] = {
+    # (correct, incorrect, request)
+    "label": (1.0, 0.0, 0.0),
+    "reward": (1.0, 0.0, 0.0),
+    "active": (1.0, -1.0, -0.05),
+}
+
+
+class FewShotVectorEnv(VectorEnv):
+    """B few-shot classification tasks stepped together as tensors on one device.
+
+    ## Description
+    Every episode is a new task: ``n_way`` classes are drawn from a split and given a fresh
+    random label permutation, then a stream of their images is shown one per step. The agent
+    answers each image with a label and must learn the labels from its own experience within
+    the episode. In stream mode each class appears ``instances_per_class`` times in random
+    order (Santoro et al. 2016); in shots mode ``shots`` labelled support images per class are
+    followed by ``queries_per_class`` query images per class.
+
+    ## Action Space
+    ``Discrete(n_way)``: the label for the image shown; ``Discrete(n_way + 1)`` with
+    ``feedback="active"``, where action ``n_way`` requests the true label (Woodward & Finn 2017).
+    Actions are an integer tensor of shape (B,) on the env's device (numpy integer arrays
+    are accepted and copied over).
+
+    ## Observation Space
+    A ``Dict`` batched over B:
+
+    * ``"image"``: uint8 (C, H, W), the image to answer. After the last step it is blank.
+    * ``"label"`` (``label`` and ``active`` feedback): ``Discrete(n_way + 1)``, the true label
+      of the previous image, or ``n_way`` when none is revealed (the first step, a query step
+      in shots mode, or a step without a request under ``active``).
+
+    ## Rewards
+    ``reward_correct`` for the right label, ``reward_incorrect`` for a wrong one and, with
+    ``active`` feedback, ``reward_request`` for asking. Defaults: 1/0 for ``label`` and
+    ``reward``, 1/-1/-0.05 for ``active``.
+
+    ## Episode End
+    Terminates after T steps (every image answered); never truncates. All B episodes have
+    the same length and end together; the env then resets itself in the same step
+    (``autoreset_mode`` SAME_STEP), returning the next task's first observation with the
+    terminal one in ``info["final_obs"]``.
+
+    ## Info
+    Per step, for the image the action answered: ``"instance"`` (int64 (B,), 1 for the first
+    time its class was shown in the episode, 2 for the second, ...), ``"label"`` (int64, its
+    true label), ``"is_query"`` (bool).
+
+    Args:
+        num_envs: B, the number of tasks run together.
+        dataset: a source string (``"glyphs"``, ``"cifar:/path"``, ... see
+            :mod:`meta_rl.data.sources`), a mapping of splits, or an ImageDataset.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        n_way: classes per task.
+        instances_per_class: appearances of each class in stream mode.
+        shots: support images per class (shots mode); None for stream mode.
+        queries_per_class: query images per class in shots mode.
+        feedback: ``"label"``, ``"reward"`` or ``"active"``.
+        reward_correct, reward_incorrect, reward_request: rewards; None takes the mode's default.
+        image_size: side of the images for sources that are resized.
+        device: where every tensor lives.
+        validate_actions: check that actions are in range (one host read per step);
+            None checks on CPU, where it is free, and skips on CUDA to keep the step sync-free.
+        data_seed: seed of the dataset's class split and rendering.
+    """
+
+    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        dataset: str | ImageDataset | Mapping[str, ImageDataset] = "glyphs",
+        split: str = "train",
+        n_way: int = 5,
+        instances_per_class: int = 10,
+        shots: int | None = None,
+        queries_per_class: int = 1,
+        feedback: str = "label",
+        reward_correct: float | None = None,
+        reward_incorrect: float | None = None,
+        reward_request: float | None = None,
+        image_size: int = 28,
+        device: torch.device | str = "cpu",
+        validate_actions: bool | None = None,
+        data_seed: int = 0,
+        render_mode: str | None = None,
+    ) -> None:
+        if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}.")
+        if feedback not in FEEDBACK_MODES:
+            raise ValueError(f"unknown feedback mode {feedback!r}; expected one of {FEEDBACK_MODES}.")
+        if render_mode is not None:
+            raise ValueError(f"render_mode {render_mode!r} is not supported; pass render_mode=None.")
+        self.device = torch.device(device)
+        data = resolve_split(dataset, split, image_size=image_size, seed=data_seed)
+        self.sampler = EpisodeSampler(data, n_way, instances_per_class, shots, queries_per_class, self.device)
+        self.num_envs = num_envs
+        self.n_way = n_way
+        self.feedback = feedback
+        self.split = split
+        self.episode_length = self.sampler.episode_length
+        defaults = _DEFAULT_REWARDS[feedback]
+        self.reward_correct = defaults[0] if reward_correct is None else float(reward_correct)
+        self.reward_incorrect = defaults[1] if reward_incorrect is None else float(reward_incorrect)
+        self.reward_request = defaults[2] if reward_request is None else float(reward_request)
+        self.validate_actions = self.device.type == "cpu" if validate_actions is None else validate_actions
+        self.render_mode = None
+
+        c, h, w = self.sampler.dataset.image_shape
+        single_obs: dict[str, spaces.Space[Any]] = {"image": spaces.Box(0, 255, (c, h, w), np.uint8)}
+        if feedback != "reward":
+            single_obs["label"] = spaces.Discrete(n_way + 1)
+        self.single_observation_space = spaces.Dict(single_obs)
+        self.single_action_space = spaces.Discrete(n_way + 1 if feedback == "active" else n_way)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+        # Dataset images plus one blank image (row `blank`) shown after the last step.
+        images = self.sampler.dataset.images
+        self._images = torch.cat([images, torch.zeros_like(images[:1])])  # (num_images + 1, C, H, W)
+        self._blank = images.shape[0]
+        self._generator = torch.Generator(device=self.device)
+        self._generator.seed()
+        self._rows = torch.arange(num_envs, device=self.device)
+        self._no_label = torch.full((num_envs,), n_way, dtype=torch.int64, device=self.device)
+        self._t = 0  # step within the episode; identical for all B tasks (fixed length)
+        self._episode = self.sampler.sample(num_envs, self._generator)
+        self._stream = self._with_blank(self._episode.image_index)  # (B, T + 1)
+        self._revealed = self._no_label.clone()
+
+    # -- gymnasium API -------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Start B new tasks. ``seed`` seeds the env's own torch.Generator (never global RNG)."""
+        if isinstance(seed, list):
+            if not seed or any(not isinstance(s, int) for s in seed):
+                raise TypeError(f"seed must be an int, a non-empty list of ints or None, got {seed!r}.")
+            seed = seed[0]
+        if seed is not None:
+            if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+                raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+            self._generator.manual_seed(int(seed))
+        if options:
+            raise ValueError(
+                f"reset() takes no options, got {sorted(options)}; configure the task in the constructor."
+            )
+        self._new_tasks()
+        return self._observe(), {}
+
+    def step(
+        self, actions: torch.Tensor | np.ndarray
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Answer the shown images; see the class docstring for what comes back."""
+        actions = self._check_actions(actions)
+        t = self._t
+        true = self._episode.labels[:, t]  # (B,)
+        correct = actions == true
+        reward = torch.where(correct, self.reward_correct, self.reward_incorrect)
+        if self.feedback == "active":
+            request = actions == self.n_way
+            reward = torch.where(request, self.reward_request, reward)
+            self._revealed = torch.where(request, true, self._no_label)
+        elif self.feedback == "label":
+            self._revealed = torch.where(self._episode.is_query[:, t], self._no_label, true)
+        info: dict[str, Any] = {
+            "instance": self._episode.instance[:, t],
+            "label": true,
+            "is_query": self._episode.is_query[:, t],
+        }
+        self._t = t + 1
+        done = self._t == self.episode_length  # a host int: no device read
+        terminated = torch.full((self.num_envs,), done, dtype=torch.bool, device=self.device)
+        truncated = torch.zeros_like(terminated)
+        obs = self._observe()
+        if done:
+            info["final_obs"] = obs
+            info["_final_obs"] = terminated.clone()
+            self._new_tasks()
+            obs = self._observe()
+        return obs, reward.to(torch.float32), terminated, truncated, info
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self._images = self._images[:0]
+
+    # -- extras for agents ---------------------------------------------------------------
+
+    def episode_images(self) -> torch.Tensor:
+        """uint8 (B, T + 1, C, H, W): every image the current tasks will show, known in advance.
+
+        Position t is the image of step t; position T is the blank terminal image. Agents may
+        encode the whole stream once per task instead of once per step.
+        """
+        return self._images[self._stream]  # (B, T + 1, C, H, W)
+
+    @property
+    def step_in_episode(self) -> int:
+        """How many steps of the current tasks have been taken (0 right after a reset)."""
+        return self._t
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _with_blank(self, index: torch.Tensor) -> torch.Tensor:
+        blank = torch.full((index.shape[0], 1), self._blank, dtype=index.dtype, device=index.device)
+        return torch.cat([index, blank], dim=1)  # (B, T + 1)
+
+    def _new_tasks(self) -> None:
+        self._episode = self.sampler.sample(self.num_envs, self._generator)
+        self._stream = self._with_blank(self._episode.image_index)  # (B, T + 1)
+        self._revealed = self._no_label.clone()
+        self._t = 0
+
+    def _observe(self) -> dict[str, torch.Tensor]:
+        obs = {"image": self._images[self._stream[:, self._t]]}  # (B, C, H, W)
+        if self.feedback != "reward":
+            obs["label"] = self._revealed
+        return obs
+
+    def _check_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(actions, np.ndarray):
+            if not np.issubdtype(actions.dtype, np.integer):
+                raise TypeError(
+                    f"actions must be integers, got numpy dtype {actions.dtype}; cast with .astype(np.int64)."
+                )
+            actions = torch.as_tensor(actions, device=self.device)
+        if not isinstance(actions, torch.Tensor):
+            raise TypeError(
+                f"actions must be a torch.Tensor (or numpy array) of shape ({self.num_envs},), got "
+                f"{type(actions).__name__}; wrap them with torch.as_tensor(actions, device=env.device)."
+            )
+        if actions.dtype.is_floating_point or actions.dtype.is_complex or actions.dtype == torch.bool:
+            raise TypeError(
+                f"actions must have an integer dtype, got {actions.dtype}; cast with actions.long()."
+            )
+        if actions.shape != (self.num_envs,):
+            raise ValueError(
+                f"actions must have shape ({self.num_envs},), one label per task, got {tuple(actions.shape)}."
+            )
+        if actions.device != self.device:
+            raise ValueError(
+                f"actions are on {actions.device} but the env runs on {self.device}; "
+                f"move them with actions.to('{self.device}')."
+            )
+        n = int(self.single_action_space.n)  # type: ignore[attr-defined]
+        if self.validate_actions and bool(((actions < 0) | (actions >= n)).any()):
+            bad = actions[(actions < 0) | (actions >= n)][:5].tolist()
+            raise ValueError(f"actions {bad} are out of range; valid labels are 0..{n - 1}.")
+        return actions.long()
+
+
+class FewShotEnv(gym.Env[dict[str, Any], int]):
+    """One few-shot classification task at a time, with numpy observations, for ``gymnasium.make``.
+
+    The same task as :class:`FewShotVectorEnv` (see its docstring for the spaces, rewards and
+    episode end) with one environment on the CPU: observations are numpy arrays, actions ints.
+    Stepping after the episode has ended raises; call ``reset()``.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(self, **kwargs: Any) -> None:
+        if "num_envs" in kwargs or "device" in kwargs:
+            raise ValueError(
+                "FewShotEnv runs one task on the CPU; use FewShotVectorEnv (gymnasium.make_vec) for "
+                "num_envs or device."
+            )
+        self._vec = FewShotVectorEnv(num_envs=1, device="cpu", **kwargs)
+        self.observation_space = self._vec.single_observation_space
+        self.action_space = self._vec.single_action_space
+        self.episode_length = self._vec.episode_length
+        self._needs_reset = True
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        obs, _ = self._vec.reset(seed=seed, options=options)
+        self._needs_reset = False
+        return self._to_numpy(obs), {}
+
+    def step(self, action: int | np.integer) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        if self._needs_reset:
+            raise ValueError("the episode has ended (or never started); call reset() before step().")
+        if isinstance(action, np.ndarray) and action.shape == ():
+            action = action.item()
+        if not isinstance(action, (int, np.integer)) or isinstance(action, bool):
+            raise TypeError(f"action must be an int label, got {type(action).__name__} {action!r}.")
+        obs, reward, terminated, truncated, info = self._vec.step(torch.tensor([int(action)]))
+        done = bool(terminated[0])
+        if done:
+            obs = info["final_obs"]
+            self._needs_reset = True
+        step_info = {"instance": int(info["instance"][0]), "label": int(info["label"][0]),
+                     "is_query": bool(info["is_query"][0])}
+        return self._to_numpy(obs), float(reward[0]), done, bool(truncated[0]), step_info
+
+    @staticmethod
+    def _to_numpy(obs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        out: dict[str, Any] = {"image": obs["image"][0].numpy()}
+        if "label" in obs:
+            out["label"] = np.int64(obs["label"][0])
+        return out

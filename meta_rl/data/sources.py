@@ -1,0 +1,179 @@
+"""Resolve a dataset source (a name, ``kind:path``, or an ImageDataset) into class splits.
+
+Sources:
+
+* ``"glyphs"``: the Omniglot-style glyph dataset built offline from fonts (default).
+* ``"omniglot:ROOT"``: ``images_background``/``images_evaluation`` folders or zips.
+* ``"cifar:ROOT"``: CIFAR-10 or CIFAR-100 python pickles.
+* ``"mini_imagenet:PATH"``: miniImageNet pickles.
+* ``"idx:IMAGES,LABELS"``: MNIST-style IDX files (MNIST, Fashion-MNIST, KMNIST).
+* ``"fashion_mnist"``: Debian's ``dataset-fashion-mnist`` files.
+* ``"folder:ROOT"``: one sub-folder of images per class.
+
+Splits are ``train``/``val``/``test`` with disjoint classes. Where the dataset has fewer
+than :data:`MIN_CLASSES_FOR_CLASS_SPLIT` classes (MNIST-like), the splits share classes and
+differ by image instead (train/val from the training files, test from the test files).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meta_rl.data.dataset import ImageDataset, split_by_group
+
+__all__ = ["MIN_CLASSES_FOR_CLASS_SPLIT", "SPLITS", "load_splits", "resolve_split"]
+
+SPLITS = ("train", "val", "test")
+MIN_CLASSES_FOR_CLASS_SPLIT = 30
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+KINDS = ("glyphs", "omniglot", "cifar", "mini_imagenet", "idx", "fashion_mnist", "folder")
+
+
+def _merge(parts: list[ImageDataset], name: str) -> ImageDataset:
+    """Concatenate datasets that share one class list."""
+    first = parts[0]
+    return ImageDataset(
+        torch.cat([p.images for p in parts]),
+        torch.cat([p.labels for p in parts]),
+        first.class_names,
+        first.groups,
+        name,
+    ).sorted_by_class()
+
+
+def _split_images(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """Split the images of every class in two parts (same classes), deterministically."""
+    g = torch.Generator().manual_seed(seed)
+    score = torch.rand(len(dataset), generator=g)
+    keep = score >= fraction
+    a = ImageDataset(dataset.images[keep], dataset.labels[keep], dataset.class_names, dataset.groups)
+    b = ImageDataset(dataset.images[~keep], dataset.labels[~keep], dataset.class_names, dataset.groups)
+    return a.sorted_by_class(), b.sorted_by_class()
+
+
+def _from_train_test(train: ImageDataset, test: ImageDataset, name: str, seed: int) -> dict[str, ImageDataset]:
+    """Class splits for many-class datasets; image splits for few-class ones."""
+    if train.num_classes >= MIN_CLASSES_FOR_CLASS_SPLIT:
+        merged = _merge([train, test], name)
+        return split_by_group(merged, (0.64, 0.16, 0.20), SPLITS, seed=seed)
+    tr, va = _split_images(train, 0.1, seed)
+    return {
+        "train": ImageDataset(tr.images, tr.labels, tr.class_names, tr.groups, f"{name}/train"),
+        "val": ImageDataset(va.images, va.labels, va.class_names, va.groups, f"{name}/val"),
+        "test": ImageDataset(test.images, test.labels, test.class_names, test.groups, f"{name}/test"),
+    }
+
+
+def _rename(ds: ImageDataset, name: str) -> ImageDataset:
+    return ImageDataset(ds.images, ds.labels, ds.class_names, ds.groups, name)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(source: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
+    kind, _, arg = source.partition(":")
+    if kind not in KINDS:
+        raise ValueError(
+            f"unknown dataset source {source!r}; expected one of {', '.join(KINDS)} "
+            "(as 'kind' or 'kind:PATH'), or pass an ImageDataset."
+        )
+    if kind == "glyphs" and arg:
+        raise ValueError(f"dataset source {source!r}: 'glyphs' takes no path; use dataset='glyphs'.")
+    if kind not in ("glyphs", "fashion_mnist") and not arg:
+        raise ValueError(f"dataset source {source!r} needs a path: use '{kind}:/path/to/data'.")
+    from meta_rl.data import formats
+
+    if kind == "glyphs":
+        from meta_rl.data.glyphs import load_glyphs
+
+        progress = os.environ.get("META_RL_PROGRESS", "1") == "1"
+        return load_glyphs(image_size=image_size, seed=seed, progress=progress)
+    if kind == "omniglot":
+        parts = formats.load_omniglot(arg, image_size=image_size)
+        if "background" in parts and "evaluation" in parts:
+            bg = split_by_group(parts["background"], (0.8, 0.2), ("train", "val"), seed=seed)
+            return {
+                "train": _rename(bg["train"], "omniglot/train"),
+                "val": _rename(bg["val"], "omniglot/val"),
+                "test": _rename(parts["evaluation"], "omniglot/test"),
+            }
+        only = next(iter(parts.values()))
+        return split_by_group(_rename(only, "omniglot"), (0.6, 0.2, 0.2), SPLITS, seed=seed)
+    if kind == "cifar":
+        parts = formats.load_cifar(arg)
+        return _from_train_test(parts["train"], parts["test"], "cifar", seed)
+    if kind == "mini_imagenet":
+        parts = formats.load_mini_imagenet(arg)
+        if all(s in parts for s in SPLITS):
+            return {s: _rename(parts[s], f"mini_imagenet/{s}") for s in SPLITS}
+        merged = _merge(list(parts.values()), "mini_imagenet") if len(parts) == 1 else None
+        if merged is None:
+            raise ValueError(
+                f"mini_imagenet source {arg!r} holds splits {sorted(parts)}; provide all of "
+                "train/val/test pickles or exactly one pickle to split by class."
+            )
+        return split_by_group(merged, (0.64, 0.16, 0.20), SPLITS, seed=seed)
+    if kind == "folder":
+        ds = formats.load_image_folder(arg, image_size=image_size if image_size else None)
+        return split_by_group(_rename(ds, "folder"), (0.6, 0.2, 0.2), SPLITS, seed=seed)
+    # MNIST-style IDX: kind == "idx" or "fashion_mnist".
+    if kind == "fashion_mnist":
+        root = Path(arg) if arg else FASHION_MNIST_DIR
+        files = {
+            "train": (root / "train-images-idx3-ubyte.gz", root / "train-labels-idx1-ubyte.gz"),
+            "test": (root / "t10k-images-idx3-ubyte.gz", root / "t10k-labels-idx1-ubyte.gz"),
+        }
+        if not root.exists():
+            raise ValueError(
+                f"Fashion-MNIST folder {root} does not exist; install it with "
+                "'apt-get install -y dataset-fashion-mnist' or pass 'fashion_mnist:/path'."
+            )
+        train = formats.load_idx(*files["train"], name="fashion_mnist")
+        test = formats.load_idx(*files["test"], name="fashion_mnist")
+        return _from_train_test(train, test, "fashion_mnist", seed)
+    images, sep, labels = arg.partition(",")
+    if not sep:
+        raise ValueError(f"idx source {source!r} must be 'idx:IMAGES_FILE,LABELS_FILE'.")
+    ds = formats.load_idx(images, labels, name="idx")
+    tr, te = _split_images(ds, 0.2, seed)
+    return _from_train_test(tr, te, "idx", seed)
+
+
+def load_splits(source: str = "glyphs", *, image_size: int = 28, seed: int = 0) -> dict[str, ImageDataset]:
+    """Load a dataset source and return its ``train``/``val``/``test`` splits (cached per process).
+
+    Args:
+        source: see the module docstring.
+        image_size: side length for sources that are resized (glyphs, Omniglot, folders).
+        seed: seed of the class split (and of the glyph rendering).
+    """
+    if not isinstance(source, str):
+        raise TypeError(f"source must be a str such as 'glyphs' or 'cifar:/data', got {type(source).__name__}.")
+    return _load_cached(source, int(image_size), int(seed))
+
+
+def resolve_split(
+    dataset: str | ImageDataset | Mapping[str, ImageDataset],
+    split: str,
+    *,
+    image_size: int = 28,
+    seed: int = 0,
+) -> ImageDataset:
+    """Return one split from a source string, a mapping of splits, or a ready ImageDataset."""
+    if isinstance(dataset, ImageDataset):
+        return dataset
+    if split not in SPLITS and not (isinstance(dataset, Mapping) and split in dataset):
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}.")
+    splits: Any = load_splits(dataset, image_size=image_size, seed=seed) if isinstance(dataset, str) else dataset
+    if not isinstance(splits, Mapping):
+        raise TypeError(
+            f"dataset must be a source string, an ImageDataset or a mapping of splits, got {type(dataset).__name__}."
+        )
+    if split not in splits:
+        raise ValueError(f"split {split!r} is not in the dataset; it has {sorted(splits)}.")
+    return splits[split]
