@@ -112,6 +112,9 @@ class FewShotVectorEnv(VectorEnv):
         if render_mode is not None:
             raise ValueError(f"render_mode {render_mode!r} is not supported; pass render_mode=None.")
         self.device = torch.device(device)
+        if self.device.type not in ("cpu", "meta") and self.device.index is None:
+            # "cuda" -> "cuda:N": tensors report an indexed device, and device checks compare them.
+            self.device = torch.empty(0, device=self.device).device
         data = resolve_split(dataset, split, image_size=image_size, seed=data_seed)
         self.sampler = EpisodeSampler(data, n_way, instances_per_class, shots, queries_per_class, self.device)
         self.num_envs = num_envs
@@ -135,17 +138,14 @@ class FewShotVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
-        # Dataset images plus one blank image (row `blank`) shown after the last step.
-        images = self.sampler.dataset.images
-        self._images = torch.cat([images, torch.zeros_like(images[:1])])  # (num_images + 1, C, H, W)
-        self._blank = images.shape[0]
+        # The sampler's images, shared (never copied: many single envs share one dataset).
+        self._images = self.sampler.dataset.images  # (num_images, C, H, W)
         self._generator = torch.Generator(device=self.device)
         self._generator.seed()
         self._rows = torch.arange(num_envs, device=self.device)
         self._no_label = torch.full((num_envs,), n_way, dtype=torch.int64, device=self.device)
         self._t = 0  # step within the episode; identical for all B tasks (fixed length)
         self._episode = self.sampler.sample(num_envs, self._generator)
-        self._stream = self._with_blank(self._episode.image_index)  # (B, T + 1)
         self._revealed = self._no_label.clone()
 
     # -- gymnasium API -------------------------------------------------------------------
@@ -181,7 +181,8 @@ class FewShotVectorEnv(VectorEnv):
         if self.feedback == "active":
             request = actions == self.n_way
             reward = torch.where(request, self.reward_request, reward)
-            self._revealed = torch.where(request, true, self._no_label)
+            # Query steps in shots mode reveal nothing, requested or not.
+            self._revealed = torch.where(request & ~self._episode.is_query[:, t], true, self._no_label)
         elif self.feedback == "label":
             self._revealed = torch.where(self._episode.is_query[:, t], self._no_label, true)
         info: dict[str, Any] = {
@@ -212,7 +213,8 @@ class FewShotVectorEnv(VectorEnv):
         Position t is the image of step t; position T is the blank terminal image. Agents may
         encode the whole stream once per task instead of once per step.
         """
-        return self._images[self._stream]  # (B, T + 1, C, H, W)
+        shown = self._images[self._episode.image_index]  # (B, T, C, H, W)
+        return torch.cat([shown, torch.zeros_like(shown[:, :1])], dim=1)  # (B, T + 1, C, H, W)
 
     @property
     def step_in_episode(self) -> int:
@@ -221,18 +223,18 @@ class FewShotVectorEnv(VectorEnv):
 
     # -- internals -----------------------------------------------------------------------
 
-    def _with_blank(self, index: torch.Tensor) -> torch.Tensor:
-        blank = torch.full((index.shape[0], 1), self._blank, dtype=index.dtype, device=index.device)
-        return torch.cat([index, blank], dim=1)  # (B, T + 1)
-
     def _new_tasks(self) -> None:
         self._episode = self.sampler.sample(self.num_envs, self._generator)
-        self._stream = self._with_blank(self._episode.image_index)  # (B, T + 1)
         self._revealed = self._no_label.clone()
         self._t = 0
 
     def _observe(self) -> dict[str, torch.Tensor]:
-        obs = {"image": self._images[self._stream[:, self._t]]}  # (B, C, H, W)
+        if self._t == self.episode_length:  # after the last step: a blank image
+            c, h, w = self._images.shape[1:]
+            image = torch.zeros((self.num_envs, c, h, w), dtype=torch.uint8, device=self.device)
+        else:
+            image = self._images[self._episode.image_index[:, self._t]]  # (B, C, H, W)
+        obs = {"image": image}
         if self.feedback != "reward":
             obs["label"] = self._revealed
         return obs

@@ -155,6 +155,10 @@ def check_vector_env(
                 raise _fail("an episode ended under SAME_STEP autoreset but info has no 'final_obs'",
                             "put the terminal observation in info['final_obs'] and reset in the same step")
             trace.append((obs, reward, terminated, truncated))
+            if done.all():
+                # Replay the same action stream in the next episode, so that the new-task
+                # check below compares episodes that differ only by the task.
+                rng = np.random.default_rng(seed)
         return trace
 
     first = rollout(env, seed)

@@ -27,12 +27,28 @@ import torch
 
 from meta_rl.data.dataset import ImageDataset, split_by_group
 
-__all__ = ["MIN_CLASSES_FOR_CLASS_SPLIT", "SPLITS", "load_splits", "resolve_split"]
+__all__ = ["MIN_CLASSES_FOR_CLASS_SPLIT", "SPLITS", "load_splits", "register_dataset", "resolve_split"]
 
 SPLITS = ("train", "val", "test")
 MIN_CLASSES_FOR_CLASS_SPLIT = 30
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 KINDS = ("glyphs", "omniglot", "cifar", "mini_imagenet", "idx", "fashion_mnist", "folder")
+_REGISTERED: dict[str, Mapping[str, ImageDataset]] = {}
+
+
+def register_dataset(name: str, splits: Mapping[str, ImageDataset]) -> None:
+    """Make in-memory splits loadable by name, e.g. ``dataset="my-data"`` in an env or a config.
+
+    Raises:
+        ValueError: if ``name`` clashes with a built-in source kind or contains ``:``, or a
+            split is missing or not an ImageDataset.
+    """
+    if not isinstance(name, str) or not name or ":" in name or name in KINDS:
+        raise ValueError(f"dataset name {name!r} must be a non-empty string without ':' and not one of {KINDS}.")
+    missing = [s for s in SPLITS if not isinstance(splits.get(s), ImageDataset)]
+    if missing:
+        raise ValueError(f"splits for {name!r} lack ImageDatasets for {missing}; provide train, val and test.")
+    _REGISTERED[name] = dict(splits)
 
 
 def _merge(parts: list[ImageDataset], name: str) -> ImageDataset:
@@ -80,7 +96,8 @@ def _load_cached(source: str, image_size: int, seed: int) -> dict[str, ImageData
     if kind not in KINDS:
         raise ValueError(
             f"unknown dataset source {source!r}; expected one of {', '.join(KINDS)} "
-            "(as 'kind' or 'kind:PATH'), or pass an ImageDataset."
+            f"(as 'kind' or 'kind:PATH'), a name given to register_dataset() ({sorted(_REGISTERED)}), "
+            "or an ImageDataset."
         )
     if kind == "glyphs" and arg:
         raise ValueError(f"dataset source {source!r}: 'glyphs' takes no path; use dataset='glyphs'.")
@@ -154,6 +171,8 @@ def load_splits(source: str = "glyphs", *, image_size: int = 28, seed: int = 0) 
     """
     if not isinstance(source, str):
         raise TypeError(f"source must be a str such as 'glyphs' or 'cifar:/data', got {type(source).__name__}.")
+    if source in _REGISTERED:
+        return dict(_REGISTERED[source])
     return _load_cached(source, int(image_size), int(seed))
 
 

@@ -1,0 +1,221 @@
+"""The training configuration: a typed dataclass, loaded from TOML files and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from meta_rl.cores import CORES
+from meta_rl.encoders import ENCODERS
+
+__all__ = ["ConfigError", "TrainConfig", "load_config", "parse_overrides"]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names it and the allowed values."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Every field can be set in a TOML file or as ``key=value``."""
+
+    # --- task -----------------------------------------------------------------------------
+    env_id: str = "meta_rl/Glyphs-5way-v0"
+    """A gymnasium id with a ``vector_entry_point`` (or any id, run through SyncVectorEnv)."""
+    env_module: str = "meta_rl.envs"
+    """Module imported before ``gymnasium.make_vec`` so that it registers ``env_id`` (your plug-in)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the env constructor (e.g. ``{n_way = 20}``)."""
+    train_split: str = "train"
+    """Split of classes the agent trains on (passed as ``split=`` where the env takes one)."""
+    heldout_split: str = "val"
+    """Split used for the held-out curves logged during training."""
+    num_envs: int = 64
+    """Tasks run in parallel (B)."""
+    rollout_steps: int = 0
+    """Steps per rollout; 0 uses the env's ``episode_length`` (one whole task per rollout)."""
+
+    # --- model ----------------------------------------------------------------------------
+    encoder: str = "mlp"
+    """Observation encoder: ``conv4``, ``seed_cnn`` or ``mlp``."""
+    encoder_hidden: list[int] = field(default_factory=lambda: [256, 256, 64])
+    """Layer sizes of the MLP encoder."""
+    conv_filters: int = 64
+    """Filters of each conv4 block."""
+    conv_norm: str = "batch"
+    """conv4 normalisation: ``batch``, ``group`` or ``none``."""
+    core: str = "memory"
+    """Recurrent core: ``memory`` (episodic key-value memory), ``gru`` or ``lstm``."""
+    hidden: int = 128
+    """Hidden size of the core."""
+    key_dim: int = 64
+    """Key size of the episodic memory."""
+    memory_capacity: int = 0
+    """Memory slots; 0 uses the rollout length."""
+
+    # --- algorithm: REINFORCE with TD(λ)-learned advantages --------------------------------
+    gamma: float = 0.0
+    """Discount. The default suits label feedback, where the label is revealed whatever the
+    action, so an action cannot change later rewards and any γ > 0 only adds variance."""
+    gae_lambda: float = 0.95
+    """λ of GAE(λ) and of the critic's TD(λ) target; 1 gives Monte-Carlo returns."""
+    learning_rate: float = 1e-3
+    """Adam step size."""
+    entropy_coef: float = 0.01
+    """Weight of the entropy bonus."""
+    value_coef: float = 0.5
+    """Weight of the critic loss."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    normalize_advantages: bool = True
+    """Normalise advantages to zero mean, unit variance per update."""
+
+    # --- run ------------------------------------------------------------------------------
+    total_env_steps: int = 50_000_000
+    """Stop after this many env steps (summed over the B tasks)."""
+    max_minutes: float = 0.0
+    """Stop after this many minutes of training (0: no limit)."""
+    seed: int = 0
+    """Seed of parameters, tasks and action sampling."""
+    device: str = "auto"
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present)."""
+    torch_threads: int = 0
+    """CPU threads for torch (0: leave torch's default)."""
+    log_every: int = 20
+    """Log training scalars every this many updates."""
+    eval_every: int = 100
+    """Evaluate on held-out tasks every this many updates (0: never)."""
+    eval_episodes: int = 256
+    """Held-out tasks per evaluation during training."""
+    checkpoint_every: int = 200
+    """Write a checkpoint every this many updates (and always at the end)."""
+
+    def validate(self) -> TrainConfig:
+        """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        positive = ("num_envs", "hidden", "key_dim", "conv_filters", "total_env_steps", "log_every", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("rollout_steps", "memory_capacity", "eval_every", "eval_episodes", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0 picks the default), got {getattr(self, name)}.")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
+        for name in ("learning_rate", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}.")
+        for name in ("entropy_coef", "value_coef", "max_minutes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        bad = [k for k, v in self.env_kwargs.items() if not _plain(v)]
+        if bad:
+            raise ConfigError(
+                f"env_kwargs {bad} hold values that cannot be saved in a config (only str, int, float, bool, "
+                "lists and tables); register in-memory data with meta_rl.data.register_dataset(name, splits) "
+                "and pass dataset = name."
+            )
+        if any(h < 1 for h in self.encoder_hidden) or not self.encoder_hidden:
+            raise ConfigError(f"encoder_hidden must be a non-empty list of sizes >= 1, got {self.encoder_hidden}.")
+        choices = {"encoder": ENCODERS, "core": CORES, "conv_norm": ("batch", "group", "none")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} = {getattr(self, name)!r} is not one of {list(allowed)}.")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device = {self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in {source}; valid keys are: {', '.join(sorted(valid))}.")
+        return cls(**data).validate()
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list) or not all(_is(v, inner) for v in value):
+            raise ConfigError(f"{name} must be a list of {inner.__name__}, got {value!r}.")
+        return
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a table/dict, got {value!r}.")
+        return
+    if not _is(value, hint):
+        raise ConfigError(f"{name} must be of type {hint.__name__}, got {type(value).__name__} {value!r}.")
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _is(value: Any, typ: type) -> bool:
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typ)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are read as TOML (``3``, ``1e-3``, ``true``, ``[64, 64]``,
+    ``{n_way = 20}``), else kept as plain strings. ``env_kwargs.n_way=20`` sets one env kwarg."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. num_envs=32.")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        if key.startswith("env_kwargs."):
+            out.setdefault("env_kwargs", {})[key.split(".", 1)[1]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a TOML config (None: the defaults), apply overrides and validate."""
+    data: dict[str, Any] = {}
+    source = "the defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass a .toml file such as experiments/default.toml.")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}.") from exc
+        source = str(p)
+    over = parse_overrides(overrides or [])
+    if "env_kwargs" in over and "env_kwargs" in data:
+        over["env_kwargs"] = {**data["env_kwargs"], **over["env_kwargs"]}
+    data.update(over)
+    return TrainConfig.from_dict(data, source=source)

@@ -1,0 +1,89 @@
+"""Action distributions as pure functions of their parameters (no state on objects).
+
+Categorical: parameters are logits (..., A). Squashed Gaussian for ``Box`` actions: a
+state-dependent mean ``mu`` (..., D) and a learned ``log_std`` (D,) define ``z ~ N(mu, σ)``;
+the action is ``low + (tanh(z) + 1) / 2 * (high - low)``, so it always lies within the bounds,
+and the log-probability includes the change of variables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "categorical_entropy",
+    "categorical_log_prob",
+    "categorical_mode",
+    "categorical_sample",
+    "gaussian_entropy",
+    "squashed_gaussian_log_prob",
+    "squashed_gaussian_mode",
+    "squashed_gaussian_sample",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def categorical_sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Sample by the Gumbel-max trick: one on-device draw, no host synchronisation."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+    return torch.argmax(logits + gumbel, dim=-1)
+
+
+def categorical_mode(logits: torch.Tensor) -> torch.Tensor:
+    return torch.argmax(logits, dim=-1)
+
+
+def categorical_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    log_p = torch.log_softmax(logits, dim=-1)
+    return torch.gather(log_p, -1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+
+def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
+    log_p = torch.log_softmax(logits, dim=-1)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
+def _squash(z: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    return low + (torch.tanh(z) + 1.0) * 0.5 * (high - low)
+
+
+def _unsquash(a: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    y = (2.0 * (a - low) / (high - low) - 1.0).clamp(-1.0 + 1e-6, 1.0 - 1e-6)
+    return torch.atanh(y)
+
+
+def squashed_gaussian_sample(
+    mu: torch.Tensor, log_std: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return _squash(mu + log_std.exp() * noise, low, high)
+
+
+def squashed_gaussian_mode(mu: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    return _squash(mu, low, high)
+
+
+def squashed_gaussian_log_prob(
+    mu: torch.Tensor, log_std: torch.Tensor, low: torch.Tensor, high: torch.Tensor, actions: torch.Tensor
+) -> torch.Tensor:
+    """log π(a) = log N(z; μ, σ) - Σ log|da/dz|, with z = atanh of the rescaled action."""
+    z = _unsquash(actions, low, high)
+    std = log_std.exp()
+    normal = -0.5 * (((z - mu) / std) ** 2 + 2.0 * log_std + _LOG_2PI)
+    # da/dz = (high - low) / 2 * (1 - tanh(z)^2); log(1 - tanh^2) = 2 (log 2 - z - softplus(-2z)).
+    log_det = torch.log((high - low) * 0.5) + 2.0 * (math.log(2.0) - z - torch.nn.functional.softplus(-2.0 * z))
+    return (normal - log_det).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Entropy of the unsquashed Gaussian N(μ, σ), broadcast to ``shape`` (the batch shape).
+
+    The squashed distribution has no closed-form entropy; this is the usual bonus term.
+    """
+    per_dim = 0.5 * (1.0 + _LOG_2PI) + log_std
+    return per_dim.sum(-1).expand(shape)

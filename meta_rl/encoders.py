@@ -1,0 +1,115 @@
+"""Observation encoders: the Omniglot 4-block conv net, the seed CNN for 32x32x3, and an MLP.
+
+Each maps a float batch (N, *input_shape) to features (N, out_dim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ENCODERS", "Conv4Encoder", "MLPEncoder", "SeedCNNEncoder", "make_encoder"]
+
+
+class Conv4Encoder(nn.Module):
+    """The standard few-shot conv net: 4 x [conv 3x3 (filters), batch norm, ReLU, max-pool 2].
+
+    Vinyals et al. 2016 / Snell et al. 2017 use 64 filters; on 28x28 inputs the output is
+    filters x 1 x 1. ``norm="group"`` uses GroupNorm, whose output does not depend on the batch.
+    """
+
+    def __init__(self, input_shape: Sequence[int], filters: int = 64, blocks: int = 4, norm: str = "batch") -> None:
+        super().__init__()
+        if norm not in ("batch", "group", "none"):
+            raise ValueError(f"norm must be 'batch', 'group' or 'none', got {norm!r}.")
+        c, h, w = input_shape
+        layers: list[nn.Module] = []
+        for i in range(blocks):
+            layers.append(nn.Conv2d(c if i == 0 else filters, filters, 3, padding=1))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(filters))
+            elif norm == "group":
+                layers.append(nn.GroupNorm(min(8, filters), filters))
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"input {tuple(input_shape)} is too small for {blocks} pooling blocks; use fewer blocks.")
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.out_dim = filters * h * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (N, filters * h * w)
+
+
+class SeedCNNEncoder(nn.Module):
+    """The seed design for 32x32x3 images.
+
+    conv 32 filters 5x5 stride 2, ReLU, max-pool 2; conv 64 filters 5x5 stride 2, ReLU,
+    max-pool 2; dense 1024, ReLU.
+    """
+
+    def __init__(self, input_shape: Sequence[int], hidden: int = 1024) -> None:
+        super().__init__()
+        c = input_shape[0]
+        convs = nn.Sequential(
+            nn.Conv2d(c, 32, 5, stride=2, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, stride=2, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = convs(torch.zeros(1, *input_shape)).shape[1]
+        if flat < 1:
+            raise ValueError(f"input {tuple(input_shape)} is too small for the seed CNN (needs about 16x16).")
+        self.net = nn.Sequential(convs, nn.Linear(flat, hidden), nn.ReLU(inplace=True))
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (N, hidden)
+
+
+class MLPEncoder(nn.Module):
+    """Flatten, then Linear + ReLU layers (the last layer is linear when ``linear_out``)."""
+
+    def __init__(
+        self, input_shape: Sequence[int], hidden: Sequence[int] = (256, 256, 64), linear_out: bool = True
+    ) -> None:
+        super().__init__()
+        if not hidden:
+            raise ValueError("hidden must name at least one layer size, e.g. (256, 64).")
+        size = 1
+        for s in input_shape:
+            size *= int(s)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i, width in enumerate(hidden):
+            layers.append(nn.Linear(size, width))
+            if i < len(hidden) - 1 or not linear_out:
+                layers.append(nn.ReLU(inplace=True))
+            size = width
+        self.net = nn.Sequential(*layers)
+        self.out_dim = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (N, hidden[-1])
+
+
+ENCODERS = ("conv4", "seed_cnn", "mlp")
+
+
+def make_encoder(
+    name: str, input_shape: Sequence[int], *, filters: int = 64, hidden: Sequence[int] = (256, 256, 64),
+    norm: str = "batch",
+) -> Conv4Encoder | SeedCNNEncoder | MLPEncoder:
+    """Build an encoder by name: ``conv4``, ``seed_cnn`` or ``mlp``."""
+    if name == "conv4":
+        if len(input_shape) != 3:
+            raise ValueError(f"conv4 needs (C, H, W) inputs, got shape {tuple(input_shape)}; use encoder='mlp'.")
+        return Conv4Encoder(input_shape, filters=filters, norm=norm)
+    if name == "seed_cnn":
+        if len(input_shape) != 3:
+            raise ValueError(f"seed_cnn needs (C, H, W) inputs, got {tuple(input_shape)}; use encoder='mlp'.")
+        return SeedCNNEncoder(input_shape)
+    if name == "mlp":
+        return MLPEncoder(input_shape, hidden=hidden)
+    raise ValueError(f"unknown encoder {name!r}; expected one of {ENCODERS}.")

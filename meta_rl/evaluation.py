@@ -1,0 +1,124 @@
+"""Accuracy by instance (Santoro et al. 2016) with confidence intervals, on held-out tasks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from gymnasium.vector import VectorEnv
+
+from meta_rl.policy import MetaPolicy
+from meta_rl.rollout import collect
+
+__all__ = ["MAX_INSTANCE", "REFERENCE_ROWS", "EvalResult", "accuracy_by_instance", "evaluate", "santoro_table"]
+
+MAX_INSTANCE = 10
+TABLE_INSTANCES = (1, 2, 3, 5, 10)
+# Santoro et al. 2016, Omniglot 5-way, 10 instances, as usually quoted (shared/ANCHORS.md).
+REFERENCE_ROWS: dict[str, tuple[float, ...]] = {
+    "human (Santoro 2016, Omniglot)": (34.5, 57.3, 70.1, 71.8, 81.4),
+    "LSTM (Santoro 2016, Omniglot)": (24.4, 49.5, 55.3, 61.0, 63.6),
+    "MANN (Santoro 2016, Omniglot)": (36.4, 82.8, 91.0, 92.6, 94.9),
+}
+
+
+def accuracy_by_instance(
+    correct: torch.Tensor, instance: torch.Tensor, max_instance: int = MAX_INSTANCE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task sums of correct answers and counts at each instance index.
+
+    Args:
+        correct: (T, B) bool, the answer at step t was right.
+        instance: (T, B) int, 1-based instance index of the shown class (0 = unknown).
+        max_instance: K, the largest instance index counted.
+
+    Returns:
+        hits (B, K) and counts (B, K): column k-1 is about the k-th instance.
+    """
+    valid = (instance >= 1) & (instance <= max_instance)  # (T, B)
+    onehot = torch.nn.functional.one_hot((instance - 1).clamp(0, max_instance - 1), max_instance)  # (T, B, K)
+    onehot = onehot * valid.unsqueeze(-1)
+    hits = (onehot * correct.unsqueeze(-1)).sum(0)  # (B, K)
+    return hits, onehot.sum(0)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy at the k-th instance of a class (k = 1..K) over held-out tasks.
+
+    ``ci95[k]`` is the half-width of a normal 95% confidence interval, with tasks as units.
+    """
+
+    accuracy_by_instance: list[float]
+    ci95: list[float]
+    episodes: int
+    accuracy: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "accuracy_by_instance": {str(k + 1): a for k, a in enumerate(self.accuracy_by_instance)},
+            "ci95": {str(k + 1): c for k, c in enumerate(self.ci95)},
+            "episodes": self.episodes,
+            "accuracy": self.accuracy,
+        }
+
+
+def summarize(hits: torch.Tensor, counts: torch.Tensor) -> EvalResult:
+    """Turn per-task (E, K) hits and counts into means and 95% intervals over tasks."""
+    per_task = hits.double() / counts.clamp_min(1).double()  # (E, K)
+    present = counts > 0  # (E, K)
+    n = present.sum(0).clamp_min(1).double()  # (K,)
+    mean = (per_task * present).sum(0) / n
+    var = (((per_task - mean) ** 2) * present).sum(0) / (n - 1).clamp_min(1)
+    ci = 1.96 * torch.sqrt(var / n)
+    overall = float(hits.sum() / counts.sum().clamp_min(1))
+    return EvalResult(mean.tolist(), ci.tolist(), int(hits.shape[0]), overall)
+
+
+def evaluate(
+    env: VectorEnv, policy: MetaPolicy, episodes: int, *, seed: int = 0, steps: int | None = None,
+    deterministic: bool = True, max_instance: int = MAX_INSTANCE,
+) -> EvalResult:
+    """Run ``policy`` on at least ``episodes`` tasks of ``env`` and measure accuracy by instance.
+
+    Each batch of B tasks starts from ``env.reset(seed=seed + i)``, so the result is the same
+    for the same seed. Actions are the policy's most likely ones unless ``deterministic=False``.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}.")
+    horizon = int(steps or getattr(env, "episode_length", 0) or 0)
+    if horizon < 1:
+        raise ValueError("the env has no episode_length; pass steps= (the length of one task).")
+    device = policy.value_head.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = policy.training
+    policy.eval()
+    hits, counts = [], []
+    try:
+        for i in range(math.ceil(episodes / env.num_envs)):
+            ro = collect(env, policy, horizon, generator, reset_seed=seed + i, deterministic=deterministic)
+            h, c = accuracy_by_instance(ro.correct(), ro.instance, max_instance)
+            hits.append(h)
+            counts.append(c)
+    finally:
+        policy.train(was_training)
+    return summarize(torch.cat(hits)[:episodes].cpu(), torch.cat(counts)[:episodes].cpu())
+
+
+def santoro_table(result: EvalResult, label: str = "this agent") -> str:
+    """Santoro et al.'s layout: accuracy (%) at the 1st, 2nd, 3rd, 5th and 10th instance."""
+    head = f"{'learner':<34}" + "".join(f"{k:>8}" for k in ("1st", "2nd", "3rd", "5th", "10th"))
+    rows = [head, "-" * len(head)]
+    cells = []
+    for k in TABLE_INSTANCES:
+        if k <= len(result.accuracy_by_instance):
+            cells.append(f"{100 * result.accuracy_by_instance[k - 1]:5.1f}±{100 * result.ci95[k - 1]:.1f}")
+        else:
+            cells.append("-")
+    rows.append(f"{label:<34}" + "".join(f"{c:>8}" if len(c) < 8 else f" {c}" for c in cells))
+    for name, values in REFERENCE_ROWS.items():
+        rows.append(f"{name:<34}" + "".join(f"{v:8.1f}" for v in values))
+    rows.append(f"({result.episodes} held-out tasks; ± is the 95% confidence half-width; reference rows are on "
+                "Omniglot, a different dataset)")
+    return "\n".join(rows)

@@ -1,0 +1,207 @@
+"""The recurrent meta-policy: RL² inputs, an encoder, a recurrent core and heads fitted to the action space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+from meta_rl import distributions as D
+from meta_rl.cores import State, make_core
+from meta_rl.encoders import make_encoder
+
+__all__ = ["MetaPolicy"]
+
+Obs = dict[str, torch.Tensor]
+
+
+def _is_image(space: spaces.Space[Any]) -> bool:
+    return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+class MetaPolicy(nn.Module):
+    """An RL² actor-critic for any ``gymnasium`` observation and action space.
+
+    Inputs at step t: the observation (its ``"image"`` entry, or the whole observation, goes
+    through the encoder; other ``Dict`` entries such as the revealed ``"label"`` join the
+    context), the previous action (one-hot for ``Discrete``, raw for ``Box``), the previous
+    reward and a task-start flag. The core's state is cleared only where a task starts.
+
+    Heads: categorical logits for ``Discrete`` actions; for ``Box`` actions a state-dependent
+    mean μ and a learned log σ of a Gaussian squashed into the bounds; a value head.
+
+    Args:
+        observation_space: the single-env observation space.
+        action_space: the single-env action space (``Discrete`` or bounded ``Box``).
+        encoder: ``"conv4"``, ``"seed_cnn"`` or ``"mlp"``.
+        core: ``"memory"``, ``"gru"`` or ``"lstm"``.
+        hidden: the core's hidden size.
+        encoder_hidden: MLP encoder layer sizes.
+        conv_filters: conv4 filters.
+        conv_norm: conv4 normalisation: ``"batch"``, ``"group"`` or ``"none"``.
+        key_dim: memory key size.
+        memory_capacity: memory slots (at least the steps of a task).
+        init_log_std: initial log σ of the Gaussian head.
+    """
+
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def __init__(
+        self,
+        observation_space: spaces.Space[Any],
+        action_space: spaces.Space[Any],
+        *,
+        encoder: str = "mlp",
+        core: str = "memory",
+        hidden: int = 128,
+        encoder_hidden: Sequence[int] = (256, 256, 64),
+        conv_filters: int = 64,
+        conv_norm: str = "batch",
+        key_dim: int = 64,
+        memory_capacity: int = 64,
+        init_log_std: float = -0.5,
+    ) -> None:
+        super().__init__()
+        if isinstance(observation_space, spaces.Dict):
+            keys = sorted(observation_space.spaces)
+            self.main_key: str | None = "image" if "image" in keys else None
+            self.context_keys = [k for k in keys if k != self.main_key]
+            main_space = observation_space.spaces["image"] if self.main_key else None
+        else:
+            self.main_key, self.context_keys, main_space = None, [], observation_space
+        self._context_spaces = {k: observation_space[k] for k in self.context_keys}  # type: ignore[index]
+        for k, s in self._context_spaces.items():
+            if not isinstance(s, (spaces.Discrete, spaces.Box)):
+                raise TypeError(f"observation entry {k!r} has space {s}; only Discrete and Box entries are supported.")
+        self.image_input = main_space is not None and _is_image(main_space)
+        if main_space is None:
+            self.encoder: nn.Module | None = None
+            embed_dim = 0
+        elif isinstance(main_space, spaces.Discrete):
+            self.encoder = make_encoder("mlp", (int(main_space.n),), hidden=encoder_hidden)
+            embed_dim = int(self.encoder.out_dim)
+        elif isinstance(main_space, spaces.Box):
+            enc = make_encoder(
+                encoder, main_space.shape, filters=conv_filters, hidden=encoder_hidden, norm=conv_norm
+            )
+            self.encoder = enc
+            embed_dim = int(enc.out_dim)
+        else:
+            raise TypeError(f"observation space {main_space} is not supported; use Box, Discrete or a Dict of them.")
+        self.main_space = main_space
+
+        if isinstance(action_space, spaces.Discrete):
+            self.discrete = True
+            self.action_dim = int(action_space.n)
+            self.register_buffer("low", torch.zeros(0), persistent=False)
+            self.register_buffer("high", torch.zeros(0), persistent=False)
+        elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+            if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+                raise ValueError(
+                    f"Box action space {action_space} must be bounded: the Gaussian head squashes into "
+                    "[low, high]; wrap the env with gymnasium.wrappers.RescaleAction."
+                )
+            self.discrete = False
+            self.action_dim = int(action_space.shape[0])
+            self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32), persistent=False)
+            self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32), persistent=False)
+        else:
+            raise TypeError(f"action space {action_space} is not supported; use Discrete or a 1-D bounded Box.")
+        self.action_space = action_space
+
+        context_dim = self.action_dim + 2  # previous action, previous reward, task-start flag
+        for s in self._context_spaces.values():
+            context_dim += int(s.n) if isinstance(s, spaces.Discrete) else int(np.prod(s.shape))
+        self.context_dim = context_dim
+        self.embed_dim = embed_dim
+        self.core = make_core(core, embed_dim, context_dim, hidden=hidden, key_dim=key_dim, capacity=memory_capacity)
+        out = self.core.out_dim
+        self.policy_head = nn.Linear(out, self.action_dim)
+        self.value_head = nn.Linear(out, 1)
+        self.log_std = nn.Parameter(torch.full((self.action_dim,), float(init_log_std))) if not self.discrete else None
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def main_obs(self, obs: Obs | torch.Tensor) -> torch.Tensor | None:
+        """The part of an observation that goes through the encoder."""
+        if self.main_key is not None:
+            return obs[self.main_key]  # type: ignore[index]
+        return None if isinstance(obs, dict) else obs
+
+    def encode(self, x: torch.Tensor | None, lead: Sequence[int]) -> torch.Tensor:
+        """Encode main observations with leading shape ``lead`` (e.g. (T, B)) into (*lead, E)."""
+        if self.encoder is None or x is None:
+            return torch.zeros(*lead, 0, device=self.value_head.weight.device)
+        n = int(np.prod(lead))
+        flat = x.reshape(n, *x.shape[len(lead) :])  # (N, *obs_shape)
+        if isinstance(self.main_space, spaces.Discrete):
+            flat = F.one_hot(flat.long(), int(self.main_space.n)).float()  # (N, n)
+        elif self.image_input:
+            flat = flat.float() / 255.0  # (N, C, H, W)
+        else:
+            flat = flat.float()
+        return self.encoder(flat).reshape(*lead, -1)  # (*lead, E)
+
+    def context(
+        self, obs: Obs | torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor, starts: torch.Tensor
+    ) -> torch.Tensor:
+        """The RL² context (*lead, U): observation extras, previous action and reward, start flag.
+
+        The previous action and reward are zeroed where a task starts.
+        """
+        keep = (~starts).float().unsqueeze(-1)  # (*lead, 1)
+        parts = []
+        for k, s in self._context_spaces.items():
+            v = obs[k]  # type: ignore[index]
+            if isinstance(s, spaces.Discrete):
+                parts.append(F.one_hot(v.long(), int(s.n)).float())  # (*lead, n)
+            else:
+                parts.append(v.float().reshape(*starts.shape, -1))  # (*lead, d)
+        if self.discrete:
+            a = F.one_hot(prev_action.long().clamp(0, self.action_dim - 1), self.action_dim).float()  # (*lead, A)
+        else:
+            a = prev_action.float().reshape(*starts.shape, self.action_dim)  # (*lead, A)
+        parts += [a * keep, prev_reward.float().unsqueeze(-1) * keep, starts.float().unsqueeze(-1)]
+        return torch.cat(parts, dim=-1)  # (*lead, U)
+
+    # -- core and heads --------------------------------------------------------------------
+
+    def initial_state(self, batch: int, device: torch.device | str) -> State:
+        return self.core.initial_state(batch, torch.device(device))
+
+    def forward(
+        self, embed: torch.Tensor, context: torch.Tensor, starts: torch.Tensor, state: State, need_state: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """(T, B, E), (T, B, U), (T, B) -> distribution parameters (T, B, A), values (T, B), state."""
+        feats, state = self.core(embed, context, starts, state, need_state=need_state)  # (T, B, F)
+        return self.policy_head(feats), self.value_head(feats).squeeze(-1), state
+
+    # -- distribution ----------------------------------------------------------------------
+
+    def sample(
+        self, params: torch.Tensor, generator: torch.Generator | None, deterministic: bool = False
+    ) -> torch.Tensor:
+        if self.discrete:
+            return D.categorical_mode(params) if deterministic else D.categorical_sample(params, generator)
+        if deterministic:
+            return D.squashed_gaussian_mode(params, self.low, self.high)
+        assert self.log_std is not None
+        return D.squashed_gaussian_sample(params, self.log_std, self.low, self.high, generator)
+
+    def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        if self.discrete:
+            return D.categorical_log_prob(params, actions)
+        assert self.log_std is not None
+        return D.squashed_gaussian_log_prob(params, self.log_std, self.low, self.high, actions)
+
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        if self.discrete:
+            return D.categorical_entropy(params)
+        assert self.log_std is not None
+        return D.gaussian_entropy(self.log_std, params.shape[:-1])

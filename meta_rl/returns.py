@@ -1,0 +1,93 @@
+"""Advantages, TD(λ) returns and the REINFORCE / critic losses, as pure tensor functions.
+
+Time-major tensors throughout: shape (T, B) for T steps of B tasks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["explained_variance", "gae", "normalize", "reinforce_losses"]
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    last_value: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) and TD(λ) returns.
+
+    ``delta_t = r_t + γ V(s_{t+1}) (1 - done_t) - V(s_t)``, ``A_t = delta_t + γ λ (1 - done_t) A_{t+1}``.
+    With λ = 1, ``A_t`` is the Monte-Carlo return minus the baseline ``V(s_t)``; with λ = 0 it is
+    the one-step TD error. The critic's regression target is the λ-return ``A_t + V(s_t)``.
+
+    Args:
+        rewards: (T, B) reward after the action at step t.
+        values: (T, B) critic value V(s_t).
+        dones: (T, B) 1 where the task ended at step t (no bootstrap across it).
+        last_value: (B,) V(s_T), the value of the state after the last step.
+        gamma: discount in [0, 1].
+        lam: λ in [0, 1].
+
+    Returns:
+        advantages (T, B) and λ-returns (T, B).
+    """
+    if not 0.0 <= gamma <= 1.0 or not 0.0 <= lam <= 1.0:
+        raise ValueError(f"gamma and lam must lie in [0, 1], got gamma={gamma}, lam={lam}.")
+    if rewards.shape != values.shape or rewards.shape != dones.shape or last_value.shape != rewards.shape[1:]:
+        raise ValueError(
+            f"shapes disagree: rewards {tuple(rewards.shape)}, values {tuple(values.shape)}, dones "
+            f"{tuple(dones.shape)}, last_value {tuple(last_value.shape)}; expected (T, B) x3 and (B,)."
+        )
+    not_done = 1.0 - dones.to(values.dtype)  # (T, B)
+    next_values = torch.cat([values[1:], last_value.unsqueeze(0)])  # (T, B): V(s_{t+1})
+    deltas = rewards + gamma * next_values * not_done - values  # (T, B)
+    advantages = torch.empty_like(values)
+    running = torch.zeros_like(last_value)
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = deltas[t] + gamma * lam * not_done[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit standard deviation over all entries."""
+    return (x - x.mean()) / (x.std(unbiased=False) + eps)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    """``1 - Var[returns - values] / Var[returns]``: 1 is a perfect critic, 0 a constant one."""
+    var = returns.var(unbiased=False)
+    return torch.where(var > 0, 1.0 - (returns - values).var(unbiased=False) / var, torch.zeros_like(var))
+
+
+def reinforce_losses(
+    log_probs: torch.Tensor,
+    entropy: torch.Tensor,
+    values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """REINFORCE with a learned baseline: policy, critic and entropy terms.
+
+    ``policy = -mean(A_t log π(a_t|h_t))`` with the advantages held constant,
+    ``value = 0.5 mean((V(s_t) - G^λ_t)^2)``, ``entropy = mean(H[π(.|h_t)])``.
+
+    Args:
+        log_probs, entropy, values: (T, B), carrying gradients.
+        advantages, returns: (T, B) targets (detached here).
+        weights: optional (T, B) mask, 1 where a step counts.
+    """
+    adv = advantages.detach()
+    ret = returns.detach()
+    w = torch.ones_like(adv) if weights is None else weights.to(adv.dtype)
+    total = w.sum().clamp_min(1.0)
+    return {
+        "policy": -(adv * log_probs * w).sum() / total,
+        "value": 0.5 * (((values - ret) ** 2) * w).sum() / total,
+        "entropy": (entropy * w).sum() / total,
+    }

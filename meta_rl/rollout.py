@@ -1,0 +1,141 @@
+"""Batched rollouts of a meta-policy in a torch-native VectorEnv, shared by training and evaluation.
+
+The step loop keeps everything on the env's device: actions are sampled on the device from
+a seeded ``torch.Generator``, results go into preallocated tensors, and nothing is read back
+to the host (no ``.item()``, no branching on tensor values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from gymnasium.vector import VectorEnv
+
+from meta_rl.cores import State
+from meta_rl.policy import MetaPolicy
+
+__all__ = ["Rollout", "collect"]
+
+
+@dataclass
+class Rollout:
+    """T steps of B tasks, time-major.
+
+    Attributes:
+        main: (T, B, *obs) main observations (what the encoder reads), or None if the
+            observation has no part for the encoder.
+        embed: (T, B, E) encoder output for the whole rollout, computed once (with gradients
+            when asked for), or None.
+        extras: observation entries other than the main one, each (T, B, ...).
+        actions: (T, B) or (T, B, A). prev_actions / prev_rewards: the RL² inputs (T, B, ...).
+        rewards, dones: (T, B); dones marks the last step of a task.
+        starts: (T, B) bool, the first step of a task.
+        labels, instance: (T, B) the true label and its instance index where the env's info
+            gives them (else -1 and 0).
+        last_value: (B,) V(s_T) for bootstrapping.
+        state0: the core state before the first step.
+    """
+
+    main: torch.Tensor | None
+    embed: torch.Tensor | None
+    extras: dict[str, torch.Tensor]
+    actions: torch.Tensor
+    prev_actions: torch.Tensor
+    prev_rewards: torch.Tensor
+    rewards: torch.Tensor
+    dones: torch.Tensor
+    starts: torch.Tensor
+    labels: torch.Tensor
+    instance: torch.Tensor
+    last_value: torch.Tensor
+    state0: State
+
+    def correct(self) -> torch.Tensor:
+        """(T, B) bool: the action equals the true label (False where no label is known)."""
+        return (self.actions == self.labels) & (self.labels >= 0)
+
+
+def _split(policy: MetaPolicy, obs: Any) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    main = policy.main_obs(obs)
+    extras = {k: obs[k] for k in policy.context_keys} if isinstance(obs, dict) else {}
+    return main, extras
+
+
+def collect(
+    env: VectorEnv,
+    policy: MetaPolicy,
+    steps: int,
+    generator: torch.Generator,
+    *,
+    reset_seed: int | None,
+    deterministic: bool = False,
+    embed_with_grad: bool = False,
+) -> Rollout:
+    """Reset ``env`` with ``reset_seed``, then run ``steps`` steps of ``policy`` in it.
+
+    Where the env knows its tasks' image streams in advance (``episode_images()``) and the
+    rollout stays within one task, the encoder runs once on the whole stream; with
+    ``embed_with_grad`` that encoding keeps its graph so the update can reuse it.
+    """
+    obs, _ = env.reset(seed=reset_seed)
+    device = policy.value_head.weight.device
+    b = env.num_envs
+    state0 = policy.initial_state(b, device)
+    state = state0
+    main, extras = _split(policy, obs)
+
+    embed: torch.Tensor | None = None
+    mains: torch.Tensor | None = None
+    stream = getattr(env, "episode_images", None)
+    episode_length = getattr(env, "episode_length", 0)
+    if policy.image_input and callable(stream) and 0 < steps <= episode_length:
+        mains = stream()[:, :steps].transpose(0, 1)  # (T, B, C, H, W): the images the task will show
+        with torch.set_grad_enabled(embed_with_grad):
+            embed = policy.encode(mains, (steps, b))  # (T, B, E)
+    elif main is not None:
+        mains = torch.empty((steps, *main.shape), dtype=main.dtype, device=device)  # (T, B, *obs)
+
+    action_shape = () if policy.discrete else (policy.action_dim,)
+    action_dtype = torch.int64 if policy.discrete else torch.float32
+    extra_buf = {k: torch.empty((steps, *v.shape), dtype=v.dtype, device=device) for k, v in extras.items()}
+    actions = torch.empty((steps, b, *action_shape), dtype=action_dtype, device=device)
+    prev_actions = torch.empty_like(actions)
+    prev_rewards = torch.empty(steps, b, device=device)
+    rewards = torch.empty(steps, b, device=device)
+    dones = torch.empty(steps, b, dtype=torch.bool, device=device)
+    starts_buf = torch.empty(steps, b, dtype=torch.bool, device=device)
+    labels = torch.full((steps, b), -1, dtype=torch.int64, device=device)
+    instance = torch.zeros(steps, b, dtype=torch.int64, device=device)
+
+    prev_a = torch.zeros((b, *action_shape), dtype=action_dtype, device=device)
+    prev_r = torch.zeros(b, device=device)
+    starts = torch.ones(b, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        for t in range(steps):
+            if embed is None and mains is not None and main is not None:
+                mains[t] = main
+            for k, v in extras.items():
+                extra_buf[k][t] = v
+            prev_actions[t], prev_rewards[t], starts_buf[t] = prev_a, prev_r, starts
+            e = embed[t : t + 1] if embed is not None else policy.encode(None if main is None else main[None], (1, b))
+            u = policy.context({k: v[None] for k, v in extras.items()}, prev_a[None], prev_r[None], starts[None])
+            params, _, state = policy(e.detach(), u, starts[None], state)  # (1, B, A)
+            action = policy.sample(params[0], generator, deterministic)
+            obs, reward, terminated, truncated, info = env.step(action)
+            main, extras = _split(policy, obs)
+            done = terminated | truncated
+            actions[t], rewards[t], dones[t] = action, reward, done
+            if "label" in info:
+                labels[t] = info["label"]
+            if "instance" in info:
+                instance[t] = info["instance"]
+            prev_a, prev_r, starts = action, reward.float(), done
+        e = policy.encode(None if main is None else main[None], (1, b))
+        u = policy.context({k: v[None] for k, v in extras.items()}, prev_a[None], prev_r[None], starts[None])
+        _, last_value, _ = policy(e, u, starts[None], state, need_state=False)
+    return Rollout(
+        mains, embed, extra_buf, actions, prev_actions, prev_rewards, rewards, dones, starts_buf,
+        labels, instance, last_value[0], state0,
+    )
