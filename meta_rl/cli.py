@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from meta_rl.checkpoint import CheckpointError, load_checkpoint
-from meta_rl.config import ConfigError, TrainConfig, load_config
+from meta_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from meta_rl.evaluation import evaluate, santoro_table
 from meta_rl.train import CHECKPOINT_NAME, build_policy, load_run_config, make_vec_env, resolve_device, train
 
@@ -21,9 +21,10 @@ def _train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run with its saved config; do not also pass CONFIG.")
         run_dir = Path(args.resume)
         saved = load_run_config(run_dir).to_dict()
-        over = load_config(None, args.overrides).to_dict()
-        defaults = TrainConfig().to_dict()
-        saved.update({k: v for k, v in over.items() if v != defaults[k]})
+        over = parse_overrides(args.overrides)
+        if "env_kwargs" in over:
+            over["env_kwargs"] = {**saved["env_kwargs"], **over["env_kwargs"]}
+        saved.update(over)
     else:
         if not args.run_dir:
             raise ConfigError("meta-rl train needs --run-dir DIR (or --resume DIR).")
@@ -86,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may follow options ("train CONFIG --run-dir D k=v"), which argparse cannot take as
+    # positionals after an option: collect them from the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "train" or any("=" not in x or x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     # "train CONFIG k=v": argparse cannot tell a config path from an override; a token with "=" is an override.
     if args.command == "train" and args.config and "=" in args.config:
         args.overrides = [args.config, *args.overrides]

@@ -45,10 +45,10 @@ class TrainConfig:
     """Steps per rollout; 0 uses the env's ``episode_length`` (one whole task per rollout)."""
 
     # --- model ----------------------------------------------------------------------------
-    encoder: str = "mlp"
-    """Observation encoder: ``conv4``, ``seed_cnn`` or ``mlp``."""
+    encoder: str = "cnn"
+    """Observation encoder: ``cnn`` (light strided conv net), ``conv4``, ``seed_cnn`` or ``mlp``."""
     encoder_hidden: list[int] = field(default_factory=lambda: [256, 256, 64])
-    """Layer sizes of the MLP encoder."""
+    """Layer sizes of the MLP encoder; the last one is also the ``cnn`` encoder's output size."""
     conv_filters: int = 64
     """Filters of each conv4 block."""
     conv_norm: str = "batch"
@@ -61,6 +61,10 @@ class TrainConfig:
     """Key size of the episodic memory."""
     memory_capacity: int = 0
     """Memory slots; 0 uses the rollout length."""
+    read_gain: float = 5.0
+    """Initial weight from the memory's read of a revealed label to the same action's logit."""
+    taken_gain: float = 2.0
+    """Initial negative weight from the tally of a revealed label to the same action's logit."""
 
     # --- algorithm: REINFORCE with TD(λ)-learned advantages --------------------------------
     gamma: float = 0.0
@@ -117,7 +121,7 @@ class TrainConfig:
         for name in ("learning_rate", "max_grad_norm"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}.")
-        for name in ("entropy_coef", "value_coef", "max_minutes"):
+        for name in ("entropy_coef", "value_coef", "max_minutes", "read_gain", "taken_gain"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
         bad = [k for k, v in self.env_kwargs.items() if not _plain(v)]

@@ -73,7 +73,7 @@ def summarize(hits: torch.Tensor, counts: torch.Tensor) -> EvalResult:
     var = (((per_task - mean) ** 2) * present).sum(0) / (n - 1).clamp_min(1)
     ci = 1.96 * torch.sqrt(var / n)
     overall = float(hits.sum() / counts.sum().clamp_min(1))
-    return EvalResult(mean.tolist(), ci.tolist(), int(hits.shape[0]), overall)
+    return EvalResult(mean[present.any(0)].tolist(), ci[present.any(0)].tolist(), int(hits.shape[0]), overall)
 
 
 def evaluate(

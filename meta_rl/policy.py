@@ -12,7 +12,7 @@ from gymnasium import spaces
 from torch import nn
 
 from meta_rl import distributions as D
-from meta_rl.cores import State, make_core
+from meta_rl.cores import EpisodicMemoryCore, State, make_core
 from meta_rl.encoders import make_encoder
 
 __all__ = ["MetaPolicy"]
@@ -47,6 +47,10 @@ class MetaPolicy(nn.Module):
         key_dim: memory key size.
         memory_capacity: memory slots (at least the steps of a task).
         init_log_std: initial log σ of the Gaussian head.
+        read_gain: with the memory core and a revealed ``"label"`` observation, the initial weight
+            from the memory's read of label j to the logit of action j (0: plain random init).
+        taken_gain: likewise, the initial negative weight from the tally of revealed label j
+            (label j is taken in this task) to the logit of action j.
     """
 
     low: torch.Tensor
@@ -66,6 +70,8 @@ class MetaPolicy(nn.Module):
         key_dim: int = 64,
         memory_capacity: int = 64,
         init_log_std: float = -0.5,
+        read_gain: float = 5.0,
+        taken_gain: float = 2.0,
     ) -> None:
         super().__init__()
         if isinstance(observation_space, spaces.Dict):
@@ -125,6 +131,32 @@ class MetaPolicy(nn.Module):
         self.policy_head = nn.Linear(out, self.action_dim)
         self.value_head = nn.Linear(out, 1)
         self.log_std = nn.Parameter(torch.full((self.action_dim,), float(init_log_std))) if not self.discrete else None
+        memory = isinstance(self.core, EpisodicMemoryCore)
+        if (read_gain or taken_gain) and memory and self.discrete and "label" in self._context_spaces:
+            self._init_label_vote(read_gain, taken_gain)
+
+    def _init_label_vote(self, read_gain: float, taken_gain: float) -> None:
+        """Priors for label feedback, set in the policy head's initial weights (all stay learnable).
+
+        The memory core's output is [controller, read, total, best]; the read and the total
+        (what the task has revealed so far) hold the context, whose first entries are the one-hot
+        ``"label"`` (context keys are sorted, so extras before it shift it). The read of label j
+        starts as a vote for action j: without it no gradient reaches the keys until the head has
+        learned to use the read, and matching images is learned very slowly. The tally of label j
+        starts as a vote against action j: a new image most likely has a label not yet taken.
+        """
+        assert isinstance(self.core, EpisodicMemoryCore)
+        offset = self.core.hidden
+        for k, s in self._context_spaces.items():
+            if k == "label":
+                break
+            offset += int(s.n) if isinstance(s, spaces.Discrete) else int(np.prod(s.shape))
+        n = min(self.action_dim, int(self._context_spaces["label"].n))
+        total = offset + self.context_dim  # the total follows the read, which has context_dim entries
+        with torch.no_grad():
+            rows = torch.arange(n)
+            self.policy_head.weight[rows, offset + rows] += read_gain
+            self.policy_head.weight[rows, total + rows] -= taken_gain
 
     # -- inputs ----------------------------------------------------------------------------
 

@@ -97,6 +97,8 @@ def build_policy(cfg: TrainConfig, env: VectorEnv, steps: int) -> MetaPolicy:
         conv_norm=cfg.conv_norm,
         key_dim=cfg.key_dim,
         memory_capacity=cfg.memory_capacity or steps,
+        read_gain=cfg.read_gain,
+        taken_gain=cfg.taken_gain,
     )
 
 
@@ -184,7 +186,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progre
         _check_resumable(ckpt["config"], cfg, ckpt_path)
         policy.load_state_dict(ckpt["policy"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        generator.set_state(ckpt["rng"]["actions"].to("cpu") if device.type == "cpu" else ckpt["rng"]["actions"].cpu())
+        generator.set_state(ckpt["rng"]["actions"].cpu())  # generator states live on the host
         update, env_steps = int(ckpt["counters"]["update"]), int(ckpt["counters"]["env_steps"])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -222,7 +224,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progre
     started = time.monotonic()
     last_log_time, last_log_steps = started, env_steps
     final: dict[str, float] = {}
-    bar = tqdm(total=cfg.total_env_steps, initial=env_steps, unit="step", unit_scale=True, disable=not progress)
+    bar = tqdm(total=cfg.total_env_steps, initial=env_steps, unit="step", unit_scale=True, disable=not progress,
+               mininterval=2.0)
     ro: Rollout | None = None
     policy.train()
     while env_steps < cfg.total_env_steps:
@@ -250,7 +253,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progre
                     writer.add_scalar(f"train/accuracy_instance_{k}", acc, env_steps)
             writer.add_scalar("charts/steps_per_second", (env_steps - last_log_steps) / max(now - last_log_time, 1e-9),
                               env_steps)
-            bar.set_postfix(ret=f"{means['charts/return']:.1f}", acc2=f"{accuracy[1]:.2f}")
+            overall = float(hits.sum() / counts.sum().clamp_min(1))
+            bar.set_postfix(ret=f"{means['charts/return']:.1f}", acc=f"{overall:.2f}")
             hits.zero_()
             counts.zero_()
             sums.clear()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -53,3 +53,60 @@ def make_dataset() -> Callable[..., ImageDataset]:
 def glyph_splits() -> dict[str, ImageDataset]:
     """The real glyph dataset's train/val/test splits (built once, then cached on disk)."""
     return load_splits("glyphs")
+
+
+PROTO_DATASET = "test-prototypes"
+OFFSET_DATASET = "test-prototypes-offset"
+
+
+def make_prototype_splits(
+    num_classes: int = 60,
+    images_per_class: int = 12,
+    seed: int = 0,
+    amplitude: float = 255.0,
+    max_offset: float = 0.0,
+    noise: int = 20,
+) -> dict[str, ImageDataset]:
+    """1x28x28 classes: a random binary prototype per class (``amplitude`` on 30% of the pixels),
+    plus a random brightness offset in [0, ``max_offset``) per image and +-``noise`` pixel noise,
+    split by group (12 groups) into train/val/test classes."""
+    from meta_rl.data import split_by_group
+
+    g = torch.Generator().manual_seed(seed)
+    protos = (torch.rand(num_classes, 1, 28, 28, generator=g) < 0.3).float() * amplitude
+    n = num_classes * images_per_class
+    offset = torch.rand(n, 1, 1, 1, generator=g) * max_offset
+    pixels = torch.randint(-noise, noise + 1, (n, 1, 28, 28), generator=g)
+    images = (protos.repeat_interleave(images_per_class, 0) + offset + pixels).clamp(0, 255).to(torch.uint8)
+    labels = torch.arange(num_classes).repeat_interleave(images_per_class)
+    names = tuple(f"proto{c:03d}" for c in range(num_classes))
+    groups = tuple(f"group{c % 12}" for c in range(num_classes))
+    return split_by_group(ImageDataset(images, labels, names, groups, "prototypes"), (0.6, 0.2, 0.2))
+
+
+@pytest.fixture(scope="session")
+def proto_dataset() -> str:
+    """The name under which the prototype splits are registered (``env_kwargs={"dataset": name}``)."""
+    from meta_rl.data import register_dataset
+
+    register_dataset(PROTO_DATASET, make_prototype_splits())
+    return PROTO_DATASET
+
+
+@pytest.fixture(scope="session")
+def offset_dataset() -> str:
+    """Faint class prototypes (amplitude 40) under a large random brightness offset per image: an
+    untrained encoder matches images by brightness, not class; a learner must become invariant to it."""
+    from meta_rl.data import register_dataset
+
+    register_dataset(OFFSET_DATASET, make_prototype_splits(amplitude=40.0, max_offset=210.0, noise=10))
+    return OFFSET_DATASET
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Train on one CPU thread (bit-reproducible, and polite to other jobs); restore afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
