@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -13,6 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
+from meta_rl.envs.single import SingleTaskEnv
 
 __all__ = ["FEEDBACK_MODES", "FewShotEnv", "FewShotVectorEnv"]
 
@@ -271,7 +271,7 @@ class FewShotVectorEnv(VectorEnv):
         return actions.long()
 
 
-class FewShotEnv(gym.Env[dict[str, Any], int]):
+class FewShotEnv(SingleTaskEnv):
     """One few-shot classification task at a time, with numpy observations, for ``gymnasium.make``.
 
     The same task as :class:`FewShotVectorEnv` (see its docstring for the spaces, rewards and
@@ -279,47 +279,4 @@ class FewShotEnv(gym.Env[dict[str, Any], int]):
     Stepping after the episode has ended raises; call ``reset()``.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
-
-    def __init__(self, **kwargs: Any) -> None:
-        if "num_envs" in kwargs or "device" in kwargs:
-            raise ValueError(
-                "FewShotEnv runs one task on the CPU; use FewShotVectorEnv (gymnasium.make_vec) for "
-                "num_envs or device."
-            )
-        self._vec = FewShotVectorEnv(num_envs=1, device="cpu", **kwargs)
-        self.observation_space = self._vec.single_observation_space
-        self.action_space = self._vec.single_action_space
-        self.episode_length = self._vec.episode_length
-        self._needs_reset = True
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        super().reset(seed=seed)
-        obs, _ = self._vec.reset(seed=seed, options=options)
-        self._needs_reset = False
-        return self._to_numpy(obs), {}
-
-    def step(self, action: int | np.integer) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        if self._needs_reset:
-            raise ValueError("the episode has ended (or never started); call reset() before step().")
-        if isinstance(action, np.ndarray) and action.shape == ():
-            action = action.item()
-        if not isinstance(action, (int, np.integer)) or isinstance(action, bool):
-            raise TypeError(f"action must be an int label, got {type(action).__name__} {action!r}.")
-        obs, reward, terminated, truncated, info = self._vec.step(torch.tensor([int(action)]))
-        done = bool(terminated[0])
-        if done:
-            obs = info["final_obs"]
-            self._needs_reset = True
-        step_info = {"instance": int(info["instance"][0]), "label": int(info["label"][0]),
-                     "is_query": bool(info["is_query"][0])}
-        return self._to_numpy(obs), float(reward[0]), done, bool(truncated[0]), step_info
-
-    @staticmethod
-    def _to_numpy(obs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        out: dict[str, Any] = {"image": obs["image"][0].numpy()}
-        if "label" in obs:
-            out["label"] = np.int64(obs["label"][0])
-        return out
+    vector_cls = FewShotVectorEnv

@@ -11,7 +11,17 @@ from gymnasium.vector import VectorEnv
 from meta_rl.policy import MetaPolicy
 from meta_rl.rollout import collect
 
-__all__ = ["MAX_INSTANCE", "REFERENCE_ROWS", "EvalResult", "accuracy_by_instance", "evaluate", "santoro_table"]
+__all__ = [
+    "MAX_INSTANCE",
+    "REFERENCE_ROWS",
+    "EvalResult",
+    "TrialReturns",
+    "accuracy_by_instance",
+    "evaluate",
+    "returns_by_inner_episode",
+    "santoro_table",
+    "trial_returns",
+]
 
 MAX_INSTANCE = 10
 TABLE_INSTANCES = (1, 2, 3, 5, 10)
@@ -122,3 +132,61 @@ def santoro_table(result: EvalResult, label: str = "this agent") -> str:
     rows.append(f"({result.episodes} held-out tasks; ± is the 95% confidence half-width; reference rows are on "
                 "Omniglot, a different dataset)")
     return "\n".join(rows)
+
+
+def returns_by_inner_episode(rewards: torch.Tensor, inner_episode: torch.Tensor, episodes: int) -> torch.Tensor:
+    """(B, episodes) the return of each inner episode of each trial, from (T, B) rewards and indices."""
+    onehot = torch.nn.functional.one_hot(inner_episode.clamp(0, episodes - 1), episodes)  # (T, B, E)
+    return (onehot * rewards.unsqueeze(-1)).sum(0)  # (B, E)
+
+
+@dataclass(frozen=True)
+class TrialReturns:
+    """Mean return of the 1st, 2nd, ... episode of a trial over held-out tasks, with 95% intervals.
+
+    ``improvement`` is the mean over tasks of (last episode - first episode), with its interval:
+    positive when the agent adapts to the task within the trial.
+    """
+
+    mean: list[float]
+    ci95: list[float]
+    improvement: float
+    improvement_ci95: float
+    trials: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "return_by_episode": {str(k + 1): m for k, m in enumerate(self.mean)},
+            "ci95": {str(k + 1): c for k, c in enumerate(self.ci95)},
+            "improvement": self.improvement,
+            "improvement_ci95": self.improvement_ci95,
+            "trials": self.trials,
+        }
+
+
+def trial_returns(
+    env: VectorEnv, policy: MetaPolicy, trials: int, *, seed: int = 0, deterministic: bool = True
+) -> TrialReturns:
+    """Return by inner episode on ``trials`` tasks of an env whose info gives ``"inner_episode"``."""
+    episodes = int(getattr(env, "episodes_per_trial", 0))
+    horizon = int(getattr(env, "episode_length", 0))
+    if episodes < 1 or horizon < 1:
+        raise ValueError("the env must have episodes_per_trial and episode_length (a multi-episode trial env).")
+    device = policy.value_head.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = policy.training
+    policy.eval()
+    parts = []
+    try:
+        for i in range(math.ceil(trials / env.num_envs)):
+            ro = collect(env, policy, horizon, generator, reset_seed=seed + i, deterministic=deterministic)
+            parts.append(returns_by_inner_episode(ro.rewards, ro.inner_episode, episodes))
+    finally:
+        policy.train(was_training)
+    r = torch.cat(parts)[:trials].double().cpu()  # (N, E)
+    n = r.shape[0]
+    half = 1.96 * r.std(0, unbiased=True) / math.sqrt(max(n, 1))
+    gain = r[:, -1] - r[:, 0]
+    return TrialReturns(
+        r.mean(0).tolist(), half.tolist(), float(gain.mean()), float(1.96 * gain.std(unbiased=True) / math.sqrt(n)), n
+    )

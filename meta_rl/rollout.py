@@ -34,6 +34,8 @@ class Rollout:
         starts: (T, B) bool, the first step of a task.
         labels, instance: (T, B) the true label and its instance index where the env's info
             gives them (else -1 and 0).
+        inner_episode: (T, B) the index of the episode within a multi-episode trial where the
+            env's info gives it (``"inner_episode"``), else 0.
         last_value: (B,) V(s_T) for bootstrapping.
         state0: the core state before the first step.
     """
@@ -49,11 +51,14 @@ class Rollout:
     starts: torch.Tensor
     labels: torch.Tensor
     instance: torch.Tensor
+    inner_episode: torch.Tensor
     last_value: torch.Tensor
     state0: State
 
     def correct(self) -> torch.Tensor:
         """(T, B) bool: the action equals the true label (False where no label is known)."""
+        if self.actions.shape != self.labels.shape:  # continuous actions: nothing to compare
+            return torch.zeros_like(self.labels, dtype=torch.bool)
         return (self.actions == self.labels) & (self.labels >= 0)
 
 
@@ -108,6 +113,7 @@ def collect(
     starts_buf = torch.empty(steps, b, dtype=torch.bool, device=device)
     labels = torch.full((steps, b), -1, dtype=torch.int64, device=device)
     instance = torch.zeros(steps, b, dtype=torch.int64, device=device)
+    inner_episode = torch.zeros(steps, b, dtype=torch.int64, device=device)
 
     prev_a = torch.zeros((b, *action_shape), dtype=action_dtype, device=device)
     prev_r = torch.zeros(b, device=device)
@@ -131,11 +137,13 @@ def collect(
                 labels[t] = info["label"]
             if "instance" in info:
                 instance[t] = info["instance"]
+            if "inner_episode" in info:
+                inner_episode[t] = info["inner_episode"]
             prev_a, prev_r, starts = action, reward.float(), done
         e = policy.encode(None if main is None else main[None], (1, b))
         u = policy.context({k: v[None] for k, v in extras.items()}, prev_a[None], prev_r[None], starts[None])
         _, last_value, _ = policy(e, u, starts[None], state, need_state=False)
     return Rollout(
         mains, embed, extra_buf, actions, prev_actions, prev_rewards, rewards, dones, starts_buf,
-        labels, instance, last_value[0], state0,
+        labels, instance, inner_episode, last_value[0], state0,
     )

@@ -19,7 +19,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from meta_rl.data import ImageDataset
 from meta_rl.env_checker import EnvCheckError, check_vector_env
-from meta_rl.envs import FEEDBACK_MODES, REGISTERED_IDS, FewShotEnv, FewShotVectorEnv
+from meta_rl.envs import FEEDBACK_MODES, REGISTERED_IDS, FewShotEnv, FewShotVectorEnv, SingleTaskEnv
 
 B = 8
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]
@@ -446,7 +446,7 @@ def test_single_env_matches_vector_env(synthetic: ImageDataset) -> None:
 @pytest.mark.parametrize("env_id", REGISTERED_IDS)
 def test_registered_single_env_passes_checkers(glyph_splits: dict[str, ImageDataset], env_id: str) -> None:
     env = gym.make(env_id)
-    assert isinstance(env.unwrapped, FewShotEnv)
+    assert isinstance(env.unwrapped, SingleTaskEnv)
     _check_single(env)
     env.close()
 
