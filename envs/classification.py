@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
-from meta_rl.envs.single import SingleTaskEnv
+from meta_rl.envs.single import SingleTaskEnv, check_seed
 
 __all__ = ["FEEDBACK_MODES", "FewShotEnv", "FewShotVectorEnv"]
 
@@ -158,14 +158,15 @@ class FewShotVectorEnv(VectorEnv):
             if not seed or any(not isinstance(s, int) for s in seed):
                 raise TypeError(f"seed must be an int, a non-empty list of ints or None, got {seed!r}.")
             seed = seed[0]
-        if seed is not None:
-            if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-                raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
-            self._generator.manual_seed(int(seed))
+        check_seed(seed)
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"options must be a dict or None, got {type(options).__name__} {options!r}.")
         if options:
             raise ValueError(
-                f"reset() takes no options, got {sorted(options)}; configure the task in the constructor."
+                f"reset() takes no options, got {sorted(options, key=repr)}; configure the task in the constructor."
             )
+        if seed is not None:
+            self._generator.manual_seed(int(seed))
         self._new_tasks()
         return self._observe(), {}
 
@@ -245,6 +246,8 @@ class FewShotVectorEnv(VectorEnv):
                 raise TypeError(
                     f"actions must be integers, got numpy dtype {actions.dtype}; cast with .astype(np.int64)."
                 )
+            if not actions.dtype.isnative:  # torch reads native byte order only
+                actions = actions.astype(actions.dtype.newbyteorder("="))
             actions = torch.as_tensor(actions, device=self.device)
         if not isinstance(actions, torch.Tensor):
             raise TypeError(
@@ -265,10 +268,11 @@ class FewShotVectorEnv(VectorEnv):
                 f"move them with actions.to('{self.device}')."
             )
         n = int(self.single_action_space.n)  # type: ignore[attr-defined]
+        actions = actions.long()  # before comparing: uint16/32/64 tensors have no comparison kernels
         if self.validate_actions and bool(((actions < 0) | (actions >= n)).any()):
             bad = actions[(actions < 0) | (actions >= n)][:5].tolist()
             raise ValueError(f"actions {bad} are out of range; valid labels are 0..{n - 1}.")
-        return actions.long()
+        return actions
 
 
 class FewShotEnv(SingleTaskEnv):

@@ -11,7 +11,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.envs.single import SingleTaskEnv
+from meta_rl.envs.single import SingleTaskEnv, check_seed
 
 __all__ = ["PointNavEnv", "PointNavVectorEnv"]
 
@@ -113,10 +113,9 @@ class PointNavVectorEnv(VectorEnv):
         """Draw B new goals; ``seed`` (with the split) seeds the env's own torch.Generator."""
         if isinstance(seed, list):
             seed = seed[0] if seed else None
+        check_seed(seed)
         if seed is not None:
-            if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-                raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
-            self._generator.manual_seed(int(seed) * 3 + _SPLIT_STREAMS[self.split])
+            self._generator.manual_seed((int(seed) * 3 + _SPLIT_STREAMS[self.split]) % 2**64)
         if options:
             raise ValueError(f"reset() takes no options, got {sorted(options)}; configure the task in the constructor.")
         self._new_tasks()

@@ -11,7 +11,17 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-__all__ = ["SingleTaskEnv"]
+__all__ = ["SingleTaskEnv", "check_seed"]
+
+
+def check_seed(seed: Any) -> None:
+    """A seed is None or an int in [0, 2**64) (what torch.Generator.manual_seed takes); else ValueError."""
+    if seed is None:
+        return
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+    if seed >= 2**64:
+        raise ValueError(f"seed must be below 2**64, got {seed!r}; reduce it, e.g. seed % 2**64.")
 
 
 class SingleTaskEnv(gym.Env[Any, Any]):
@@ -42,6 +52,8 @@ class SingleTaskEnv(gym.Env[Any, Any]):
         self._needs_reset = True
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        check_seed(seed)  # before gymnasium's seeding, which raises gymnasium.error.Error instead
+        seed = None if seed is None else int(seed)  # gymnasium takes a Python int only
         super().reset(seed=seed)
         obs, _ = self._vec.reset(seed=seed, options=options)
         self._needs_reset = False

@@ -1,7 +1,15 @@
-"""Checkpoints written atomically and read back with checks, never silently."""
+"""Checkpoints written atomically and read back with checks, never silently.
+
+A checkpoint is a ``torch.save`` dict. Since format version 2 it carries a SHA-256 checksum of
+its content (``"checksum"``), so a flipped bit anywhere is caught on load instead of resuming
+from silently damaged parameters; version 1 files (no checksum) are still read.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import io
 import os
 import tempfile
@@ -10,36 +18,118 @@ from typing import Any
 
 import torch
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointWriteError",
+    "checksum",
+    "load_checkpoint",
+    "load_state",
+    "save_checkpoint",
+]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no checksum
 REQUIRED_KEYS = ("format_version", "config", "policy", "optimizer", "counters", "rng")
+CHECKSUM_KEY = "checksum"
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, partial or from an incompatible version."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (disk full, no permission, ...); the previous one is untouched."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_CHUNK = 1 << 22  # bytes per write() call
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    while data:
+        written = os.write(fd, data[:_CHUNK])
+        data = data[written:]
+
+
+def _write_error(path: Path, existed: bool, exc: OSError) -> CheckpointWriteError:
+    cause = "the disk is full" if exc.errno in _DISK_FULL else f"{type(exc).__name__}: {exc}"
+    previous = (
+        f"the previous checkpoint {path} is intact" if existed else "no previous checkpoint exists (nothing was lost)"
+    )
+    fix = "free some space" if exc.errno in _DISK_FULL else "fix the cause"
+    err = CheckpointWriteError(
+        f"cannot write checkpoint {path}: {cause} ({errno.errorcode.get(exc.errno or 0, exc.errno)}); "
+        f"{previous} and no temporary file was left behind. {fix.capitalize()}, then resume with "
+        f"meta-rl train --resume {path.parent}."
+    )
+    err.errno = exc.errno
+    return err
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Hash ``obj`` (nested dicts, lists, tuples, tensors and plain values) deterministically."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for key in sorted(obj, key=repr):
+            h.update(f"{key!r}:".encode())
+            _feed(h, obj[key])
+    elif isinstance(obj, (set, frozenset)):  # iteration order varies between processes: sort
+        h.update(f"S{len(obj)};".encode())
+        for item in sorted(obj, key=repr):
+            _feed(h, item)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)};".encode())
+        for item in obj:
+            _feed(h, item)
+    else:
+        h.update(f"V{type(obj).__name__}:{obj!r};".encode())
+
+
+def checksum(data: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's content (every entry but the checksum itself)."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in data.items() if k != CHECKSUM_KEY})
+    return "sha256:" + h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
 
     A crash (or a full disk) at any moment leaves either the old file or the new one, never a
-    partial one.
+    partial one, and no temporary file is left behind by a failed write.
+
+    Raises:
+        CheckpointWriteError: the file could not be written (the message says why, e.g. disk full).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format_version": FORMAT_VERSION, **payload}
+    data[CHECKSUM_KEY] = checksum(data)
     buffer = io.BytesIO()
     torch.save(data, buffer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    existed = path.is_file()
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, existed, exc) from exc
+    try:
+        try:
+            _write_all(fd, buffer.getbuffer())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, existed, exc) from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -70,9 +160,56 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by meta-rl's trainer.")
-    if data["format_version"] != FORMAT_VERSION:
+    version = data["format_version"]
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"checkpoint {path} has format version {data['format_version']}, this meta-rl reads version "
-            f"{FORMAT_VERSION}; use the meta-rl release that wrote it."
+            f"checkpoint {path} has format version {version!r}, this meta-rl reads versions "
+            f"{list(READABLE_VERSIONS)}; use the meta-rl release that wrote it."
         )
+    if version >= 2:
+        if CHECKSUM_KEY not in data:
+            raise CheckpointError(
+                f"checkpoint {path} lacks its {CHECKSUM_KEY!r}; it is corrupt or was not written by meta-rl's "
+                "trainer. Restore it from a backup or start a new run."
+            )
+        if data[CHECKSUM_KEY] != checksum(data):
+            raise CheckpointError(
+                f"checkpoint {path} fails its checksum: its content was damaged after it was written (bit "
+                "flips, a bad disk or copy). Restore it from a backup or start a new run."
+            )
     return data
+
+
+def load_state(module: Any, state: Any, path: str | Path, what: str) -> None:
+    """``module.load_state_dict(state)`` (a torch module or optimizer) or a CheckpointError naming the mismatch.
+
+    For ``nn.Module`` targets, missing and unexpected entries and shape mismatches are named
+    before anything is loaded, so the module is left unchanged on error.
+    """
+    fix = (
+        "the checkpoint does not match the model its config builds (it is damaged, was edited, or comes from "
+        "another meta-rl version); resume it with the meta-rl release that wrote it or start a new run."
+    )
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: {what!r} is a {type(state).__name__}, not a state dict; {fix}")
+    if isinstance(module, torch.nn.Module):
+        expected = module.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint {path}: {what} entries do not match (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}); {fix}"
+            )
+        for key, ref in expected.items():
+            got = state[key]
+            if not isinstance(got, torch.Tensor) or got.shape != ref.shape:
+                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+                raise CheckpointError(
+                    f"checkpoint {path}: {what} entry {key!r} has shape {shape} but the model expects "
+                    f"{tuple(ref.shape)}; {fix}"
+                )
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot load {what} ({type(exc).__name__}: {exc}); {fix}") from exc

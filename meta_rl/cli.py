@@ -7,10 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from meta_rl.checkpoint import CheckpointError, load_checkpoint
+from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state
 from meta_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from meta_rl.evaluation import evaluate, santoro_table
-from meta_rl.train import CHECKPOINT_NAME, build_policy, load_run_config, make_vec_env, resolve_device, train
+from meta_rl.train import (
+    CHECKPOINT_NAME,
+    NonFiniteError,
+    TrainingInterrupted,
+    build_policy,
+    load_run_config,
+    make_vec_env,
+    resolve_device,
+    train,
+)
 
 __all__ = ["main"]
 
@@ -48,7 +57,7 @@ def _eval(args: argparse.Namespace) -> int:
     env = make_vec_env(cfg, args.split, min(args.batch, args.episodes), device)
     steps = cfg.rollout_steps or int(getattr(env, "episode_length", 0))
     policy = build_policy(cfg, env, steps).to(device)
-    policy.load_state_dict(ckpt["policy"])
+    load_state(policy, ckpt["policy"], run_dir / CHECKPOINT_NAME, "policy")
     result = evaluate(env, policy, args.episodes, seed=args.seed, steps=steps)
     if args.json:
         print(json.dumps(result.to_json()))
@@ -103,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as exc:
         print(f"meta-rl: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:  # SIGINT -> 130, SIGTERM -> 143, after a checkpoint
+        print(f"meta-rl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except NonFiniteError as exc:
+        print(f"meta-rl: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # outside the training loop, or a second Ctrl-C: stop at once
+        print("meta-rl: interrupted; checkpoints already written are intact (resume with meta-rl train --resume DIR).",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

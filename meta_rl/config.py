@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class TrainConfig:
     """Held-out tasks per evaluation during training."""
     checkpoint_every: int = 200
     """Write a checkpoint every this many updates (and always at the end)."""
+    skip_nonfinite_updates: bool = False
+    """On a NaN or inf loss or gradient, skip that update (counted as ``faults/skipped_updates``)
+    instead of stopping the run. May be switched on when resuming a run that stopped on one."""
 
     def validate(self) -> TrainConfig:
         """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
@@ -115,6 +119,8 @@ class TrainConfig:
         for name in ("rollout_steps", "memory_capacity", "eval_every", "eval_episodes", "torch_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0 picks the default), got {getattr(self, name)}.")
+        if not -(2**63) <= self.seed < 2**63:  # what torch.Generator.manual_seed takes
+            raise ConfigError(f"seed must lie in [-2**63, 2**63), got {self.seed}.")
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
@@ -166,6 +172,8 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
         return
     if not _is(value, hint):
         raise ConfigError(f"{name} must be of type {hint.__name__}, got {type(value).__name__} {value!r}.")
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}.")
 
 
 def _plain(value: Any) -> bool:

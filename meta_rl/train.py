@@ -2,14 +2,24 @@
 
 Reads top to bottom: build the env and the policy, (resume,) then loop: collect a rollout of
 B tasks, update, log, evaluate on held-out tasks, checkpoint.
+
+Faults lose nothing: one process per run directory (a lock file), SIGINT/SIGTERM stop at the
+end of the current update with a checkpoint (:class:`TrainingInterrupted`), a NaN or inf in a
+loss, gradient or parameter stops the run before it is saved (:class:`NonFiniteError`) or skips
+the update (``skip_nonfinite_updates``), and checkpoints are atomic and checksummed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
+import re
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +29,19 @@ from gymnasium.vector import VectorEnv
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from meta_rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig
 from meta_rl.evaluation import MAX_INSTANCE, accuracy_by_instance, evaluate
 from meta_rl.monitoring import accuracy_figure, episode_strip
 from meta_rl.policy import MetaPolicy
 from meta_rl.returns import explained_variance, gae, normalize, reinforce_losses
 from meta_rl.rollout import Rollout, collect
+from meta_rl.runlock import run_lock
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "NonFiniteError",
+    "TrainingInterrupted",
     "build_policy",
     "make_vec_env",
     "reinforce_update",
@@ -38,8 +51,39 @@ __all__ = [
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Keys that may differ between a run and its resumption: how long it runs, not what it learns.
-RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads")
+RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates")
 HELDOUT_SEED = 1_000_000
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Quantities checked for NaN/inf every update, besides the parameters.
+GUARDED = ("loss/policy", "loss/value", "policy/entropy", "policy/grad_norm")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training at the end of an update, after a checkpoint was written.
+
+    Attributes:
+        signum: the signal. exit_code: ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
+        run_dir, update, env_steps: where the run stopped; ``meta-rl train --resume run_dir`` continues it.
+    """
+
+    def __init__(self, signum: int, run_dir: Path, update: int, env_steps: int) -> None:
+        self.signum, self.run_dir, self.update, self.env_steps = signum, run_dir, update, env_steps
+        super().__init__(
+            f"training interrupted by {signal.Signals(signum).name} after update {update} (env step {env_steps}); "
+            f"checkpoint saved to {run_dir / CHECKPOINT_NAME}. Resume with: meta-rl train --resume {run_dir}"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss, gradient or parameter became NaN or inf; the bad state was not checkpointed."""
+
+    def __init__(self, message: str, quantity: str, update: int, env_steps: int) -> None:
+        super().__init__(message)
+        self.quantity, self.update, self.env_steps = quantity, update, env_steps
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,12 +120,25 @@ def make_vec_env(cfg: TrainConfig, split: str, num_envs: int, device: torch.devi
     entry = spec.vector_entry_point
     creator: Any = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
     accepted = inspect.signature(creator).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        allowed = sorted(k for k in accepted if k not in ("self", "num_envs"))
+        unknown = sorted(set(cfg.env_kwargs) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"env_kwargs {unknown} are not arguments of {cfg.env_id!r}; allowed keys are: {', '.join(allowed)}"
+                + (" (set num_envs as a top-level key)." if "num_envs" in unknown else ".")
+            )
     kwargs = dict(cfg.env_kwargs)
     if "split" in accepted:
         kwargs.setdefault("split", split)
     if "device" in accepted:
         kwargs.setdefault("device", device)
-    env = gym.make_vec(cfg.env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    try:
+        env = gym.make_vec(cfg.env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    except (ValueError, TypeError, gym.error.Error) as exc:  # the env's own checks: n_way, dataset, split, ...
+        raise ConfigError(
+            f"cannot create env {cfg.env_id!r} for split {split!r} with env_kwargs {cfg.env_kwargs}: {exc}"
+        ) from exc
     return env
 
 
@@ -106,6 +163,15 @@ def reinforce_update(
     policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig
 ) -> dict[str, torch.Tensor]:
     """One REINFORCE step on a rollout: GAE(λ) advantages from the critic, TD(λ) critic targets."""
+    stats = reinforce_gradients(policy, optimizer, ro, cfg)
+    optimizer.step()
+    return stats
+
+
+def reinforce_gradients(
+    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """The gradients of :func:`reinforce_update` (clipped, in ``.grad``) without the optimizer step."""
     steps, batch = ro.rewards.shape
     embed = ro.embed if ro.embed is not None else policy.encode(ro.main, (steps, batch))  # (T, B, E)
     context = policy.context(ro.extras, ro.prev_actions, ro.prev_rewards, ro.starts)  # (T, B, U)
@@ -119,7 +185,6 @@ def reinforce_update(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-    optimizer.step()
     return {
         "loss/policy": losses["policy"].detach(),
         "loss/value": losses["value"].detach(),
@@ -151,20 +216,128 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return TrainConfig.from_dict(ckpt["config"], source=str(Path(run_dir) / CHECKPOINT_NAME))
 
 
+class _StopRequest:
+    """Set by the signal handler; read by the loop at its safe point."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: _StopRequest) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into a stop request for the duration of the block (main thread only).
+
+    The first signal asks the loop to stop after the current update; the previous handlers are
+    put back at once, so a second signal acts immediately (the checkpoint on disk stays whole:
+    writes are atomic). The handlers in place before are restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    previous: dict[int, Any] = {}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.signum is None:
+            stop.signum = signum
+        restore()
+
+    for signum in STOP_SIGNALS:
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        restore()
+
+
+def _check_every_update(device: torch.device, cfg: TrainConfig) -> bool:
+    """Whether the NaN/inf check reads its verdict to the host every update.
+
+    On the CPU that read costs nothing, so every update is checked before the optimizer steps.
+    On an accelerator it would be a host sync per update: the verdict then stays on the device
+    and is read at the next log or checkpoint (both sync anyway), unless updates are to be skipped,
+    which needs the verdict before the step.
+    """
+    return device.type == "cpu" or cfg.skip_nonfinite_updates
+
+
+def _finite_flags(policy: MetaPolicy, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """bool (len(GUARDED) + 1,) on the device: each guarded quantity, then all parameters, is finite."""
+    params = torch.stack([torch.isfinite(p).all() for p in policy.parameters()]).all()
+    return torch.stack([*(torch.isfinite(stats[k]).all() for k in GUARDED), params])
+
+
+def _first_bad(t: torch.Tensor) -> str:
+    bad = t.detach()[~torch.isfinite(t.detach())]
+    return str(float(bad[0])) if bad.numel() else "nan or inf"
+
+
+def _diagnose(policy: MetaPolicy, stats: dict[str, torch.Tensor] | None, flags: torch.Tensor | None) -> tuple[str, str]:
+    """Name the first non-finite quantity and its value (only on the failure path: it reads the host).
+
+    ``stats`` None and ``flags`` given: a deferred verdict, named from the flags of that update
+    (the parameters have moved on since). Both None: only the parameters are examined.
+    """
+    if stats is None and flags is not None:
+        bad = [name for name, ok in zip((*GUARDED, "parameters"), flags.tolist()) if not ok]
+        return " and ".join(bad) or "a guarded quantity", "nan or inf"
+    for name, p in policy.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return f"parameter {name}", _first_bad(p)
+    if stats is not None:
+        for key in GUARDED[:-1]:
+            if not bool(torch.isfinite(stats[key]).all()):
+                return key, _first_bad(stats[key])
+        for name, p in policy.named_parameters():
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                return f"gradient of {name}", _first_bad(p.grad)
+        if not bool(torch.isfinite(stats["policy/grad_norm"]).all()):
+            return "policy/grad_norm", _first_bad(stats["policy/grad_norm"])
+    return "a guarded quantity", "nan or inf"
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` writing TensorBoard logs and checkpoints to ``run_dir``; returns final figures.
 
     With ``resume`` the run continues from ``run_dir/checkpoint.pt``: parameters, optimizer,
     counters and RNG states, so on CPU it ends exactly where an uninterrupted run would.
+
+    Raises:
+        ConfigError: a bad setting, or ``run_dir`` already holds a run (RunLockedError: one that is running).
+        CheckpointError: the checkpoint to resume is missing, damaged or from another config;
+            CheckpointWriteError: a checkpoint could not be written (e.g. disk full).
+        TrainingInterrupted: SIGINT/SIGTERM stopped the run after checkpointing it.
+        NonFiniteError: a loss, gradient or parameter became NaN or inf (nothing bad was saved).
     """
     cfg.validate()
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    if not resume and ckpt_path.exists():
-        raise ConfigError(
-            f"run directory {run_dir} already holds a checkpoint; resume it with --resume {run_dir} "
-            "or choose a new --run-dir."
-        )
+    if resume and not ckpt_path.is_file():
+        load_checkpoint(ckpt_path)  # raises "does not exist" without creating the directory
+    created = not run_dir.exists()
+    try:
+        with run_lock(run_dir):
+            if not resume and ckpt_path.exists():
+                raise ConfigError(
+                    f"run directory {run_dir} already holds a checkpoint; resume it with --resume {run_dir} "
+                    "or choose a new --run-dir."
+                )
+            for leftover in run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # from a process killed mid-write
+                leftover.unlink(missing_ok=True)
+            stop = _StopRequest()
+            with _stop_on_signals(stop):
+                return _train(cfg, run_dir, resume, progress, stop)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
+
+
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: _StopRequest) -> dict[str, Any]:
+    ckpt_path = run_dir / CHECKPOINT_NAME
     device = resolve_device(cfg.device)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -179,18 +352,31 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progre
         policy = build_policy(cfg, env, steps).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    update, env_steps = 0, 0
+    update, env_steps, skipped = 0, 0, 0
+    saved_update: int | None = None  # the update of the checkpoint on disk
 
     if resume:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         _check_resumable(ckpt["config"], cfg, ckpt_path)
-        policy.load_state_dict(ckpt["policy"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        generator.set_state(ckpt["rng"]["actions"].cpu())  # generator states live on the host
-        update, env_steps = int(ckpt["counters"]["update"]), int(ckpt["counters"]["env_steps"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+        load_state(policy, ckpt["policy"], ckpt_path, "policy")
+        load_state(optimizer, ckpt["optimizer"], ckpt_path, "optimizer")
+        try:
+            generator.set_state(ckpt["rng"]["actions"].cpu())  # generator states live on the host
+            update, env_steps = int(ckpt["counters"]["update"]), int(ckpt["counters"]["env_steps"])
+            skipped = int(ckpt.get("faults", {}).get("skipped_updates", 0))
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} has malformed counters or RNG state ({type(exc).__name__}: {exc}); it is "
+                "damaged: restore it from a backup or start a new run."
+            ) from exc
+        saved_update = update
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    writer = SummaryWriter(str(run_dir), purge_step=env_steps if resume else None)
+    # purge_step: TensorBoard hides every event from an earlier attempt at a step >= purge_step. A
+    # resumed run keeps what was logged up to its checkpoint (steps <= env_steps) and drops what a
+    # killed process logged after it; a fresh run drops anything left by an attempt that never
+    # checkpointed.
+    _after_existing_event_files(run_dir)
+    writer = SummaryWriter(str(run_dir), purge_step=env_steps + 1 if resume else 0)
     if not resume:
         writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", 0)
 
@@ -198,83 +384,174 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progre
     if cfg.eval_every and cfg.eval_episodes:
         heldout_env = make_vec_env(cfg, cfg.heldout_split, min(cfg.eval_episodes, 256), device)
 
+    eager = _check_every_update(device, cfg)
+    # Deferred verdict (accelerators): the first update whose check failed (-1: none) and its flags.
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    first_flags = torch.ones(len(GUARDED) + 1, dtype=torch.bool, device=device)
+
+    def nonfinite(quantity: str, value: str, at_update: int) -> NonFiniteError:
+        at_steps = at_update * steps * cfg.num_envs
+        kept = (f"the last good checkpoint {ckpt_path} (update {saved_update}) is intact" if saved_update is not None
+                else "no checkpoint had been written yet")
+        return NonFiniteError(
+            f"{quantity} is {value} at update {at_update} (env step {at_steps}); training stopped and {kept}: "
+            "the bad state was not saved. Lower learning_rate or max_grad_norm, check the env's rewards, or set "
+            "skip_nonfinite_updates=true to skip such updates.",
+            quantity, at_update, at_steps,
+        )
+
+    def check_deferred() -> None:
+        if eager:
+            return
+        bad_update = int(first_bad)  # a host read, done only where the loop syncs anyway
+        if bad_update >= 0:
+            quantity, value = _diagnose(policy, None, first_flags)
+            raise nonfinite(quantity, value, bad_update)
+
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {
+        nonlocal saved_update
+        check_deferred()
+        if not bool(torch.stack([torch.isfinite(p).all() for p in policy.parameters()]).all()):
+            quantity, value = _diagnose(policy, None, None)
+            raise nonfinite(quantity, value, update)
+        payload: dict[str, Any] = {
             "config": cfg.to_dict(),
             "policy": policy.state_dict(),
             "optimizer": optimizer.state_dict(),
             "counters": {"update": update, "env_steps": env_steps},
             "rng": {"actions": generator.get_state()},
-        })
+        }
+        if cfg.skip_nonfinite_updates:
+            payload["faults"] = {"skipped_updates": skipped}
+        save_checkpoint(ckpt_path, payload)
+        saved_update = update
 
-    def held_out_eval() -> dict[str, float]:
+    def held_out_eval(log: bool = True) -> dict[str, float]:
         assert heldout_env is not None
         res = evaluate(heldout_env, policy, cfg.eval_episodes, seed=HELDOUT_SEED, steps=steps)
-        for k, acc in enumerate(res.accuracy_by_instance, start=1):
-            writer.add_scalar(f"heldout/accuracy_instance_{k}", acc, env_steps)
-        writer.add_scalar("heldout/accuracy", res.accuracy, env_steps)
-        writer.add_figure("heldout/accuracy_by_instance", accuracy_figure(
-            {"held-out": (res.accuracy_by_instance, res.ci95)}), env_steps)
+        if log:
+            for k, acc in enumerate(res.accuracy_by_instance, start=1):
+                writer.add_scalar(f"heldout/accuracy_instance_{k}", acc, env_steps)
+            writer.add_scalar("heldout/accuracy", res.accuracy, env_steps)
+            writer.add_figure("heldout/accuracy_by_instance", accuracy_figure(
+                {"held-out": (res.accuracy_by_instance, res.ci95)}), env_steps)
         return {f"heldout/accuracy_instance_{k}": a for k, a in enumerate(res.accuracy_by_instance, start=1)}
 
     # --- loop -----------------------------------------------------------------------------
     hits = torch.zeros(MAX_INSTANCE, device=device)
     counts = torch.zeros(MAX_INSTANCE, device=device)
     sums: dict[str, torch.Tensor] = {}
+    summed = 0  # updates in sums (skipped ones are left out)
     started = time.monotonic()
     last_log_time, last_log_steps = started, env_steps
     final: dict[str, float] = {}
+    evaluated_at: int | None = None  # env step of the last held-out evaluation
+    first_update = update
     bar = tqdm(total=cfg.total_env_steps, initial=env_steps, unit="step", unit_scale=True, disable=not progress,
                mininterval=2.0)
     ro: Rollout | None = None
     policy.train()
-    while env_steps < cfg.total_env_steps:
-        if cfg.max_minutes and time.monotonic() - started >= cfg.max_minutes * 60:
-            break
-        ro = collect(env, policy, steps, generator, reset_seed=_task_seed(cfg.seed, update), embed_with_grad=True)
-        stats = reinforce_update(policy, optimizer, ro, cfg)
-        h, c = accuracy_by_instance(ro.correct(), ro.instance)  # (B, K) each
-        hits += h.sum(0)
-        counts += c.sum(0)
-        for key, value in stats.items():
-            sums[key] = sums.get(key, torch.zeros((), device=device)) + value
-        update += 1
-        env_steps += steps * cfg.num_envs
-        bar.update(steps * cfg.num_envs)
+    try:
+        while env_steps < cfg.total_env_steps and stop.signum is None:
+            if cfg.max_minutes and time.monotonic() - started >= cfg.max_minutes * 60:
+                break
+            ro = collect(env, policy, steps, generator, reset_seed=_task_seed(cfg.seed, update), embed_with_grad=True)
+            stats = reinforce_gradients(policy, optimizer, ro, cfg)
+            flags = _finite_flags(policy, stats)
+            good = True
+            if eager:
+                if not bool(flags.all()):  # the one host read per update (free on the CPU)
+                    quantity, value = _diagnose(policy, stats, flags)
+                    if not cfg.skip_nonfinite_updates or quantity.startswith("parameter"):
+                        raise nonfinite(quantity, value, update + 1)
+                    optimizer.zero_grad(set_to_none=True)  # skip: no step, Adam's state untouched
+                    skipped += 1
+                    good = False
+            else:
+                newly = (first_bad < 0) & ~flags.all()
+                first_bad = torch.where(newly, update + 1, first_bad)
+                first_flags = torch.where(newly, flags, first_flags)
+            if good:
+                optimizer.step()
+                for key, value_t in stats.items():
+                    sums[key] = sums.get(key, torch.zeros((), device=device)) + value_t
+                summed += 1
+            h, c = accuracy_by_instance(ro.correct(), ro.instance)  # (B, K) each
+            hits += h.sum(0)
+            counts += c.sum(0)
+            update += 1
+            env_steps += steps * cfg.num_envs
+            bar.update(steps * cfg.num_envs)
 
-        if update % cfg.log_every == 0:
-            now = time.monotonic()
-            means = {k: float(v) / cfg.log_every for k, v in sums.items()}
-            for key, mean in means.items():
-                writer.add_scalar(key, mean, env_steps)
-            accuracy = (hits / counts.clamp_min(1)).tolist()
-            for k, acc in enumerate(accuracy, start=1):
-                if counts[k - 1] > 0:
-                    writer.add_scalar(f"train/accuracy_instance_{k}", acc, env_steps)
-            writer.add_scalar("charts/steps_per_second", (env_steps - last_log_steps) / max(now - last_log_time, 1e-9),
-                              env_steps)
-            overall = float(hits.sum() / counts.sum().clamp_min(1))
-            bar.set_postfix(ret=f"{means['charts/return']:.1f}", acc=f"{overall:.2f}")
-            hits.zero_()
-            counts.zero_()
-            sums.clear()
-            last_log_time, last_log_steps = now, env_steps
-        if heldout_env is not None and update % cfg.eval_every == 0:
-            final = held_out_eval()
-            _log_strip(writer, ro, env_steps)
-        if update % cfg.checkpoint_every == 0:
+            if update % cfg.log_every == 0:
+                check_deferred()
+                now = time.monotonic()
+                means = {k: float(v) / summed for k, v in sums.items()}
+                for key, mean in means.items():
+                    writer.add_scalar(key, mean, env_steps)
+                if cfg.skip_nonfinite_updates:
+                    writer.add_scalar("faults/skipped_updates", skipped, env_steps)
+                accuracy = (hits / counts.clamp_min(1)).tolist()
+                for k, acc in enumerate(accuracy, start=1):
+                    if counts[k - 1] > 0:
+                        writer.add_scalar(f"train/accuracy_instance_{k}", acc, env_steps)
+                writer.add_scalar("charts/steps_per_second",
+                                  (env_steps - last_log_steps) / max(now - last_log_time, 1e-9), env_steps)
+                overall = float(hits.sum() / counts.sum().clamp_min(1))
+                if "charts/return" in means:
+                    bar.set_postfix(ret=f"{means['charts/return']:.1f}", acc=f"{overall:.2f}")
+                hits.zero_()
+                counts.zero_()
+                sums.clear()
+                summed = 0
+                last_log_time, last_log_steps = now, env_steps
+            if stop.signum is not None:
+                break  # the safe point: this update is complete; checkpoint below, skip the evaluation
+            if heldout_env is not None and update % cfg.eval_every == 0:
+                final = held_out_eval()
+                evaluated_at = env_steps
+                _log_strip(writer, ro, env_steps)
+            # The last update's checkpoint is written after the final evaluation (below), so a kill
+            # during that evaluation resumes before it and logs it once.
+            if update % cfg.checkpoint_every == 0 and env_steps < cfg.total_env_steps:
+                checkpoint()
+        bar.close()
+        if stop.signum is not None:
             checkpoint()
-    bar.close()
-    checkpoint()
-    if heldout_env is not None:
-        final = held_out_eval()
-        if ro is not None:
-            _log_strip(writer, ro, env_steps)
-    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in cfg.to_dict().items()}
-    writer.add_hparams(hparams, {f"hparam/{k.split('/')[-1]}": v for k, v in final.items()} or {"hparam/none": 0.0},
-                       run_name=".", global_step=env_steps)
-    writer.close()
-    return {"updates": update, "env_steps": env_steps, "minutes": (time.monotonic() - started) / 60, **final}
+            raise TrainingInterrupted(stop.signum, run_dir, update, env_steps)
+        trained = update > first_update
+        if heldout_env is not None and evaluated_at != env_steps:
+            # A resumed run with nothing left to do evaluates without logging again.
+            final = held_out_eval(log=trained)
+            if ro is not None:
+                _log_strip(writer, ro, env_steps)
+        if trained:
+            hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+                       for k, v in cfg.to_dict().items()}
+            writer.add_hparams(hparams, {f"hparam/{k.split('/')[-1]}": v for k, v in final.items()}
+                               or {"hparam/none": 0.0}, run_name=".", global_step=env_steps)
+        writer.flush()
+        checkpoint()
+    finally:
+        bar.close()
+        writer.close()
+    result: dict[str, Any] = {"updates": update, "env_steps": env_steps, "minutes": (time.monotonic() - started) / 60}
+    if cfg.skip_nonfinite_updates:
+        result["skipped_updates"] = skipped
+    return {**result, **final}
+
+
+def _after_existing_event_files(run_dir: Path) -> None:
+    """Wait (at most a second) until a new event file would sort after every existing one.
+
+    TensorBoard reads a run's event files in name order, and the name starts with the creation
+    time in whole seconds; a restart within the same second as an earlier writer could sort
+    first, and its purge of the earlier attempt's events would then not apply.
+    """
+    stamps = [int(m.group(1)) for f in run_dir.glob("events.out.tfevents.*")
+              if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", f.name))]
+    if stamps and max(stamps) >= int(time.time()):
+        time.sleep(min(max(stamps) + 1 - time.time(), 1.1))  # capped: a clock set back waits no longer
 
 
 def _log_strip(writer: SummaryWriter, ro: Rollout, env_steps: int) -> None:
