@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
-from meta_rl.envs.single import SingleTaskEnv, check_seed
+from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device
 
 __all__ = ["FEEDBACK_MODES", "FewShotEnv", "FewShotVectorEnv"]
 
@@ -109,12 +109,7 @@ class FewShotVectorEnv(VectorEnv):
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}.")
         if feedback not in FEEDBACK_MODES:
             raise ValueError(f"unknown feedback mode {feedback!r}; expected one of {FEEDBACK_MODES}.")
-        if render_mode is not None:
-            raise ValueError(f"render_mode {render_mode!r} is not supported; pass render_mode=None.")
-        self.device = torch.device(device)
-        if self.device.type not in ("cpu", "meta") and self.device.index is None:
-            # "cuda" -> "cuda:N": tensors report an indexed device, and device checks compare them.
-            self.device = torch.empty(0, device=self.device).device
+        self.device = env_device(device, render_mode)
         data = resolve_split(dataset, split, image_size=image_size, seed=data_seed)
         self.sampler = EpisodeSampler(data, n_way, instances_per_class, shots, queries_per_class, self.device)
         self.num_envs = num_envs

@@ -11,7 +11,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.envs.single import SingleTaskEnv, check_seed
+from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device
 
 __all__ = ["PointNavEnv", "PointNavVectorEnv"]
 
@@ -82,11 +82,7 @@ class PointNavVectorEnv(VectorEnv):
             raise ValueError(f"goal_radius and max_step must be > 0, got {goal_radius} and {max_step}.")
         if split not in _SPLIT_STREAMS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_STREAMS)}.")
-        if render_mode is not None:
-            raise ValueError(f"render_mode {render_mode!r} is not supported; pass render_mode=None.")
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = env_device(device, render_mode)
         self.num_envs = num_envs
         self.episodes_per_trial = episodes_per_trial
         self.horizon = horizon

@@ -11,7 +11,18 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-__all__ = ["SingleTaskEnv", "check_seed"]
+__all__ = ["SingleTaskEnv", "check_seed", "env_device"]
+
+
+def env_device(device: torch.device | str, render_mode: str | None = None) -> torch.device:
+    """The device a vector env runs on, with an index ("cuda" -> "cuda:N"), since tensors report
+    an indexed device and action checks compare devices. Rejects any ``render_mode``."""
+    if render_mode is not None:
+        raise ValueError(f"render_mode {render_mode!r} is not supported; pass render_mode=None.")
+    resolved = torch.device(device)
+    if resolved.type not in ("cpu", "meta") and resolved.index is None:
+        resolved = torch.empty(0, device=resolved).device
+    return resolved
 
 
 def check_seed(seed: Any) -> None:
