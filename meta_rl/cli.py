@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def _train(args: argparse.Namespace) -> int:
         saved["max_minutes"] = args.max_minutes
     cfg = TrainConfig.from_dict(saved, source="the command line")
     result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    print(json.dumps(result))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(json.dumps(result))
     return 0
 
 

@@ -17,6 +17,7 @@ import inspect
 import json
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig
+from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.evaluation import MAX_INSTANCE, accuracy_by_instance, evaluate
 from meta_rl.monitoring import accuracy_figure, episode_strip
 from meta_rl.policy import MetaPolicy
@@ -160,18 +162,24 @@ def build_policy(cfg: TrainConfig, env: VectorEnv, steps: int) -> MetaPolicy:
 
 
 def reinforce_update(
-    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig
+    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig, *, world: World | None = None
 ) -> dict[str, torch.Tensor]:
     """One REINFORCE step on a rollout: GAE(λ) advantages from the critic, TD(λ) critic targets."""
-    stats = reinforce_gradients(policy, optimizer, ro, cfg)
+    stats = reinforce_gradients(policy, optimizer, ro, cfg, world=world)
     optimizer.step()
     return stats
 
 
 def reinforce_gradients(
-    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig
+    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig, *, world: World | None = None
 ) -> dict[str, torch.Tensor]:
-    """The gradients of :func:`reinforce_update` (clipped, in ``.grad``) without the optimizer step."""
+    """The gradients of :func:`reinforce_update` (clipped, in ``.grad``) without the optimizer step.
+
+    With a ``world`` of several ranks the gradients are averaged over the ranks after ``backward``
+    and before clipping (see :mod:`meta_rl.distributed` for why not DDP), so every rank clips and
+    steps with the same gradient, that of the mean loss over all ranks' tasks. The returned losses
+    are this rank's own.
+    """
     steps, batch = ro.rewards.shape
     embed = ro.embed if ro.embed is not None else policy.encode(ro.main, (steps, batch))  # (T, B, E)
     context = policy.context(ro.extras, ro.prev_actions, ro.prev_rewards, ro.starts)  # (T, B, U)
@@ -184,6 +192,8 @@ def reinforce_gradients(
     loss = losses["policy"] + cfg.value_coef * losses["value"] - cfg.entropy_coef * losses["entropy"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if world is not None:
+        world.average_gradients(list(policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
     return {
         "loss/policy": losses["policy"].detach(),
@@ -316,19 +326,35 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progre
     ckpt_path = run_dir / CHECKPOINT_NAME
     if resume and not ckpt_path.is_file():
         load_checkpoint(ckpt_path)  # raises "does not exist" without creating the directory
-    created = not run_dir.exists()
+    # Under torchrun (WORLD_SIZE > 1) join the process group. Every rank makes the same read-only
+    # checks of run_dir, so a bad invocation fails on all ranks alike; only rank 0 holds the lock
+    # and writes there. A rank that fails alone (say rank 0 finds the directory locked) ends its
+    # process, and torchrun then stops the other ranks.
+    world, device, owns_group = setup(resolve_device(cfg.device))
     try:
-        with run_lock(run_dir):
+        return _train_locked(cfg, run_dir, resume, progress, world, device)
+    finally:
+        teardown(owns_group)
+
+
+def _train_locked(
+    cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, world: World, device: torch.device
+) -> dict[str, Any]:
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    created = world.is_main and not run_dir.exists()
+    try:
+        with run_lock(run_dir) if world.is_main else contextlib.nullcontext():
             if not resume and ckpt_path.exists():
                 raise ConfigError(
                     f"run directory {run_dir} already holds a checkpoint; resume it with --resume {run_dir} "
                     "or choose a new --run-dir."
                 )
-            for leftover in run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # from a process killed mid-write
-                leftover.unlink(missing_ok=True)
+            if world.is_main:
+                for leftover in run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # from a process killed mid-write
+                    leftover.unlink(missing_ok=True)
             stop = _StopRequest()
             with _stop_on_signals(stop):
-                return _train(cfg, run_dir, resume, progress, stop)
+                return _train(cfg, run_dir, resume, progress, stop, world, device)
     except BaseException:
         if created:  # a run that failed before writing anything leaves no empty folder behind
             with contextlib.suppress(OSError):
@@ -336,9 +362,23 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progre
         raise
 
 
-def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: _StopRequest) -> dict[str, Any]:
+class _NullWriter:
+    """The SummaryWriter of ranks other than 0: they log nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def _train(
+    cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: _StopRequest, world: World,
+    device: torch.device,
+) -> dict[str, Any]:
     ckpt_path = run_dir / CHECKPOINT_NAME
-    device = resolve_device(cfg.device)
+    # Rank r runs its own tasks and actions from rank_seed(seed, r); rank 0's stream is the
+    # single-process one. The initial parameters come from the seed itself on every rank (and are
+    # broadcast from rank 0 below to be safe).
+    seed = rank_seed(cfg.seed, world.rank)
+    per_update = cfg.num_envs * world.size  # tasks per update over all ranks
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
 
@@ -351,7 +391,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: 
         torch.manual_seed(cfg.seed)
         policy = build_policy(cfg, env, steps).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     update, env_steps, skipped = 0, 0, 0
     saved_update: int | None = None  # the update of the checkpoint on disk
 
@@ -361,7 +401,14 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: 
         load_state(policy, ckpt["policy"], ckpt_path, "policy")
         load_state(optimizer, ckpt["optimizer"], ckpt_path, "optimizer")
         try:
-            generator.set_state(ckpt["rng"]["actions"].cpu())  # generator states live on the host
+            # Rank r's action generator: its own state, gathered into the checkpoint by rank 0. A run
+            # resumed on more ranks than it was saved from derives the new ranks' generators from
+            # (seed, rank, update): deterministic, though not the stream an unbroken run would draw.
+            by_rank = ckpt["rng"].get("actions_by_rank") or [ckpt["rng"]["actions"]]
+            if world.rank < len(by_rank):
+                generator.set_state(by_rank[world.rank].cpu())  # generator states live on the host
+            else:
+                generator.manual_seed(_task_seed(seed, int(ckpt["counters"]["update"])))
             update, env_steps = int(ckpt["counters"]["update"]), int(ckpt["counters"]["env_steps"])
             skipped = int(ckpt.get("faults", {}).get("skipped_updates", 0))
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
@@ -370,18 +417,22 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: 
                 "damaged: restore it from a backup or start a new run."
             ) from exc
         saved_update = update
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    world.broadcast_module(policy)
     # purge_step: TensorBoard hides every event from an earlier attempt at a step >= purge_step. A
     # resumed run keeps what was logged up to its checkpoint (steps <= env_steps) and drops what a
     # killed process logged after it; a fresh run drops anything left by an attempt that never
     # checkpointed.
-    _after_existing_event_files(run_dir)
-    writer = SummaryWriter(str(run_dir), purge_step=env_steps + 1 if resume else 0)
-    if not resume:
-        writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", 0)
+    # Only rank 0 writes to run_dir (config, TensorBoard, checkpoints) and runs the held-out evaluation.
+    writer: Any = _NullWriter()
+    if world.is_main:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        _after_existing_event_files(run_dir)
+        writer = SummaryWriter(str(run_dir), purge_step=env_steps + 1 if resume else 0)
+        if not resume:
+            writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", 0)
 
     heldout_env = None
-    if cfg.eval_every and cfg.eval_episodes:
+    if cfg.eval_every and cfg.eval_episodes and world.is_main:
         heldout_env = make_vec_env(cfg, cfg.heldout_split, min(cfg.eval_episodes, 256), device)
 
     eager = _check_every_update(device, cfg)
@@ -390,7 +441,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: 
     first_flags = torch.ones(len(GUARDED) + 1, dtype=torch.bool, device=device)
 
     def nonfinite(quantity: str, value: str, at_update: int) -> NonFiniteError:
-        at_steps = at_update * steps * cfg.num_envs
+        at_steps = at_update * steps * per_update
         kept = (f"the last good checkpoint {ckpt_path} (update {saved_update}) is intact" if saved_update is not None
                 else "no checkpoint had been written yet")
         return NonFiniteError(
@@ -409,11 +460,21 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: 
             raise nonfinite(quantity, value, bad_update)
 
     def checkpoint() -> None:
+        # Called at the same updates on every rank: the checks and gathers below are collective
+        # or agree by construction (identical parameters, all-reduced finite flags).
         nonlocal saved_update
         check_deferred()
         if not bool(torch.stack([torch.isfinite(p).all() for p in policy.parameters()]).all()):
             quantity, value = _diagnose(policy, None, None)
             raise nonfinite(quantity, value, update)
+        world.average_float_buffers(policy)  # BatchNorm statistics, the only per-rank state in the policy
+        rng_by_rank = world.gather(generator.get_state())
+        digests = world.gather(param_digest(policy)) if world.enabled else []
+        if not world.is_main:
+            saved_update = update
+            return
+        if len(set(digests)) > 1:
+            print(f"meta-rl: warning: parameters differ between ranks at update {update}: {digests}", file=sys.stderr)
         payload: dict[str, Any] = {
             "config": cfg.to_dict(),
             "policy": policy.state_dict(),
@@ -423,6 +484,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: 
         }
         if cfg.skip_nonfinite_updates:
             payload["faults"] = {"skipped_updates": skipped}
+        if world.enabled:
+            payload["rng"]["actions_by_rank"] = rng_by_rank
+            payload["distributed"] = {"world_size": world.size, "param_digests": digests}
         save_checkpoint(ckpt_path, payload)
         saved_update = update
 
@@ -447,17 +511,26 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: 
     final: dict[str, float] = {}
     evaluated_at: int | None = None  # env step of the last held-out evaluation
     first_update = update
-    bar = tqdm(total=cfg.total_env_steps, initial=env_steps, unit="step", unit_scale=True, disable=not progress,
-               mininterval=2.0)
+    bar = tqdm(total=cfg.total_env_steps, initial=env_steps, unit="step", unit_scale=True,
+               disable=not progress or not world.is_main, mininterval=2.0)
     ro: Rollout | None = None
+    # With several ranks the loop reads only the agreed stop decision (agree_stop, once per update),
+    # never a rank's own signal flag or clock, so all ranks leave the loop after the same update.
+    agreed_signum: int | None = None
+    time_up = False
+
+    def stop_signum() -> int | None:
+        return agreed_signum if world.enabled else stop.signum
+
     policy.train()
     try:
-        while env_steps < cfg.total_env_steps and stop.signum is None:
-            if cfg.max_minutes and time.monotonic() - started >= cfg.max_minutes * 60:
+        while env_steps < cfg.total_env_steps and stop_signum() is None and not time_up:
+            if not world.enabled and cfg.max_minutes and time.monotonic() - started >= cfg.max_minutes * 60:
                 break
-            ro = collect(env, policy, steps, generator, reset_seed=_task_seed(cfg.seed, update), embed_with_grad=True)
-            stats = reinforce_gradients(policy, optimizer, ro, cfg)
-            flags = _finite_flags(policy, stats)
+            ro = collect(env, policy, steps, generator, reset_seed=_task_seed(seed, update), embed_with_grad=True)
+            stats = reinforce_gradients(policy, optimizer, ro, cfg, world=world)
+            # A non-finite loss on any rank poisons the averaged gradient: agree on the verdict.
+            flags = world.all_min(_finite_flags(policy, stats))
             good = True
             if eager:
                 if not bool(flags.all()):  # the one host read per update (free on the CPU)
@@ -480,12 +553,19 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: 
             hits += h.sum(0)
             counts += c.sum(0)
             update += 1
-            env_steps += steps * cfg.num_envs
-            bar.update(steps * cfg.num_envs)
+            env_steps += steps * per_update
+            bar.update(steps * per_update)
 
             if update % cfg.log_every == 0:
                 check_deferred()
                 now = time.monotonic()
+                if world.enabled and sums:  # the mean over ranks of each rank's mean
+                    keys = list(sums)
+                    reduced = world.all_sum(torch.stack([sums[k] for k in keys])) / world.size
+                    sums = dict(zip(keys, reduced.unbind()))
+                if world.enabled:
+                    hits.copy_(world.all_sum(hits))
+                    counts.copy_(world.all_sum(counts))
                 means = {k: float(v) / summed for k, v in sums.items()}
                 for key, mean in means.items():
                     writer.add_scalar(key, mean, env_steps)
@@ -505,7 +585,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: 
                 sums.clear()
                 summed = 0
                 last_log_time, last_log_steps = now, env_steps
-            if stop.signum is not None:
+            if world.enabled:
+                timed_out = bool(cfg.max_minutes) and time.monotonic() - started >= cfg.max_minutes * 60
+                agreed_signum, time_up = world.agree_stop(stop.signum, timed_out, device)
+            if stop_signum() is not None:
                 break  # the safe point: this update is complete; checkpoint below, skip the evaluation
             if heldout_env is not None and update % cfg.eval_every == 0:
                 final = held_out_eval()
@@ -516,16 +599,17 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: 
             if update % cfg.checkpoint_every == 0 and env_steps < cfg.total_env_steps:
                 checkpoint()
         bar.close()
-        if stop.signum is not None:
+        signum = stop_signum()
+        if signum is not None:
             checkpoint()
-            raise TrainingInterrupted(stop.signum, run_dir, update, env_steps)
+            raise TrainingInterrupted(signum, run_dir, update, env_steps)
         trained = update > first_update
         if heldout_env is not None and evaluated_at != env_steps:
             # A resumed run with nothing left to do evaluates without logging again.
             final = held_out_eval(log=trained)
             if ro is not None:
                 _log_strip(writer, ro, env_steps)
-        if trained:
+        if trained and world.is_main:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
                        for k, v in cfg.to_dict().items()}
             writer.add_hparams(hparams, {f"hparam/{k.split('/')[-1]}": v for k, v in final.items()}
@@ -559,3 +643,10 @@ def _log_strip(writer: SummaryWriter, ro: Rollout, env_steps: int) -> None:
     if ro.main is None or ro.main.ndim != 5 or not bool((ro.labels[:, 0] >= 0).all()):
         return
     writer.add_image("episode/strip", episode_strip(ro.main[:, 0], ro.labels[:, 0], ro.actions[:, 0]), env_steps)
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m meta_rl.train ARGS`` = ``meta-rl train ARGS``
+    # The entry point for torchrun: torchrun --standalone --nproc-per-node K -m meta_rl.train ARGS
+    from meta_rl.cli import main as _cli_main
+
+    sys.exit(_cli_main(["train", *sys.argv[1:]]))
