@@ -4,6 +4,12 @@ Subcommands:
 
 * ``env``: env steps per second of the torch-native :class:`FewShotVectorEnv` against
   gymnasium's ``SyncVectorEnv`` of single :class:`FewShotEnv` s, on the same task.
+* ``train``: end-to-end training env steps per second (acting + learning) of
+  :func:`meta_rl.train.train` against sb3-contrib's RecurrentPPO, same task, same MLP encoder
+  and LSTM width, 16 parallel tasks each.
+* ``time-to-accuracy``: training seconds each of the two needs to reach 80% at the 2nd
+  instance on held-out (val) tasks, capped.
+* ``gpu``: env alone and end-to-end training steps per second on CUDA where present, else CPU.
 
 Run ``python experiments/bench.py env --json`` for one JSON line, or without ``--json`` for a
 table. New subcommands register a parser in :func:`build_parser` and a ``bench_*`` function in
@@ -18,16 +24,24 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from meta_rl.config import TrainConfig, load_config
 from meta_rl.data import ImageDataset, load_splits
 from meta_rl.envs import FewShotEnv, FewShotVectorEnv
+from meta_rl.evaluation import evaluate
+from meta_rl.train import build_policy, make_vec_env, reinforce_gradients, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sb3_baseline
 
 DEFAULT_ENV_ID = "meta_rl/Glyphs-5way-v0"
 ACTION_POOL = 512  # pre-generated action batches, cycled through
@@ -146,6 +160,235 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _versions() -> dict[str, Any]:
+    import sb3_contrib
+    import stable_baselines3
+
+    return {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "stable_baselines3": stable_baselines3.__version__, "sb3_contrib": sb3_contrib.__version__,
+            "python": platform.python_version()}
+
+
+def _mlp_config(args: argparse.Namespace, num_envs: int, device: str = "cpu") -> TrainConfig:
+    """Our trainer in the MLP setting shared with the SB3 baseline."""
+    return TrainConfig(
+        env_id=args.env_id, num_envs=num_envs, encoder="mlp", encoder_hidden=list(args.encoder_hidden),
+        core=args.core, hidden=args.hidden, device=device, seed=args.seed, eval_every=0, eval_episodes=0,
+        log_every=20, checkpoint_every=10**9, torch_threads=args.threads,
+    ).validate()
+
+
+def _time_ours(cfg: TrainConfig, seconds: float) -> tuple[float, int]:
+    """Env steps per second of :func:`meta_rl.train.train` for ``seconds`` (its clock starts after setup)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.max_minutes = seconds / 60.0
+        result = train(cfg, Path(tmp) / "run", progress=False)
+    return result["env_steps"] / (result["minutes"] * 60.0), int(result["env_steps"])
+
+
+class _RolloutClock(sb3_baseline.BaseCallback):
+    """Times whole RecurrentPPO iterations (rollout + update): marks each rollout start after
+    ``warmup`` seconds and stops once ``warmup + seconds`` have passed."""
+
+    def __init__(self, warmup: float, seconds: float) -> None:
+        super().__init__()
+        self.warmup, self.seconds = warmup, seconds
+        self.marks: list[tuple[float, int]] = []
+        self.t0 = 0.0
+        self.stop = False
+
+    def _on_training_start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def _on_rollout_start(self) -> None:
+        now = time.perf_counter()
+        if now - self.t0 >= self.warmup:
+            self.marks.append((now, self.num_timesteps))
+        self.stop = now - self.t0 >= self.warmup + self.seconds and len(self.marks) >= 2
+
+    def _on_step(self) -> bool:
+        return not self.stop
+
+    def steps_per_s(self) -> float:
+        (t_a, n_a), (t_b, n_b) = self.marks[0], self.marks[-1]
+        return (n_b - n_a) / (t_b - t_a)
+
+
+def bench_train(args: argparse.Namespace) -> dict[str, Any]:
+    """End-to-end training throughput of our trainer against sb3-contrib's RecurrentPPO.
+
+    Ours: :func:`meta_rl.train.train` (acting, REINFORCE/TD(λ) update, accuracy bookkeeping and
+    TensorBoard logging; no held-out evaluation) on ``--ours-envs`` tasks. SB3: RecurrentPPO
+    (MultiInputLstmPolicy with the same MLP encoder and LSTM width, n_steps * n_envs = 2048,
+    n_epochs = 4) on ``--sb3-envs`` single envs in a DummyVecEnv, timed over whole iterations
+    after a warm-up.
+    """
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    with contextlib.redirect_stdout(sys.stderr):
+        load_splits("glyphs")
+    cfg = _mlp_config(args, args.ours_envs)
+    _time_ours(_mlp_config(args, args.ours_envs), args.warmup)  # warm-up run (allocator, kernels)
+    ours, ours_steps = _time_ours(cfg, args.seconds)
+
+    env = sb3_baseline.make_env(args.env_id, args.sb3_envs, "train", args.seed)
+    model = sb3_baseline.build_model(
+        env, encoder_hidden=args.encoder_hidden, lstm_hidden=args.hidden, n_steps=2048 // args.sb3_envs,
+        n_epochs=4, batch_size=args.sb3_batch_size, seed=args.seed,
+    )
+    clock = _RolloutClock(args.warmup, args.seconds)
+    model.learn(total_timesteps=10**12, callback=clock)
+    env.close()
+    sb3 = clock.steps_per_s()
+    return {
+        "ours_steps_per_s": round(ours, 1),
+        "sb3_steps_per_s": round(sb3, 1),
+        "ratio": round(ours / sb3, 2),
+        "env_id": args.env_id,
+        "ours_envs": args.ours_envs,
+        "sb3_envs": args.sb3_envs,
+        "sb3_n_steps": 2048 // args.sb3_envs,
+        "sb3_n_epochs": 4,
+        "sb3_batch_size": args.sb3_batch_size,
+        "encoder_hidden": list(args.encoder_hidden),
+        "core": args.core,
+        "hidden": args.hidden,
+        "seconds_each": args.seconds,
+        "ours_env_steps": ours_steps,
+        "sb3_env_steps": clock.marks[-1][1] - clock.marks[0][1],
+        **_versions(),
+    }
+
+
+def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    """Train the default config, evaluating on ``--eval-episodes`` val tasks every ``--eval-seconds``
+    of training; the clock counts training only."""
+    from meta_rl.rollout import collect
+
+    cfg = load_config(args.config, [f"seed={args.seed}", "device=cpu", f"torch_threads={args.threads}"])
+    device = torch.device("cpu")
+    env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, device)
+    heldout = make_vec_env(cfg, cfg.heldout_split, min(args.eval_episodes, 256), device)
+    steps = cfg.rollout_steps or int(env.episode_length)  # type: ignore[attr-defined]
+    torch.manual_seed(cfg.seed)
+    policy = build_policy(cfg, env, steps)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    trained_s, env_steps, update, curve = 0.0, 0, 0, []
+    cap = args.cap_minutes * 60
+    reached = False
+    while trained_s < cap:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < args.eval_seconds and trained_s + time.perf_counter() - t0 < cap:
+            ro = collect(env, policy, steps, generator, reset_seed=update, embed_with_grad=True)
+            reinforce_gradients(policy, optimizer, ro, cfg)
+            optimizer.step()
+            update += 1
+            env_steps += steps * cfg.num_envs
+        trained_s += time.perf_counter() - t0
+        acc2 = evaluate(heldout, policy, args.eval_episodes, seed=10_000, steps=steps).accuracy_by_instance[1]
+        curve.append([round(trained_s, 1), round(acc2, 3)])
+        if acc2 >= args.target:
+            reached = True
+            break
+    return {"seconds": round(trained_s, 1) if reached else None, "reached": reached, "env_steps": env_steps,
+            "curve": curve}
+
+
+def _sb3_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    env = sb3_baseline.make_env(args.env_id, args.sb3_envs, "train", args.seed)
+    model = sb3_baseline.build_model(env, n_steps=2048 // args.sb3_envs, n_epochs=4, seed=args.seed)
+    state: dict[str, Any] = {"trained_s": 0.0, "since": 0.0, "curve": [], "reached": False}
+
+    class EvalClock(sb3_baseline.BaseCallback):
+        def _on_training_start(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def _on_rollout_start(self) -> None:
+            now = time.perf_counter()
+            state["trained_s"] += now - self.t0
+            state["since"] += now - self.t0
+            if state["since"] >= args.eval_seconds or state["trained_s"] >= args.cap_minutes * 60:
+                state["since"] = 0.0
+                res = sb3_baseline.evaluate_sb3(model, args.env_id, args.eval_episodes, split="val")
+                acc2 = res.accuracy_by_instance[1]
+                state["curve"].append([round(state["trained_s"], 1), round(acc2, 3)])
+                state["reached"] = acc2 >= args.target
+            self.t0 = time.perf_counter()  # evaluation time is not counted
+
+        def _on_step(self) -> bool:
+            return not (state["reached"] or state["trained_s"] >= args.cap_minutes * 60)
+
+    model.learn(total_timesteps=10**12, callback=EvalClock())
+    env.close()
+    reached = bool(state["reached"])
+    return {"seconds": round(state["trained_s"], 1) if reached else None, "reached": reached,
+            "env_steps": int(model.num_timesteps), "curve": state["curve"]}
+
+
+def bench_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    """Training seconds to reach ``--target`` accuracy at the 2nd instance on val tasks.
+
+    Ours trains ``--config`` (default: the default run); SB3 trains RecurrentPPO as in
+    ``train``. Both evaluate on ``--eval-episodes`` val tasks every ``--eval-seconds`` of
+    training, and evaluation time is not counted. ``seconds`` is null and ``reached`` false
+    where the cap came first; ``curve`` lists [training seconds, accuracy at the 2nd instance].
+    """
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    with contextlib.redirect_stdout(sys.stderr):
+        load_splits("glyphs")
+    ours = _ours_time_to_accuracy(args)
+    sb3 = _sb3_time_to_accuracy(args)
+    return {
+        "ours_seconds": ours["seconds"], "ours_reached": ours["reached"],
+        "sb3_seconds": sb3["seconds"], "sb3_reached": sb3["reached"],
+        "target": args.target, "instance": 2, "cap_minutes": args.cap_minutes,
+        "eval_seconds": args.eval_seconds, "eval_episodes": args.eval_episodes,
+        "ours": ours, "sb3": sb3, **_versions(),
+    }
+
+
+def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
+    """The env alone and end-to-end training (:func:`meta_rl.train.train`) on CUDA where present."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    with contextlib.redirect_stdout(sys.stderr):
+        load_splits("glyphs")
+    kwargs: dict[str, Any] = dict(gym.spec(args.env_id).kwargs)
+    vec = FewShotVectorEnv(num_envs=args.batch, device=device, **kwargs)
+    vec.reset(seed=args.seed)
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    acts = torch.randint(0, int(vec.single_action_space.n), (ACTION_POOL, args.batch), generator=g, device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    env_sps = _time_steps(lambda i: vec.step(acts[i % ACTION_POOL]), args.batch, args.seconds, args.warmup, sync)
+    vec.close()
+    cfg = TrainConfig(env_id=args.env_id, num_envs=args.batch, encoder=args.encoder, device=str(device),
+                      seed=args.seed, eval_every=0, eval_episodes=0, checkpoint_every=10**9,
+                      torch_threads=args.threads).validate()
+    _time_ours(TrainConfig(**{**cfg.to_dict(), "max_minutes": 0.0}), args.warmup)  # warm-up
+    train_sps, train_steps = _time_ours(cfg, args.seconds)
+    return {
+        "env_steps_per_s": round(env_sps, 1),
+        "train_steps_per_s": round(train_sps, 1),
+        "encoder": args.encoder,
+        "batch": args.batch,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "core": cfg.core,
+        "env_id": args.env_id,
+        "seconds_each": args.seconds,
+        "train_env_steps": train_steps,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """A readable two-column table of a result."""
     width = max(len(k) for k in result)
@@ -173,10 +416,48 @@ def build_parser() -> argparse.ArgumentParser:
                      "synchronisation at B=256 and stall badly when cores are shared")
     env.add_argument("--seed", type=int, default=0)
     env.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+
+    tr = sub.add_parser("train", help="end-to-end training steps per second: ours vs sb3-contrib RecurrentPPO")
+    tr.add_argument("--env-id", default=DEFAULT_ENV_ID)
+    tr.add_argument("--seconds", type=float, default=25.0, help="timed seconds per trainer")
+    tr.add_argument("--warmup", type=float, default=5.0, help="untimed warm-up seconds per trainer")
+    tr.add_argument("--ours-envs", type=int, default=16, help="our parallel tasks B")
+    tr.add_argument("--sb3-envs", type=int, default=16, help="RecurrentPPO's n_envs (n_steps = 2048 / n_envs)")
+    tr.add_argument("--sb3-batch-size", type=int, default=128, help="RecurrentPPO minibatch size")
+    tr.add_argument("--encoder-hidden", type=int, nargs="+", default=[256, 256, 64])
+    tr.add_argument("--core", default="lstm", help="our core (lstm matches RecurrentPPO)")
+    tr.add_argument("--hidden", type=int, default=256, help="LSTM width of both")
+    tr.add_argument("--threads", type=int, default=1)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+
+    tta = sub.add_parser("time-to-accuracy", help="training seconds to reach 80%% at the 2nd instance")
+    tta.add_argument("--env-id", default=DEFAULT_ENV_ID, help="the SB3 baseline's task (ours: --config's)")
+    tta.add_argument("--config", default=None, help="our TOML config (default: the default run)")
+    tta.add_argument("--target", type=float, default=0.8)
+    tta.add_argument("--cap-minutes", type=float, default=10.0, help="training-time cap per trainer")
+    tta.add_argument("--eval-seconds", type=float, default=20.0, help="training seconds between evaluations")
+    tta.add_argument("--eval-episodes", type=int, default=200, help="val tasks per evaluation")
+    tta.add_argument("--sb3-envs", type=int, default=16)
+    tta.add_argument("--threads", type=int, default=1)
+    tta.add_argument("--seed", type=int, default=0)
+    tta.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+
+    gpu = sub.add_parser("gpu", help="env and end-to-end training steps per second on CUDA (else CPU)")
+    gpu.add_argument("--env-id", default=DEFAULT_ENV_ID)
+    gpu.add_argument("--encoder", default="cnn", choices=["mlp", "conv4", "cnn"])
+    gpu.add_argument("--batch", type=int, default=1024, help="parallel tasks B")
+    gpu.add_argument("--seconds", type=float, default=20.0, help="timed seconds for the env and for training")
+    gpu.add_argument("--warmup", type=float, default=3.0)
+    gpu.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    gpu.add_argument("--seed", type=int, default=0)
+    gpu.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     return parser
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"env": bench_env}
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "env": bench_env, "train": bench_train, "time-to-accuracy": bench_time_to_accuracy, "gpu": bench_gpu,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
