@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from meta_rl.baselines.cli import add_baseline_parser, evaluate_baseline_run, is_baseline_run
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state
 from meta_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from meta_rl.evaluation import evaluate, santoro_table
@@ -53,6 +54,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
+    if is_baseline_run(run_dir):  # a ProtoNet/MAML run from `meta-rl baseline`
+        return evaluate_baseline_run(run_dir, args.episodes, args.split, args.seed, args.json)
     ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
     cfg = TrainConfig.from_dict(ckpt["config"], source=str(run_dir / CHECKPOINT_NAME))
     device = resolve_device(args.device or cfg.device)
@@ -93,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="device (default: the run's)")
     e.add_argument("--json", action="store_true", help="print one JSON line")
     e.set_defaults(func=_eval)
+
+    add_baseline_parser(sub)  # meta-rl baseline protonet|maml [CONFIG] --run-dir DIR [key=value ...]
     return parser
 
 
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     # positionals after an option: collect them from the leftovers.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "train" or any("=" not in x or x.startswith("-") for x in extra):
+        if args.command not in ("train", "baseline") or any("=" not in x or x.startswith("-") for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     # "train CONFIG k=v": argparse cannot tell a config path from an override; a token with "=" is an override.

@@ -1,0 +1,220 @@
+"""The ``baseline`` subcommand and the evaluation of a baseline run, for ``meta-rl``.
+
+``meta-rl baseline protonet|maml [CONFIG] --run-dir DIR [--seed S] [--max-minutes M] [key=value ...]``
+trains a baseline; ``meta-rl eval DIR`` on its run directory calls :func:`evaluate_baseline_run`
+(:func:`is_baseline_run` tells such a directory apart). ``python -m meta_rl.baselines.cli`` runs
+both without ``meta-rl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meta_rl.baselines.common import (
+    CHECKPOINT_NAME,
+    HELDOUT_SEED,
+    Baseline,
+    BaselineConfig,
+    calibrate_stream_threshold,
+    evaluate_kshot,
+    evaluate_stream,
+    load_baseline_config,
+    load_split,
+    resolve_device,
+    train_baseline,
+)
+from meta_rl.baselines.maml import MAML, MAMLConfig
+from meta_rl.baselines.protonet import ProtoNet, ProtoNetConfig, pixel_nn_accuracy
+from meta_rl.checkpoint import CheckpointError, load_checkpoint
+from meta_rl.config import ConfigError
+from meta_rl.data import EpisodeSampler
+from meta_rl.evaluation import santoro_table
+
+__all__ = [
+    "BASELINES",
+    "add_baseline_parser",
+    "build_baseline",
+    "evaluate_baseline_run",
+    "is_baseline_run",
+    "load_baseline_run",
+    "main",
+    "run_baseline_command",
+]
+
+BASELINES: dict[str, tuple[type[BaselineConfig], type[Baseline]]] = {
+    "protonet": (ProtoNetConfig, ProtoNet),
+    "maml": (MAMLConfig, MAML),
+}
+
+
+def build_baseline(cfg: BaselineConfig, input_shape: tuple[int, int, int], device: torch.device) -> Baseline:
+    """The learner for ``cfg`` (its class follows ``cfg.kind``)."""
+    _, cls = BASELINES[cfg.kind]
+    return cls(cfg, input_shape, device)  # type: ignore[call-arg]
+
+
+def add_baseline_parser(subparsers: Any) -> None:
+    """Add ``baseline protonet|maml [CONFIG] --run-dir DIR [key=value ...]`` to ``subparsers``.
+
+    Overrides that follow an option reach argparse as leftovers of ``parse_known_args``; append them
+    to ``args.overrides`` before calling ``args.func(args)`` (as :func:`main` does).
+    """
+    b = subparsers.add_parser(
+        "baseline", help="train a supervised few-shot baseline (Prototypical Networks or MAML) on the same tasks"
+    )
+    b.add_argument("kind", choices=sorted(BASELINES), help="which baseline")
+    b.add_argument("config", nargs="?", help="a TOML config, e.g. experiments/baselines/protonet-5way1shot.toml")
+    b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. n_way=20 shots=1 max_minutes=3")
+    b.add_argument("--run-dir", required=True, help="where the checkpoint and TensorBoard logs go")
+    b.add_argument("--seed", type=int, help="seed (overrides the config)")
+    b.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=run_baseline_command)
+
+
+def run_baseline_command(args: argparse.Namespace) -> int:
+    """Train the baseline that ``args`` (from :func:`add_baseline_parser`) describes; print one JSON line."""
+    config, overrides = args.config, list(args.overrides or [])
+    if config and "=" in config:  # "baseline maml k=v": a token with "=" is an override, not a path
+        config, overrides = None, [config, *overrides]
+    cfg_cls, _ = BASELINES[args.kind]
+    cfg = load_baseline_config(cfg_cls, config, overrides)
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.max_minutes is not None:
+        cfg.max_minutes = args.max_minutes
+    cfg.validate()
+    result = train_baseline(cfg, build_baseline, args.run_dir, progress=not args.no_progress)
+    print(json.dumps(result))
+    return 0
+
+
+def is_baseline_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint written by a baseline (one with a ``kind`` marker)."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    return load_checkpoint(path).get("kind") in BASELINES
+
+
+def load_baseline_run(run_dir: str | Path) -> Baseline:
+    """Rebuild the trained learner of a baseline run directory.
+
+    Raises:
+        CheckpointError: there is no checkpoint, or it is not a baseline's.
+    """
+    path = Path(run_dir) / CHECKPOINT_NAME
+    ckpt = load_checkpoint(path)
+    kind = ckpt.get("kind")
+    if kind not in BASELINES:
+        raise CheckpointError(
+            f"checkpoint {path} has kind {kind!r}, not one of {sorted(BASELINES)}; evaluate RL runs with meta-rl eval."
+        )
+    cfg_cls, _ = BASELINES[kind]
+    cfg = cfg_cls.from_dict(ckpt["config"], source=str(path))
+    try:
+        device = resolve_device(cfg.device)
+    except ConfigError:
+        device = torch.device("cpu")  # trained on a GPU, evaluated without one
+    data = load_split(cfg, cfg.train_split)
+    baseline = build_baseline(cfg, data.image_shape, device)
+    baseline.model.load_state_dict(ckpt["policy"])
+    baseline.model.eval()
+    return baseline
+
+
+def evaluate_baseline_run(run_dir: str | Path, episodes: int, split: str, seed: int, as_json: bool) -> int:
+    """Print a baseline run's N-way K-shot accuracy and its streaming accuracy by instance on ``split``.
+
+    K-shot: query accuracy with a 95% interval over ``episodes`` tasks, beside the raw-pixel
+    nearest-neighbour floor on the same tasks. Streaming: Santoro's protocol on ``episodes``
+    streams of N classes x ``stream_instances`` images, with the novelty threshold calibrated on
+    the training split. With ``as_json`` one JSON line: ``accuracy_by_instance``, ``ci95``,
+    ``episodes``, ``accuracy`` (streaming) plus ``kshot_accuracy``, ``kshot_ci95`` and more.
+
+    Returns:
+        0 (errors raise :class:`CheckpointError` or :class:`ConfigError`).
+    """
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {episodes}.")
+    baseline = load_baseline_run(run_dir)
+    cfg = baseline.cfg
+    device = next(iter(baseline.model.parameters()), torch.empty(0)).device
+    data = load_split(cfg, split)
+    train_data = load_split(cfg, cfg.train_split)
+    try:
+        kshot_sampler = EpisodeSampler(data, cfg.n_way, shots=cfg.shots, queries_per_class=cfg.queries_per_class,
+                                       device=device)
+        stream_sampler = EpisodeSampler(data, cfg.n_way, cfg.stream_instances, device=device)
+        calib_sampler = EpisodeSampler(train_data, cfg.n_way, cfg.stream_instances, device=device)
+    except ValueError as exc:
+        raise ConfigError(f"cannot evaluate on split {split!r}: {exc}") from exc
+    kshot = evaluate_kshot(baseline.logits, kshot_sampler, episodes, seed=seed, batch=cfg.eval_batch)
+    floor = pixel_nn_accuracy(kshot_sampler, episodes, seed=seed, batch=cfg.eval_batch)
+    streams = min(episodes, cfg.stream_eval_episodes) if cfg.stream_eval_episodes else episodes
+    calibration = min(cfg.calibration_episodes, streams)  # streams are costly for MAML: no more than evaluated
+    threshold = calibrate_stream_threshold(baseline, calib_sampler, calibration, batch=cfg.eval_batch)
+    stream = evaluate_stream(baseline, stream_sampler, streams, seed=seed + HELDOUT_SEED, threshold=threshold,
+                             batch=cfg.eval_batch)
+    if as_json:
+        print(json.dumps({
+            **stream.to_json(),
+            "kshot_accuracy": kshot.accuracy,
+            "kshot_ci95": kshot.ci95,
+            "kshot_episodes": kshot.episodes,
+            "pixel_nn_accuracy": floor.accuracy,
+            "pixel_nn_ci95": floor.ci95,
+            "kind": cfg.kind,
+            "n_way": cfg.n_way,
+            "shots": cfg.shots,
+            "split": split,
+            "novelty_threshold": threshold if math.isfinite(threshold) else None,
+        }))
+        return 0
+    order = "second" if isinstance(cfg, MAMLConfig) and not cfg.first_order else "first"
+    name = cfg.kind if cfg.kind != "maml" else f"maml ({order}-order)"
+    print(f"{name} on {cfg.dataset} ({split} split), {cfg.encoder} encoder")
+    print(f"{cfg.n_way}-way {cfg.shots}-shot query accuracy over {kshot.episodes} tasks "
+          f"({cfg.queries_per_class} queries per class):")
+    print(f"  {name:<30} {100 * kshot.accuracy:5.1f} ± {100 * kshot.ci95:.1f}%")
+    nn_name = "raw-pixel 1-NN" if cfg.shots == 1 else "raw-pixel nearest class mean"
+    print(f"  {nn_name:<30} {100 * floor.accuracy:5.1f} ± {100 * floor.ci95:.1f}%")
+    print(f"Streaming ({cfg.n_way}-way, {cfg.stream_instances} instances per class; a new class is guessed among "
+          f"unrevealed labels when novelty > {threshold:.4g}, calibrated on {cfg.train_split} streams):")
+    print(santoro_table(stream, label=f"{name} ({split})"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m meta_rl.baselines.cli baseline ...`` or ``... eval DIR``, without ``meta-rl``."""
+    parser = argparse.ArgumentParser(prog="meta-rl", description="Supervised few-shot baselines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_baseline_parser(sub)
+    e = sub.add_parser("eval", help="evaluate a baseline run on held-out classes")
+    e.add_argument("run_dir")
+    e.add_argument("--episodes", type=int, default=1000)
+    e.add_argument("--split", default="test")
+    e.add_argument("--seed", type=int, default=12345)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=lambda a: evaluate_baseline_run(a.run_dir, a.episodes, a.split, a.seed, a.json))
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "baseline" or any("=" not in x or x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return int(args.func(args))
+    except (ConfigError, CheckpointError) as exc:
+        print(f"meta-rl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
