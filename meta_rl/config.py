@@ -15,10 +15,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+import torch
+
 from meta_rl.cores import CORES
 from meta_rl.encoders import ENCODERS
 
-__all__ = ["ConfigError", "TrainConfig", "load_config", "parse_overrides"]
+__all__ = ["ConfigError", "TrainConfig", "check_type", "load_config", "parse_overrides", "resolve_device"]
 
 
 class ConfigError(ValueError):
@@ -111,7 +113,7 @@ class TrainConfig:
         """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
         hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), hints[f.name])
+            check_type(f.name, getattr(self, f.name), hints[f.name])
         positive = ("num_envs", "hidden", "key_dim", "conv_filters", "total_env_steps", "log_every", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -159,7 +161,18 @@ class TrainConfig:
         return cls(**data).validate()
 
 
-def _check_type(name: str, value: Any, hint: Any) -> None:
+def resolve_device(name: str) -> torch.device:
+    """The torch device a ``device`` setting names (``auto``: CUDA when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device = {name!r} but CUDA is not available here; use device='cpu' or 'auto'.")
+    return device
+
+
+def check_type(name: str, value: Any, hint: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` fits the type hint of config field ``name``."""
     origin = typing.get_origin(hint)
     if origin is list:
         (inner,) = typing.get_args(hint)

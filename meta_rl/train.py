@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
-from meta_rl.config import ConfigError, TrainConfig
+from meta_rl.config import ConfigError, TrainConfig, resolve_device
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.evaluation import MAX_INSTANCE, accuracy_by_instance, evaluate
 from meta_rl.monitoring import accuracy_figure, episode_strip
@@ -86,15 +86,6 @@ class NonFiniteError(FloatingPointError):
     def __init__(self, message: str, quantity: str, update: int, env_steps: int) -> None:
         super().__init__(message)
         self.quantity, self.update, self.env_steps = quantity, update, env_steps
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device = {name!r} but CUDA is not available here; use device='cpu' or 'auto'.")
-    return device
 
 
 def make_vec_env(cfg: TrainConfig, split: str, num_envs: int, device: torch.device) -> VectorEnv:

@@ -43,7 +43,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from meta_rl.checkpoint import save_checkpoint
-from meta_rl.config import ConfigError, parse_overrides
+from meta_rl.config import ConfigError, check_type, parse_overrides, resolve_device
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
 from meta_rl.encoders import ENCODERS
 from meta_rl.evaluation import MAX_INSTANCE, EvalResult, accuracy_by_instance, summarize
@@ -162,7 +162,7 @@ class BaselineConfig:
         """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), hints[f.name])
+            check_type(f.name, getattr(self, f.name), hints[f.name])
         for name in self.POSITIVE:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -199,23 +199,6 @@ class BaselineConfig:
         return cls(**data).validate()
 
 
-def _check_type(name: str, value: Any, hint: Any) -> None:
-    if typing.get_origin(hint) is list:
-        (inner,) = typing.get_args(hint)
-        if not isinstance(value, list) or not all(_is(v, inner) for v in value):
-            raise ConfigError(f"{name} must be a list of {inner.__name__}, got {value!r}.")
-    elif not _is(value, hint):
-        raise ConfigError(f"{name} must be of type {hint.__name__}, got {type(value).__name__} {value!r}.")
-
-
-def _is(value: Any, typ: type) -> bool:
-    if typ is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if typ is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, typ)
-
-
 def load_baseline_config(
     cls: type[BaselineConfig], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> BaselineConfig:
@@ -240,15 +223,6 @@ def load_baseline_config(
     if overrides:
         source = f"{source} + overrides" if path is not None else "the overrides"
     return cls.from_dict(data, source=source)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device = {name!r} but CUDA is not available here; use device='cpu' or 'auto'.")
-    return device
 
 
 def load_split(cfg: BaselineConfig, split: str) -> ImageDataset:
