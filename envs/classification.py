@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
-from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device
+from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
 
 __all__ = ["FEEDBACK_MODES", "FewShotEnv", "FewShotVectorEnv"]
 
@@ -188,14 +188,9 @@ class FewShotVectorEnv(VectorEnv):
         }
         self._t = t + 1
         done = self._t == self.episode_length  # a host int: no device read
-        terminated = torch.full((self.num_envs,), done, dtype=torch.bool, device=self.device)
-        truncated = torch.zeros_like(terminated)
-        obs = self._observe()
-        if done:
-            info["final_obs"] = obs
-            info["_final_obs"] = terminated.clone()
-            self._new_tasks()
-            obs = self._observe()
+        obs, terminated, truncated = same_step_autoreset(
+            done, self.num_envs, self.device, self._observe, self._new_tasks, info
+        )
         return obs, reward.to(torch.float32), terminated, truncated, info
 
     def close_extras(self, **kwargs: Any) -> None:

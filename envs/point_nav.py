@@ -11,7 +11,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device
+from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
 
 __all__ = ["PointNavEnv", "PointNavVectorEnv"]
 
@@ -129,14 +129,10 @@ class PointNavVectorEnv(VectorEnv):
         if self._t % self.horizon == 0:  # a host int: the inner episode ended, back to the start
             self._pos = torch.zeros_like(self._pos)
         done = self._t == self.episode_length
-        terminated = torch.full((self.num_envs,), done, dtype=torch.bool, device=self.device)
-        obs = self._observe()
-        if done:
-            info["final_obs"] = obs
-            info["_final_obs"] = terminated.clone()
-            self._new_tasks()
-            obs = self._observe()
-        return obs, reward, terminated, torch.zeros_like(terminated), info
+        obs, terminated, truncated = same_step_autoreset(
+            done, self.num_envs, self.device, self._observe, self._new_tasks, info
+        )
+        return obs, reward, terminated, truncated, info
 
     def goals(self) -> torch.Tensor:
         """(B, 2) the current hidden goals (for analysis; agents must not read them)."""

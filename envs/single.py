@@ -11,7 +11,31 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-__all__ = ["SingleTaskEnv", "check_seed", "env_device"]
+__all__ = ["SingleTaskEnv", "check_seed", "env_device", "same_step_autoreset"]
+
+
+def same_step_autoreset(
+    done: bool,
+    num_envs: int,
+    device: torch.device,
+    observe: Callable[[], Any],
+    new_tasks: Callable[[], None],
+    info: dict[str, Any],
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """End a step of B tasks that all finish together (``done`` is a host bool: no device read).
+
+    Returns the observation, ``terminated`` and ``truncated`` (never). When the tasks end, the
+    terminal observation goes to ``info["final_obs"]`` and the next tasks start in the same
+    step (gymnasium's SAME_STEP autoreset), so the returned observation is their first.
+    """
+    terminated = torch.full((num_envs,), done, dtype=torch.bool, device=device)
+    obs = observe()
+    if done:
+        info["final_obs"] = obs
+        info["_final_obs"] = terminated.clone()
+        new_tasks()
+        obs = observe()
+    return obs, terminated, torch.zeros_like(terminated)
 
 
 def env_device(device: torch.device | str, render_mode: str | None = None) -> torch.device:
