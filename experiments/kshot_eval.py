@@ -18,7 +18,7 @@ import math
 import torch
 
 from meta_rl.checkpoint import load_checkpoint
-from meta_rl.rollout import collect
+from meta_rl.evaluation import held_out_rollouts
 from meta_rl.train import CHECKPOINT_NAME, build_policy, load_run_config, make_vec_env
 
 
@@ -32,11 +32,8 @@ def kshot_accuracy(run_dir: str, shots: int, queries: int, episodes: int, seed: 
     # The memory's capacity only sizes its state, so a longer task just gets more slots.
     policy = build_policy(dataclasses.replace(cfg, memory_capacity=steps), env, steps)
     policy.load_state_dict(load_checkpoint(f"{run_dir}/{CHECKPOINT_NAME}")["policy"])
-    policy.eval()
-    generator = torch.Generator().manual_seed(seed)
     per_task = []
-    for i in range(math.ceil(episodes / env.num_envs)):
-        ro = collect(env, policy, steps, generator, reset_seed=seed + i, deterministic=True)
+    for ro in held_out_rollouts(env, policy, episodes, steps, seed=seed):
         query = ro.instance > shots  # (T, B): the query steps
         per_task.append((ro.correct() & query).sum(0).double() / query.sum(0).double())  # (B,)
     acc = torch.cat(per_task)[:episodes]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from gymnasium.vector import VectorEnv
 
 from meta_rl.policy import MetaPolicy
-from meta_rl.rollout import collect
+from meta_rl.rollout import Rollout, collect
 
 __all__ = [
     "MAX_INSTANCE",
@@ -18,6 +19,7 @@ __all__ = [
     "TrialReturns",
     "accuracy_by_instance",
     "evaluate",
+    "held_out_rollouts",
     "returns_by_inner_episode",
     "santoro_table",
     "trial_returns",
@@ -86,6 +88,23 @@ def summarize(hits: torch.Tensor, counts: torch.Tensor) -> EvalResult:
     return EvalResult(mean[present.any(0)].tolist(), ci[present.any(0)].tolist(), int(hits.shape[0]), overall)
 
 
+def held_out_rollouts(
+    env: VectorEnv, policy: MetaPolicy, tasks: int, steps: int, *, seed: int, deterministic: bool = True
+) -> Iterator[Rollout]:
+    """Rollouts covering at least ``tasks`` tasks, batch i reset with ``seed + i``, the policy in eval mode.
+
+    The policy's training mode is restored when the iteration ends.
+    """
+    generator = torch.Generator(device=policy.value_head.weight.device).manual_seed(seed)
+    was_training = policy.training
+    policy.eval()
+    try:
+        for i in range(math.ceil(tasks / env.num_envs)):
+            yield collect(env, policy, steps, generator, reset_seed=seed + i, deterministic=deterministic)
+    finally:
+        policy.train(was_training)
+
+
 def evaluate(
     env: VectorEnv, policy: MetaPolicy, episodes: int, *, seed: int = 0, steps: int | None = None,
     deterministic: bool = True, max_instance: int = MAX_INSTANCE,
@@ -100,19 +119,11 @@ def evaluate(
     horizon = int(steps or getattr(env, "episode_length", 0) or 0)
     if horizon < 1:
         raise ValueError("the env has no episode_length; pass steps= (the length of one task).")
-    device = policy.value_head.weight.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = policy.training
-    policy.eval()
     hits, counts = [], []
-    try:
-        for i in range(math.ceil(episodes / env.num_envs)):
-            ro = collect(env, policy, horizon, generator, reset_seed=seed + i, deterministic=deterministic)
-            h, c = accuracy_by_instance(ro.correct(), ro.instance, max_instance)
-            hits.append(h)
-            counts.append(c)
-    finally:
-        policy.train(was_training)
+    for ro in held_out_rollouts(env, policy, episodes, horizon, seed=seed, deterministic=deterministic):
+        h, c = accuracy_by_instance(ro.correct(), ro.instance, max_instance)
+        hits.append(h)
+        counts.append(c)
     return summarize(torch.cat(hits)[:episodes].cpu(), torch.cat(counts)[:episodes].cpu())
 
 
@@ -172,17 +183,10 @@ def trial_returns(
     horizon = int(getattr(env, "episode_length", 0))
     if episodes < 1 or horizon < 1:
         raise ValueError("the env must have episodes_per_trial and episode_length (a multi-episode trial env).")
-    device = policy.value_head.weight.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = policy.training
-    policy.eval()
-    parts = []
-    try:
-        for i in range(math.ceil(trials / env.num_envs)):
-            ro = collect(env, policy, horizon, generator, reset_seed=seed + i, deterministic=deterministic)
-            parts.append(returns_by_inner_episode(ro.rewards, ro.inner_episode, episodes))
-    finally:
-        policy.train(was_training)
+    parts = [
+        returns_by_inner_episode(ro.rewards, ro.inner_episode, episodes)
+        for ro in held_out_rollouts(env, policy, trials, horizon, seed=seed, deterministic=deterministic)
+    ]
     r = torch.cat(parts)[:trials].double().cpu()  # (N, E)
     n = r.shape[0]
     half = 1.96 * r.std(0, unbiased=True) / math.sqrt(max(n, 1))
