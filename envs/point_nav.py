@@ -11,7 +11,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
+from meta_rl.envs.single import SingleTaskEnv, check_finite_actions, check_seed, env_device, same_step_autoreset
 
 __all__ = ["PointNavEnv", "PointNavVectorEnv"]
 
@@ -32,7 +32,7 @@ class PointNavVectorEnv(VectorEnv):
 
     ## Action Space
     ``Box(-1, 1, (2,), float32)``: the displacement of the point in units of ``max_step``,
-    clipped to the bounds.
+    clipped to the bounds. NaN / inf actions raise ``ValueError`` (the env is left unchanged).
 
     ## Observation Space
     ``Box(-inf, inf, (4,), float32)``: the position (x, y), the fraction of the current episode
@@ -165,6 +165,7 @@ class PointNavVectorEnv(VectorEnv):
             raise ValueError(f"actions must have shape ({self.num_envs}, 2), got {tuple(actions.shape)}.")
         if actions.device != self.device:
             raise ValueError(f"actions are on {actions.device} but the env runs on {self.device}; use .to(env.device).")
+        check_finite_actions(self, actions, self.single_action_space)  # one bool read; before any state changes
         return actions.float()
 
 

@@ -7,6 +7,11 @@ one-folder-per-class image trees.
 
 Pickles are read with a restricted unpickler that only builds numpy arrays, dtypes, scalars
 and plain containers, so a malicious file raises :class:`DatasetError` instead of running code.
+
+Hostile files cannot exhaust memory either: every loader's peak memory is a small multiple of
+what it returns or of the file's size. Pickled arrays are sized before allocation against the
+file's size and shared references are refused; gzip streams are decompressed no further than
+the IDX header declares; zip members and image files are size-, ratio- and pixel-capped.
 """
 
 from __future__ import annotations
@@ -15,17 +20,19 @@ import gzip
 import importlib
 import io
 import math
+import operator
 import os
 import pickle
 import re
 import struct
+import sys
 import zipfile
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import numpy as np
 import torch
@@ -95,10 +102,12 @@ def _safe_dtype(*args: Any, **kwargs: Any) -> np.dtype[Any]:
     return dtype
 
 
+_RECONSTRUCT = _numpy_core_attr("multiarray", "_reconstruct")
+_SCALAR = _numpy_core_attr("multiarray", "scalar")
+_FROMBUFFER = _numpy_core_attr("numeric", "_frombuffer")
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    reconstruct = _numpy_core_attr("multiarray", "_reconstruct")
-    scalar = _numpy_core_attr("multiarray", "scalar")
-    frombuffer = _numpy_core_attr("numeric", "_frombuffer")
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): _safe_dtype,
@@ -107,22 +116,67 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("builtins", "bytes"): _empty_bytes,
     }
     for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _RECONSTRUCT
+        allowed[(f"{core}.multiarray", "scalar")] = _SCALAR
+        allowed[(f"{core}.numeric", "_frombuffer")] = _FROMBUFFER
     return allowed
 
 
 _ALLOWED_GLOBALS = _allowed_globals()
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
+# Arrays built by one pickle, plus every extra reference to a memoised str/bytes/int, may total at most
+# _PICKLE_EXPANSION x the file's size + _PICKLE_SLACK bytes: a genuine pickle stores each
+# array's raw bytes in the file itself, so real data never comes near this.
+_PICKLE_EXPANSION = 2
+_PICKLE_SLACK = 1 << 20
+# A memo get of one of these means a container is referenced twice: never in a genuine
+# dataset pickle, and the way a few KB "billion laughs" pickle expands to gigabytes.
+_SHARED_CONTAINERS = (list, dict, set, frozenset, tuple, bytearray, np.ndarray)
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that only resolves the globals numpy arrays need."""
 
-    def __init__(self, file: IO[bytes], *, path: Path, encoding: str) -> None:
+def _dims(shape: Any) -> tuple[int, ...]:
+    """An array shape (an int or a sequence of at most 64 ints) as a tuple, negatives as 0."""
+    if isinstance(shape, int | np.integer):
+        shape = (shape,)
+    if not isinstance(shape, tuple | list) or len(shape) > 64:
+        raise pickle.UnpicklingError(f"an array shape must be a tuple of at most 64 ints, got {type(shape).__name__}")
+    return tuple(max(operator.index(d), 0) for d in shape)
+
+
+def _ndarray_request(shape: Any, dtype: Any = float, *_: Any, **__: Any) -> tuple[Any, Any]:
+    """The (shape, dtype) of a call ``numpy.ndarray(shape, dtype=float, buffer, ...)``."""
+    return shape, dtype
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """A pure-Python unpickler that only builds numpy arrays, dtypes, scalars and plain containers.
+
+    Besides resolving only the globals numpy arrays need, it bounds memory: arrays are sized
+    before they are allocated and may total at most ``_PICKLE_EXPANSION`` x the file size
+    (+ ``_PICKLE_SLACK``), and shared references (a memo get of a container, ``DUP``) are
+    refused, so a small file cannot expand into a huge object tree.
+    """
+
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
+    # Set by pickle._Unpickler.load().
+    stack: list[Any]
+    memo: dict[int, Any]
+    read: Callable[[int], bytes]
+    readinto: Callable[[bytearray], int]
+    readline: Callable[[], bytes]
+    append: Callable[[Any], None]
+
+    def __init__(self, file: IO[bytes], *, path: Path, encoding: str, what: str, size: int) -> None:
         super().__init__(file, encoding=encoding)
-        self._path = path
+        self._path, self._what, self._size = path, what, size
+        self._limit = _PICKLE_EXPANSION * size + _PICKLE_SLACK
+        self._used = 0
+        self._hooks: dict[Any, Callable[..., Any]] = {
+            _RECONSTRUCT: self._reconstruct,
+            _SCALAR: self._scalar,
+            _FROMBUFFER: self._frombuffer,
+        }
 
     def find_class(self, module: str, name: str) -> Any:
         obj = _ALLOWED_GLOBALS.get((_PY2_MODULES.get(module, module), name))
@@ -132,7 +186,150 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 "needs; refusing to load it because it could run arbitrary code. Use a copy of the "
                 "dataset from a trusted source."
             )
-        return obj
+        return self._hooks.get(obj, obj)
+
+    def _refuse(self, problem: str) -> None:
+        raise DatasetError(
+            f"{self._path} {problem}; refusing to load it before it exhausts memory. This file is not "
+            f"a genuine {self._what} pickle: download the dataset again from its official source."
+        )
+
+    def _charge(self, nbytes: int, describe: Callable[[], str]) -> None:
+        """Count ``nbytes`` more against the file's budget, refusing the file past it."""
+        self._used += nbytes
+        if self._used <= self._limit:
+            return
+        scope = "" if nbytes > self._limit else f" on top of {self._used - nbytes:,} bytes already built"
+        self._refuse(
+            f"{describe()} ({nbytes:,} bytes{scope}), but the file is only {self._size:,} bytes and a "
+            f"genuine pickle stores its data in the file (limit: {self._limit:,} bytes = "
+            f"{_PICKLE_EXPANSION} x the file size + {_PICKLE_SLACK >> 20} MiB)"
+        )
+
+    def _charge_array(self, shape: Any, dtype: Any) -> None:
+        dims, dt = _dims(shape), np.dtype(dtype)
+        if dt.hasobject:
+            raise pickle.UnpicklingError(f"object dtype {dt} is not allowed in dataset pickles")
+        self._charge(math.prod(dims) * dt.itemsize, lambda: f"declares a {dt} array of shape {dims}")
+
+    # Hooks for the allowed numpy callables: size the array, then build it.
+
+    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> Any:
+        if subtype is not np.ndarray:
+            raise pickle.UnpicklingError("_reconstruct only builds numpy.ndarray")
+        self._charge_array(shape, dtype)
+        return _RECONSTRUCT(subtype, shape, dtype)
+
+    def _frombuffer(self, buf: Any, dtype: Any, shape: Any, order: Any) -> Any:
+        self._charge_array(shape, dtype)
+        return _FROMBUFFER(buf, dtype, shape, order)
+
+    def _scalar(self, dtype: Any, *obj: Any) -> Any:
+        if not isinstance(dtype, np.dtype):
+            raise pickle.UnpicklingError("scalar needs a numpy dtype")
+        self._charge_array((), dtype)
+        return _SCALAR(dtype, *obj)
+
+    def _call(self, func: Any, args: Any, kwargs: Any) -> Any:
+        if func is np.ndarray:
+            self._charge_array(*_ndarray_request(*args, **kwargs))
+        return func(*args, **kwargs)
+
+    # Opcodes that call, share or allocate, overriding pickle._Unpickler's.
+
+    def _load_reduce(self) -> None:
+        args = self.stack.pop()
+        self.stack[-1] = self._call(self.stack[-1], args, {})
+
+    def _load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if cls is np.ndarray:
+            self._charge_array(*_ndarray_request(*args))
+        self.append(cls.__new__(cls, *args))
+
+    def _load_newobj_ex(self) -> None:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if cls is np.ndarray:
+            self._charge_array(*_ndarray_request(*args, **kwargs))
+        self.append(cls.__new__(cls, *args, **kwargs))
+
+    def _instantiate(self, klass: Any, args: list[Any]) -> None:  # INST and OBJ
+        self.append(self._call(klass, args, {}))
+
+    def _load_build(self) -> None:
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, np.ndarray):
+            # (version, shape, dtype, is_fortran, rawdata) or (shape, dtype, is_fortran, rawdata)
+            if not isinstance(state, tuple) or len(state) not in (4, 5):
+                raise pickle.UnpicklingError("unexpected numpy array state")
+            self._charge_array(state[-4], state[-3])
+            inst.__setstate__(state)
+        elif isinstance(inst, np.dtype):
+            inst.__setstate__(state)  # type: ignore[attr-defined]  # numpy has no stub for it
+            if inst.hasobject:
+                raise pickle.UnpicklingError(f"object dtype {inst} is not allowed in dataset pickles")
+        else:
+            self._refuse(f"sets the state of a {type(inst).__name__}, which a dataset pickle never does")
+
+    def _memo_get(self, index: int) -> None:
+        try:
+            obj = self.memo[index]
+        except KeyError:
+            raise pickle.UnpicklingError(f"memo value not found at index {index}") from None
+        if isinstance(obj, _SHARED_CONTAINERS) and not (isinstance(obj, tuple | frozenset) and not obj):
+            self._refuse(
+                f"references the same {type(obj).__name__} more than once (pickle memo get {index}); a "
+                "genuine dataset pickle never shares containers, and shared nested references can expand "
+                "a few KB into gigabytes"
+            )
+        if isinstance(obj, str | bytes | int):  # a consumer may copy each reference (e.g. decode names)
+            cost = len(obj) + 32 if isinstance(obj, str | bytes) else sys.getsizeof(obj)
+            self._charge(cost, lambda: f"repeats memoised {type(obj).__name__} values")
+        self.append(obj)
+
+    def _load_get(self) -> None:
+        self._memo_get(int(self.readline()[:-1]))
+
+    def _load_binget(self) -> None:
+        self._memo_get(self.read(1)[0])
+
+    def _load_long_binget(self) -> None:
+        self._memo_get(struct.unpack("<I", self.read(4))[0])
+
+    def _load_dup(self) -> None:
+        self._refuse("duplicates a reference (DUP opcode), which pickle.dump never writes")
+
+    def _load_ext(self) -> None:
+        self._refuse("uses the copyreg extension registry (EXT opcodes), which a dataset pickle never does")
+
+    def _load_bytearray8(self) -> None:
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise pickle.UnpicklingError(f"a {n:,}-byte BYTEARRAY8 cannot fit in a {self._size:,}-byte file")
+        buf = bytearray(n)
+        self.readinto(buf)
+        self.append(buf)
+
+    for _op, _load in (
+        (pickle.REDUCE, _load_reduce),
+        (pickle.NEWOBJ, _load_newobj),
+        (pickle.NEWOBJ_EX, _load_newobj_ex),
+        (pickle.BUILD, _load_build),
+        (pickle.GET, _load_get),
+        (pickle.BINGET, _load_binget),
+        (pickle.LONG_BINGET, _load_long_binget),
+        (pickle.DUP, _load_dup),
+        (pickle.EXT1, _load_ext),
+        (pickle.EXT2, _load_ext),
+        (pickle.EXT4, _load_ext),
+        (pickle.BYTEARRAY8, _load_bytearray8),
+    ):
+        dispatch[_op[0]] = _load
+    del _op, _load
 
 
 class _BoundedReader:
@@ -182,7 +379,7 @@ def _load_pickle(path: Path, *, encoding: str, what: str) -> Any:
         size = os.fstat(file.fileno()).st_size
         try:
             reader: Any = _BoundedReader(file, size)
-            return _RestrictedUnpickler(reader, path=path, encoding=encoding).load()
+            return _RestrictedUnpickler(reader, path=path, encoding=encoding, what=what, size=size).load()
         except DatasetError:
             raise
         except Exception as exc:  # corrupt pickles raise many types: normalise them
@@ -213,11 +410,26 @@ def _as_text(value: object) -> str:
 
 
 def _as_int_array(values: object, path: Path, what: str) -> np.ndarray:
-    """A 1-D int64 array from a list/array of integers, or a DatasetError."""
-    try:
-        arr = np.asarray(values)
-    except Exception as exc:
-        raise DatasetError(f"{path}: {what} is not a list of integers ({_short(exc)}).") from exc
+    """A 1-D int64 array from a list/array of integers, or a DatasetError.
+
+    Elements are type-checked before any conversion: ``np.asarray`` of a list mixing one long
+    string with many short ones pads them all to the longest, a huge amplification.
+    """
+    if isinstance(values, np.ndarray):
+        arr = values
+    elif isinstance(values, list | tuple) and all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values
+    ):
+        try:
+            arr = np.array(values, dtype=np.int64)
+        except OverflowError as exc:
+            raise DatasetError(f"{path}: {what} holds an integer beyond int64 ({_short(exc)}).") from exc
+    else:
+        kind = type(values).__name__
+        raise DatasetError(
+            f"{path}: {what} must be a flat list of integers, got a {kind} holding other values; the "
+            "file is corrupt: download it again."
+        )
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
         raise DatasetError(
             f"{path}: {what} must be a flat list of integers, got dtype {arr.dtype} shape {arr.shape}; "
@@ -291,6 +503,64 @@ _OMNIGLOT_EXPECTED = (
 # (alphabet, character, where the file is, a function returning its bytes)
 _OmniglotEntry = tuple[str, str, str, Callable[[], bytes]]
 
+# Limits on image files: genuine Omniglot PNGs are ~1 KB and 105x105 pixels.
+_MAX_IMAGE_FILE_BYTES = 64 << 20
+_MAX_ZIP_RATIO = 100  # above 1 MiB, a zip member may expand at most 100x (PNGs barely compress)
+_ZIP_RATIO_FREE_BYTES = 1 << 20
+_MAX_OMNIGLOT_PIXELS = 2048 * 2048
+_MAX_IMAGE_PIXELS = 1 << 26  # 8192 x 8192, for image folders
+
+
+def _check_pixels(img: Image.Image, where: object, limit: int, expected: str) -> None:
+    """Refuse an image whose header declares more than ``limit`` pixels, before decoding it."""
+    width, height = img.size
+    if width * height > limit:
+        raise DatasetError(
+            f"{where} declares {width}x{height} pixels, more than the {limit:,} allowed ({expected}); "
+            "it is corrupt or a decompression bomb: replace or delete it."
+        )
+
+
+def _read_image_file(path: Path) -> bytes:
+    """The bytes of an image file of at most ``_MAX_IMAGE_FILE_BYTES``."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > _MAX_IMAGE_FILE_BYTES:
+            raise DatasetError(
+                f"{path} is {size:,} bytes, more than the {_MAX_IMAGE_FILE_BYTES >> 20} MiB an image file may "
+                "be (Omniglot images are about 1 KB); it is not an Omniglot image: delete it or extract "
+                "the dataset again."
+            )
+        return file.read(_MAX_IMAGE_FILE_BYTES)
+
+
+def _check_zip_member(info: zipfile.ZipInfo, where: str) -> None:
+    """Refuse a zip member whose header declares an oversized or over-compressed image."""
+    if info.file_size > _MAX_IMAGE_FILE_BYTES:
+        raise DatasetError(
+            f"{where} is {info.file_size:,} bytes uncompressed, more than the {_MAX_IMAGE_FILE_BYTES >> 20} "
+            "MiB an image file may be (Omniglot images are about 1 KB); the archive is corrupt or a zip "
+            "bomb: download it again."
+        )
+    if info.file_size > _ZIP_RATIO_FREE_BYTES and info.file_size > _MAX_ZIP_RATIO * info.compress_size:
+        raise DatasetError(
+            f"{where} expands from {info.compress_size:,} to {info.file_size:,} bytes, more than the "
+            f"{_MAX_ZIP_RATIO}x an image file compresses; the archive is corrupt or a zip bomb: download "
+            "it again."
+        )
+
+
+def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes:
+    """The bytes of a checked zip member, never decompressing past its declared size."""
+    with archive.open(info) as member:
+        data = member.read(info.file_size)
+    if len(data) != info.file_size:
+        raise DatasetError(
+            f"{where} holds {len(data):,} bytes but its zip header says {info.file_size:,}; the archive is "
+            "truncated or corrupt: download it again."
+        )
+    return data
+
 
 def _visible(name: str) -> bool:
     return not name.startswith(".") and name != "__MACOSX"
@@ -314,7 +584,7 @@ def _omniglot_dir_entries(folder: Path) -> list[_OmniglotEntry]:
                     f"Omniglot character folder {character} holds no .png images; delete the folder "
                     f"or extract {folder.name} again."
                 )
-            entries.extend((alphabet.name, character.name, str(f), f.read_bytes) for f in files)
+            entries.extend((alphabet.name, character.name, str(f), partial(_read_image_file, f)) for f in files)
     return entries
 
 
@@ -326,11 +596,9 @@ def _omniglot_zip_entries(archive: zipfile.ZipFile, zip_path: Path) -> list[_Omn
             continue
         if Path(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
             continue
-
-        def read(info: zipfile.ZipInfo = info) -> bytes:
-            return archive.read(info)
-
-        entries.append((parts[-3], parts[-2], f"{zip_path}:{info.filename}", read))
+        where = f"{zip_path}:{info.filename}"
+        _check_zip_member(info, where)  # all members, before decoding any
+        entries.append((parts[-3], parts[-2], where, partial(_read_zip_member, archive, info, where)))
     entries.sort(key=lambda entry: (entry[0], entry[1], entry[2]))
     return entries
 
@@ -348,7 +616,10 @@ def _decode_omniglot(entries: list[_OmniglotEntry], source: Path, image_size: in
     for i, (alphabet, character, where, read) in enumerate(entries):
         try:
             with Image.open(io.BytesIO(read())) as img:
+                _check_pixels(img, where, _MAX_OMNIGLOT_PIXELS, "Omniglot images are 105x105")
                 strokes_bright = 255 - _pil_to_array(img, grayscale=True)  # black-on-white -> bright strokes
+        except DatasetError:
+            raise
         except Exception as exc:  # PIL and zipfile raise many types for corrupt data
             raise DatasetError(
                 f"cannot decode Omniglot image {where} ({_short(exc)}); the file is corrupt: extract or "
@@ -677,28 +948,36 @@ def load_mini_imagenet(path: StrPath) -> dict[str, ImageDataset]:
 # --------------------------------------------------------------------------------------------
 
 _IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
+# The largest IDX file in use (EMNIST byclass images) holds 547 MB.
+_MAX_IDX_BYTES = 1 << 30
+# Deflate expands at most 1032:1, so a gzip file of n bytes holds at most about 1032 n bytes.
+_MAX_DEFLATE_RATIO = 1032
+_IDX_CHUNK = 1 << 20
 
 
-def _read_idx(path: Path, what: str) -> np.ndarray:
-    """The uint8 array of an IDX ``images`` (3-D) or ``labels`` (1-D) file, plain or gzipped."""
+def _read_up_to(stream: io.BufferedIOBase, n: int) -> bytes:
+    """At most ``n`` bytes from ``stream``, fewer only at its end."""
+    parts, left = [], n
+    while left:
+        part = stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _read_idx_stream(stream: io.BufferedIOBase, path: Path, what: str, file_size: int, gz: bool) -> np.ndarray:
+    """Parse an IDX stream, reading no more than its header declares (plus one byte)."""
     magic, ndim = _IDX_MAGIC[what], 3 if what == "images" else 1
-    _require_exists(path, f"an IDX {what} file (e.g. train-{what}-idx{ndim}-ubyte or its .gz)")
-    if not path.is_file():
-        raise DatasetError(f"{path} is a folder; pass the IDX {what} file itself.")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DatasetError(
-                f"{path} is a truncated or corrupt gzip file ({_short(exc)}); download it again."
-            ) from exc
-    if len(raw) < 4:
+    size_of = "decompresses to" if gz else "is"
+    head = _read_up_to(stream, 4)
+    if len(head) < 4:
         raise DatasetError(
-            f"{path} is {len(raw)} bytes, too short for an IDX {what} file; the file is truncated or "
-            "empty: download it again."
+            f"{path} {size_of} {len(head)} bytes, too short for an IDX {what} file; the file is truncated "
+            "or empty: download it again."
         )
-    (found,) = struct.unpack(">I", raw[:4])
+    (found,) = struct.unpack(">I", head)
     if found != magic:
         other = "labels" if what == "images" else "images"
         hint = (
@@ -711,20 +990,80 @@ def _read_idx(path: Path, what: str) -> np.ndarray:
             f"Pass the right file as {what}_path."
         )
     header = 4 + 4 * ndim
-    if len(raw) < header:
+    raw_dims = _read_up_to(stream, header - 4)
+    if len(raw_dims) < header - 4:
         raise DatasetError(
-            f"{path} is {len(raw)} bytes, shorter than the {header}-byte IDX {what} header; the file is "
-            "truncated or empty: download it again."
+            f"{path} {size_of} {4 + len(raw_dims)} bytes, shorter than the {header}-byte IDX {what} header; "
+            "the file is truncated or empty: download it again."
         )
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + math.prod(dims)  # Python ints: no overflow
-    if len(raw) != expected:
-        problem = "is truncated" if len(raw) < expected else "has trailing data"
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    payload = math.prod(dims)  # Python ints: no overflow
+    expected = header + payload
+    if payload > _MAX_IDX_BYTES:
         raise DatasetError(
-            f"{path} is {len(raw)} bytes but its header (shape {tuple(dims)}) implies {expected}; the "
+            f"{path}: its IDX header declares shape {tuple(dims)}, {payload:,} bytes of {what}, more than the "
+            f"{_MAX_IDX_BYTES >> 20} MiB limit for an IDX file (MNIST's largest is 47 MB); the header is "
+            "corrupt: download the file again."
+        )
+    if not gz and file_size != expected:
+        problem = "is truncated" if file_size < expected else "has trailing data"
+        raise DatasetError(
+            f"{path} is {file_size} bytes but its header (shape {tuple(dims)}) implies {expected}; the "
             f"file {problem} or is corrupt: download it again."
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    if gz and expected > _MAX_DEFLATE_RATIO * file_size + 1024:
+        raise DatasetError(
+            f"{path}: its IDX header declares shape {tuple(dims)}, {expected:,} bytes, but a {file_size:,}-byte "
+            f"gzip file holds at most ~{_MAX_DEFLATE_RATIO} x that (deflate's maximum ratio); the file is "
+            "truncated or corrupt: download it again."
+        )
+    data = bytearray()  # grown as data arrives: memory follows the data, not the header's claim
+    while len(data) < payload:
+        chunk = stream.read(min(_IDX_CHUNK, payload - len(data)))
+        if not chunk:
+            raise DatasetError(
+                f"{path} {size_of} {header + len(data)} bytes but its header (shape {tuple(dims)}) implies "
+                f"{expected}; the file is truncated or corrupt: download it again."
+            )
+        data += chunk
+    if gz and stream.read(1):  # also makes gzip check the stream's CRC and length
+        raise DatasetError(
+            f"{path} decompresses to more than the {expected} bytes its header (shape {tuple(dims)}) implies; "
+            "the file has trailing data or is corrupt: download it again."
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)  # writeable: bytearray
+
+
+def _read_idx(path: Path, what: str) -> np.ndarray:
+    """The uint8 array of an IDX ``images`` (3-D) or ``labels`` (1-D) file, plain or gzipped.
+
+    A ``.gz`` file is decompressed as a stream, never past the size its IDX header declares,
+    which must be at most ``_MAX_IDX_BYTES`` and within deflate's reach of the file size.
+    """
+    ndim = 3 if what == "images" else 1
+    _require_exists(path, f"an IDX {what} file (e.g. train-{what}-idx{ndim}-ubyte or its .gz)")
+    if not path.is_file():
+        raise DatasetError(f"{path} is a folder; pass the IDX {what} file itself.")
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise DatasetError(f"cannot open {path} ({_short(exc)}); check the path and permissions.") from exc
+    with file:
+        file_size = os.fstat(file.fileno()).st_size
+        gz = file.read(2) == b"\x1f\x8b"
+        file.seek(0)
+        try:
+            if not gz:
+                return _read_idx_stream(file, path, what, file_size, gz=False)
+            with gzip.GzipFile(fileobj=file, mode="rb") as stream:
+                return _read_idx_stream(stream, path, what, file_size, gz=True)
+        except DatasetError:
+            raise
+        except Exception as exc:  # gzip raises OSError, EOFError, zlib.error, ... for corrupt data
+            kind = "gzip" if gz else "IDX"
+            raise DatasetError(
+                f"{path} is a truncated or corrupt {kind} file ({_short(exc)}); download it again."
+            ) from exc
 
 
 def load_idx(images_path: StrPath, labels_path: StrPath, *, name: str = "idx") -> ImageDataset:
@@ -834,6 +1173,7 @@ def load_image_folder(
     sizes, modes = [], []
     for _, f in files:  # headers only: cheap
         with _open_image(f) as img:
+            _check_pixels(img, f, _MAX_IMAGE_PIXELS, "8192x8192")
             sizes.append(img.size)
             modes.append(img.mode)
     if size_hw is None:
