@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import meta_rl.checkpoint as checkpoint_module
+import meta_rl.atomic as atomic_module
 import meta_rl.train as train_module
 from meta_rl.checkpoint import CheckpointError, CheckpointWriteError, checksum, load_checkpoint
 from meta_rl.config import ConfigError, TrainConfig
@@ -118,7 +118,7 @@ class Lab:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.plugin_dir), os.environ.get("PYTHONPATH", "")]),
                "OMP_NUM_THREADS": "1", "META_RL_PROGRESS": "0"}
         if resume:
-            args = ["--resume", str(run_dir)]
+            args = ["--resume", str(run_dir), "--env-module", PLUGIN]
         else:
             assert cfg is not None
             toml = run_dir.parent / f"{run_dir.name}.toml"
@@ -423,7 +423,7 @@ def disk_full_scenario(lab: Lab, out: Outcome) -> None:
     """ENOSPC half-way through a checkpoint write: the previous checkpoint survives, no temp file, clear error."""
     out.lost_runs = 1
     reference2, reference5 = lab.reference(2), lab.reference(5)
-    real = checkpoint_module._write_all
+    real = atomic_module._write_all
     calls = 0
 
     def write_all(fd: int, data: memoryview) -> None:
@@ -435,7 +435,7 @@ def disk_full_scenario(lab: Lab, out: Outcome) -> None:
         real(fd, data)
 
     run_dir = lab.folder("disk-full")
-    with patched(checkpoint_module, "_write_all", write_all):
+    with patched(atomic_module, "_write_all", write_all):
         try:
             train(lab.config(5), run_dir, progress=False)
             raise AssertionError("no error on a full disk")

@@ -7,16 +7,15 @@ from silently damaged parameters; version 1 files (no checksum) are still read.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from meta_rl.atomic import WriteError, write_atomic
 
 __all__ = [
     "FORMAT_VERSION",
@@ -38,34 +37,8 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, partial or from an incompatible version."""
 
 
-class CheckpointWriteError(CheckpointError, OSError):
+class CheckpointWriteError(CheckpointError, WriteError):
     """A checkpoint could not be written (disk full, no permission, ...); the previous one is untouched."""
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-_CHUNK = 1 << 22  # bytes per write() call
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
-    while data:
-        written = os.write(fd, data[:_CHUNK])
-        data = data[written:]
-
-
-def _write_error(path: Path, existed: bool, exc: OSError) -> CheckpointWriteError:
-    cause = "the disk is full" if exc.errno in _DISK_FULL else f"{type(exc).__name__}: {exc}"
-    previous = (
-        f"the previous checkpoint {path} is intact" if existed else "no previous checkpoint exists (nothing was lost)"
-    )
-    fix = "free some space" if exc.errno in _DISK_FULL else "fix the cause"
-    err = CheckpointWriteError(
-        f"cannot write checkpoint {path}: {cause} ({errno.errorcode.get(exc.errno or 0, exc.errno)}); "
-        f"{previous} and no temporary file was left behind. {fix.capitalize()}, then resume with "
-        f"meta-rl train --resume {path.parent}."
-    )
-    err.errno = exc.errno
-    return err
 
 
 def _feed(h: Any, obj: Any) -> None:
@@ -108,34 +81,19 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         CheckpointWriteError: the file could not be written (the message says why, e.g. disk full).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format_version": FORMAT_VERSION, **payload}
     data[CHECKSUM_KEY] = checksum(data)
     buffer = io.BytesIO()
     torch.save(data, buffer)
-    existed = path.is_file()
+    kept = (f"the previous checkpoint {path} is intact" if path.is_file()
+            else "no previous checkpoint exists (nothing was lost)")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise _write_error(path, existed, exc) from exc
-    try:
-        try:
-            _write_all(fd, buffer.getbuffer())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise _write_error(path, existed, exc) from exc
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_atomic(path, buffer.getbuffer(), what="checkpoint", kept=kept,
+                     then=f"resume with meta-rl train --resume {path.parent}")
+    except WriteError as exc:
+        err = CheckpointWriteError(str(exc))
+        err.errno = exc.errno
+        raise err from exc.__cause__
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -146,8 +104,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             was written by another format version.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train first or point at a run directory with one.")
+    try:
+        with open(path, "rb") as f:  # tells "cannot read" apart from "damaged" before torch.load
+            f.read(1)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; train first or point at a run directory with one."
+        ) from None
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        if isinstance(exc, PermissionError):
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: permission denied ({errno.errorcode.get(exc.errno or 0, '')}). The "
+                f"file is not known to be damaged: ask its owner to make it readable (chmod a+r {path}, and a+x on "
+                "its folders) or run as that user."
+            ) from exc
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; train first or point at a run directory with one."
+        ) from exc
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}; fix the cause (the file may be intact)."
+        ) from exc
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from meta_rl.atomic import WriteError
 from meta_rl.baselines.cli import add_baseline_parser, evaluate_baseline_run, is_baseline_run
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state
 from meta_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
@@ -31,8 +32,9 @@ def _train(args: argparse.Namespace) -> int:
         if args.config:
             raise ConfigError("--resume continues a run with its saved config; do not also pass CONFIG.")
         run_dir = Path(args.resume)
-        saved = load_run_config(run_dir).to_dict()
         over = parse_overrides(args.overrides)
+        named = over.get("env_module", args.env_module)
+        saved = load_run_config(run_dir, env_module=named, flag="--env-module").to_dict()
         if "env_kwargs" in over:
             over["env_kwargs"] = {**saved["env_kwargs"], **over["env_kwargs"]}
         saved.update(over)
@@ -56,8 +58,8 @@ def _eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if is_baseline_run(run_dir):  # a ProtoNet/MAML run from `meta-rl baseline`
         return evaluate_baseline_run(run_dir, args.episodes, args.split, args.seed, args.json)
+    cfg = load_run_config(run_dir, env_module=args.env_module)
     ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    cfg = TrainConfig.from_dict(ckpt["config"], source=str(run_dir / CHECKPOINT_NAME))
     device = resolve_device(args.device or cfg.device)
     env = make_vec_env(cfg, args.split, min(args.batch, args.episodes), device)
     steps = cfg.rollout_steps or int(getattr(env, "episode_length", 0))
@@ -85,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="seed (overrides the config)")
     t.add_argument("--max-minutes", type=float, help="stop after this many minutes")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--env-module", metavar="NAME",
+                   help="with --resume: the plug-in module that registers the run's env (never imported from a "
+                        "checkpoint unless named here)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="evaluate a trained run on held-out classes")
@@ -95,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=int, default=250, help="tasks run in parallel")
     e.add_argument("--device", help="device (default: the run's)")
     e.add_argument("--json", action="store_true", help="print one JSON line")
+    e.add_argument("--env-module", metavar="NAME",
+                   help="the plug-in module that registers the run's env (never imported from a checkpoint unless "
+                        "named here)")
     e.set_defaults(func=_eval)
 
     add_baseline_parser(sub)  # meta-rl baseline protonet|maml [CONFIG] --run-dir DIR [key=value ...]
@@ -116,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         return int(args.func(args))
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, WriteError) as exc:
         print(f"meta-rl: error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:  # SIGINT -> 130, SIGTERM -> 143, after a checkpoint

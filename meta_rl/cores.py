@@ -35,7 +35,7 @@ def run_rnn(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state: State, starts: torch.
     """
     steps = x.shape[0]
     cuts = [0, steps]
-    if steps > 1:
+    if steps > 1 and not x.is_meta:  # meta tensors (memory estimates) carry no values: one segment
         inner = torch.nonzero(starts[1:].any(dim=1)).flatten().add(1).tolist()
         cuts = [0, *inner, steps]
     outs = []

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from meta_rl.atomic import write_error
 from meta_rl.config import ConfigError
 
 try:  # POSIX: serialise lock takeovers between processes
@@ -156,10 +157,15 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
 
     Raises:
         RunLockedError: a live process (this host) or any process on another host holds the lock.
+        WriteError: the folder or the lock cannot be written (read-only, permission, disk full).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    token = _acquire(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        token = _acquire(run_dir)
+    except OSError as exc:
+        raise write_error("the run lock", run_dir / LOCK_NAME, exc, kept="nothing in it was changed",
+                          then="start the run again") from exc
     try:
         yield run_dir / LOCK_NAME
     finally:

@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import inspect
 import json
+import os
 import re
 import signal
 import sys
@@ -30,18 +31,21 @@ from gymnasium.vector import VectorEnv
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from meta_rl.atomic import write_atomic, write_error
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig, resolve_device
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.evaluation import MAX_INSTANCE, accuracy_by_instance, evaluate
 from meta_rl.monitoring import accuracy_figure, episode_strip
 from meta_rl.policy import MetaPolicy
+from meta_rl.resources import check_fits, check_threads, estimate_training_memory
 from meta_rl.returns import explained_variance, gae, normalize, reinforce_losses
 from meta_rl.rollout import Rollout, collect
 from meta_rl.runlock import run_lock
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "TRUSTED_ENV_MODULES",
     "NonFiniteError",
     "TrainingInterrupted",
     "build_policy",
@@ -49,6 +53,7 @@ __all__ = [
     "reinforce_update",
     "resolve_device",
     "train",
+    "untrusted_modules",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -211,10 +216,51 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> Non
         )
 
 
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The config a run directory's checkpoint was trained with."""
-    ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
-    return TrainConfig.from_dict(ckpt["config"], source=str(Path(run_dir) / CHECKPOINT_NAME))
+#: Env modules that may be imported because a saved config names them: the package's own.
+TRUSTED_ENV_MODULES = ("", "meta_rl.envs")
+
+
+def untrusted_modules(cfg: TrainConfig) -> list[str]:
+    """The modules building ``cfg``'s env would import that are neither meta-rl's nor already imported.
+
+    Those are ``env_module`` and the ``module:`` prefix of an ``env_id`` (which gymnasium imports).
+    """
+    named = [cfg.env_module]
+    if ":" in cfg.env_id:
+        named.append(cfg.env_id.split(":", 1)[0])
+    return [m for m in dict.fromkeys(named) if m not in TRUSTED_ENV_MODULES and m not in sys.modules]
+
+
+def load_run_config(run_dir: str | Path, *, env_module: str | None = None,
+                    flag: str = "--env-module") -> TrainConfig:
+    """The config a run directory's checkpoint was trained with, safe to build an env from.
+
+    A checkpoint is data and must not decide what code runs: a plug-in module it names is imported
+    only when the caller names the same module (``env_module``, the user's ``--env-module``).
+
+    Args:
+        run_dir: a run directory written by :func:`train`.
+        env_module: the module the user trusts for this run's env; replaces the saved ``env_module``.
+        flag: how the user names it, for the error message.
+
+    Raises:
+        CheckpointError: the checkpoint is missing or damaged.
+        ConfigError: the run's env needs a module the user did not name.
+    """
+    path = Path(run_dir) / CHECKPOINT_NAME
+    saved = dict(load_checkpoint(path)["config"])
+    if env_module is not None:
+        saved["env_module"] = env_module
+    cfg = TrainConfig.from_dict(saved, source=str(path))
+    untrusted = [m for m in untrusted_modules(cfg) if m != env_module]
+    if untrusted:
+        names = ", ".join(repr(m) for m in untrusted)
+        raise ConfigError(
+            f"run {run_dir} needs module {names} for its env ({cfg.env_id!r}); meta-rl does not import a module "
+            f"because a checkpoint names it (a checkpoint could name any code). If you trust it, name it yourself: "
+            f"{flag} {untrusted[0]}."
+        )
+    return cfg
 
 
 class _StopRequest:
@@ -235,22 +281,47 @@ def _stop_on_signals(stop: _StopRequest) -> Iterator[None]:
         yield  # signal handlers can only be set in the main thread
         return
     previous: dict[int, Any] = {}
+    owner = os.getpid()
 
     def restore() -> None:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
     def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            # A forked child (a data-loading worker, say) that still runs this handler: the stop
+            # request is the trainer's, so act as if it were never installed here.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if stop.signum is None:
             stop.signum = signum
         restore()
 
     for signum in STOP_SIGNALS:
         previous[signum] = signal.signal(signum, handler)
+    _FORK_RESETS.append(restore)
     try:
         yield
     finally:
+        _FORK_RESETS.remove(restore)
         restore()
+
+
+# The restore functions of the stop handlers installed now: a process forked while one is
+# installed gets the handlers that were in place before it, so no worker inherits the trainer's.
+_FORK_RESETS: list[Any] = []
+
+
+def _reset_handlers_in_child() -> None:
+    for restore in reversed(_FORK_RESETS):
+        with contextlib.suppress(ValueError, OSError):  # ValueError: forked from a thread that is not main
+            restore()
+    _FORK_RESETS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_handlers_in_child)
 
 
 def _check_every_update(device: torch.device, cfg: TrainConfig) -> bool:
@@ -342,7 +413,8 @@ def _train_locked(
                 )
             if world.is_main:
                 for leftover in run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # from a process killed mid-write
-                    leftover.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # a read-only folder fails below, with a clear error
+                        leftover.unlink(missing_ok=True)
             stop = _StopRequest()
             with _stop_on_signals(stop):
                 return _train(cfg, run_dir, resume, progress, stop, world, device)
@@ -360,6 +432,32 @@ class _NullWriter:
         return lambda *args, **kwargs: None
 
 
+class _EventWriter:
+    """A SummaryWriter whose file-system errors are one clear :class:`WriteError` naming the run directory.
+
+    TensorBoard writes from a background thread and re-raises its errors at a later call; every
+    call goes through here so that such an error names the path and the fix, not tensorboard's internals.
+    """
+
+    def __init__(self, run_dir: Path, purge_step: int) -> None:
+        self._run_dir = run_dir
+        self._writer = self._guard(lambda: SummaryWriter(str(run_dir), purge_step=purge_step))
+
+    def _guard(self, call: Any) -> Any:
+        try:
+            return call()
+        except OSError as exc:
+            raise write_error(
+                "TensorBoard events in", self._run_dir, exc,
+                kept=f"the last checkpoint in {self._run_dir} is intact",
+                then=f"resume with meta-rl train --resume {self._run_dir}",
+            ) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._writer, name)
+        return lambda *args, **kwargs: self._guard(lambda: method(*args, **kwargs))
+
+
 def _train(
     cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: _StopRequest, world: World,
     device: torch.device,
@@ -370,14 +468,23 @@ def _train(
     # broadcast from rank 0 below to be safe).
     seed = rank_seed(cfg.seed, world.rank)
     per_update = cfg.num_envs * world.size  # tasks per update over all ranks
+    check_threads(cfg.torch_threads, ConfigError)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
 
     # --- env and policy -------------------------------------------------------------------
-    env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, device)
-    steps = cfg.rollout_steps or int(getattr(env, "episode_length", 0))
+    # A one-task probe of the env gives the spaces and the task length, from which the memory the
+    # config needs is estimated before anything of size B is allocated.
+    probe = make_vec_env(cfg, cfg.train_split, 1, device)
+    steps = cfg.rollout_steps or int(getattr(probe, "episode_length", 0))
     if steps < 1:
         raise ConfigError(f"env {cfg.env_id!r} has no episode_length; set rollout_steps to the length of a task.")
+    eval_envs = min(cfg.eval_episodes, 256) if cfg.eval_every and cfg.eval_episodes and world.is_main else 0
+    estimate = estimate_training_memory(lambda: build_policy(cfg, probe, steps), probe.single_observation_space,
+                                        steps, cfg.num_envs, eval_envs, cfg.eval_episodes)
+    probe.close()
+    check_fits(estimate, device, ConfigError)
+    env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         policy = build_policy(cfg, env, steps).to(device)
@@ -416,15 +523,15 @@ def _train(
     # Only rank 0 writes to run_dir (config, TensorBoard, checkpoints) and runs the held-out evaluation.
     writer: Any = _NullWriter()
     if world.is_main:
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        write_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode(), what="config")
         _after_existing_event_files(run_dir)
-        writer = SummaryWriter(str(run_dir), purge_step=env_steps + 1 if resume else 0)
+        writer = _EventWriter(run_dir, purge_step=env_steps + 1 if resume else 0)
         if not resume:
             writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", 0)
 
     heldout_env = None
-    if cfg.eval_every and cfg.eval_episodes and world.is_main:
-        heldout_env = make_vec_env(cfg, cfg.heldout_split, min(cfg.eval_episodes, 256), device)
+    if eval_envs:
+        heldout_env = make_vec_env(cfg, cfg.heldout_split, eval_envs, device)
 
     eager = _check_every_update(device, cfg)
     # Deferred verdict (accelerators): the first update whose check failed (-1: none) and its flags.
@@ -629,7 +736,7 @@ def _after_existing_event_files(run_dir: Path) -> None:
         time.sleep(min(max(stamps) + 1 - time.time(), 1.1))  # capped: a clock set back waits no longer
 
 
-def _log_strip(writer: SummaryWriter, ro: Rollout, env_steps: int) -> None:
+def _log_strip(writer: Any, ro: Rollout, env_steps: int) -> None:
     """Log the first task of a rollout as a strip of its images with the true and chosen labels."""
     if ro.main is None or ro.main.ndim != 5 or not bool((ro.labels[:, 0] >= 0).all()):
         return

@@ -155,7 +155,8 @@ def test_two_ranks_under_torchrun_match_one_process_and_resume(proto_dataset: st
     # is the reference's second combined update.
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc-per-node", str(WORLD), "-m", "meta_rl.train",
-         "--resume", str(run_dir), "--no-progress", f"total_env_steps={2 * cfg.total_env_steps}"],
+         "--resume", str(run_dir), "--env-module", "ddp_plugin", "--no-progress",
+         f"total_env_steps={2 * cfg.total_env_steps}"],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

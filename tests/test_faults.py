@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 
-import meta_rl.checkpoint as checkpoint_module
+import meta_rl.atomic as atomic_module
 import meta_rl.train as train_module
 from meta_rl.checkpoint import (
     FORMAT_VERSION,
@@ -109,7 +109,7 @@ def spawn(plugin: Path, run_dir: Path, cfg: TrainConfig | None, *, resume: bool)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "META_RL_PROGRESS": "0"}
     if resume:
-        args = ["--resume", str(run_dir)]
+        args = ["--resume", str(run_dir), "--env-module", PLUGIN]
     else:
         assert cfg is not None
         toml = run_dir.parent / f"{run_dir.name}.toml"
@@ -639,19 +639,22 @@ def test_lock_released_on_errors(plugin: Path, tmp_path: Path, monkeypatch: pyte
 
 
 def fill_disk_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
-    """The ``call``-th checkpoint write gets half its bytes onto the disk, then ENOSPC."""
-    real = checkpoint_module._write_all
+    """The ``call``-th checkpoint write gets half its bytes onto the disk, then ENOSPC.
+
+    Atomic writes before the first checkpoint (``config.json``) are not counted.
+    """
+    real = atomic_module._write_all
     calls = 0
 
     def write_all(fd: int, data: memoryview) -> None:
         nonlocal calls
         calls += 1
-        if calls == call:
+        if calls == call + 1:  # call 1 writes config.json
             real(fd, data[: len(data) // 2])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd, data)
 
-    monkeypatch.setattr(checkpoint_module, "_write_all", write_all)
+    monkeypatch.setattr(atomic_module, "_write_all", write_all)
 
 
 def test_disk_full_keeps_the_previous_checkpoint(plugin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

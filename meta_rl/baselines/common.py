@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import save_checkpoint
 from meta_rl.config import ConfigError, check_type, parse_overrides, resolve_device
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
@@ -475,7 +476,8 @@ def train_baseline(
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"kind": cfg.kind, **cfg.to_dict()}, indent=2))
+    write_atomic(run_dir / "config.json", json.dumps({"kind": cfg.kind, **cfg.to_dict()}, indent=2).encode(),
+                 what="config")
     writer = SummaryWriter(str(run_dir))
     writer.add_text("config", "```\n" + json.dumps({"kind": cfg.kind, **cfg.to_dict()}, indent=2) + "\n```", 0)
     update = 0

@@ -12,18 +12,20 @@ alike in different scripts (Latin O, Cyrillic О, Greek Ο, Armenian Օ) are kep
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import json
 import math
 import multiprocessing as mp
 import os
 import re
+import signal
 import sys
-import tempfile
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +35,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm.auto import tqdm
 
+from meta_rl.atomic import WriteError, write_atomic
+from meta_rl.checkpoint import CHECKSUM_KEY, checksum
 from meta_rl.data.dataset import ImageDataset, split_by_group
 
 __all__ = [
@@ -66,7 +70,8 @@ DEDUP_MIN_CORRELATION = 0.9
 #: ...and no pixel differs by more than this (so O and Θ, which differ in one bar, stay apart).
 DEDUP_MAX_PIXEL_DIFF = 0.3
 
-_CACHE_FORMAT = "glyphs-v1"
+_CACHE_FORMAT = "glyphs-v2"
+_HASH_CHUNK = 1 << 20  # font files are hashed 1 MiB at a time
 _SPLIT_SEED = 0
 _CANONICAL_SIZE = 24
 _CANONICAL_BLUR = 1.5
@@ -567,6 +572,42 @@ _J = TypeVar("_J")
 _R = TypeVar("_R")
 
 
+_WORKER_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _init_worker() -> None:
+    """Pool initializer: the default SIGTERM (so ``Pool.terminate`` ends the worker) and no SIGINT.
+
+    A forked worker inherits the parent's Python signal handlers. A handler that only records a
+    stop request (a trainer's, say) would make the worker survive ``Pool.terminate()``'s single
+    SIGTERM, and the pool's ``join`` would then wait forever. Ctrl-C is the parent's to handle.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
+
+
+@contextlib.contextmanager
+def _worker_pool(context: Any, processes: int) -> Iterator[Any]:
+    """A process pool whose workers never run the parent's SIGINT/SIGTERM handlers.
+
+    The signals are blocked while the workers are forked (they inherit the mask), and each worker
+    installs the defaults before unblocking them, so there is no moment at which a worker could run
+    an inherited handler. The parent's mask is restored at once; a signal that arrived meanwhile is
+    delivered to it then.
+    """
+    masked = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS) if masked else None
+    try:
+        pool = context.Pool(processes, initializer=_init_worker)
+    finally:
+        if masked and previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    with pool:
+        yield pool
+
+
 def _map(func: Callable[[_J], _R], jobs: Sequence[_J], workers: int, progress: bool, desc: str) -> list[_R]:
     """``[func(j) for j in jobs]`` in order, over ``workers`` processes, with a progress bar."""
     bar = tqdm(total=len(jobs), desc=desc, unit="class", disable=not progress, leave=False)
@@ -579,7 +620,7 @@ def _map(func: Callable[[_J], _R], jobs: Sequence[_J], workers: int, progress: b
             return results
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         chunk = max(1, min(64, len(jobs) // (workers * 8)))
-        with mp.get_context(method).Pool(min(workers, len(jobs))) as pool:
+        with _worker_pool(mp.get_context(method), min(workers, len(jobs))) as pool:
             results = []
             for result in pool.imap(func, jobs, chunksize=chunk):
                 results.append(result)
@@ -656,14 +697,45 @@ def _cache_root(cache_dir: str | Path | None) -> Path:
     return Path.home() / ".cache" / "meta_rl"
 
 
-def _cache_key(fonts: Sequence[Path], params: dict[str, Any]) -> str:
-    font_list = [[str(p), p.stat().st_size] for p in fonts]
+def _file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _font_fingerprints(fonts: Sequence[Path]) -> list[tuple[str, str, Path]]:
+    """``(file name, content SHA-256, path)`` of each font, sorted by name, then content.
+
+    The build draws with the fonts in this order, so neither the dataset nor its cache key
+    depends on the folders the fonts are installed in or on the order they were listed in.
+    """
+    return sorted(((p.name, _file_sha256(p), p) for p in fonts), key=lambda f: (f[0], f[1], str(f[2])))
+
+
+def _cache_key(
+    fonts: Sequence[Path],
+    params: dict[str, Any],
+    fingerprints: Sequence[tuple[str, str, Path]] | None = None,
+) -> str:
+    """Cache key of a build: the cache format, the build parameters and the fonts' names and contents.
+
+    Args:
+        fonts: the font files.
+        params: the build parameters.
+        fingerprints: ``_font_fingerprints(fonts)`` when already computed (hashes the files once).
+    """
+    prints = _font_fingerprints(fonts) if fingerprints is None else fingerprints
+    font_list = sorted([name, digest] for name, digest, _ in prints)
     blob = json.dumps({"format": _CACHE_FORMAT, "params": params, "fonts": font_list}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _to_payload(splits: dict[str, ImageDataset]) -> dict[str, Any]:
-    return {
+    """The cache file's content: the splits' tensors and names, with a SHA-256 of them."""
+    payload: dict[str, Any] = {
         "format": _CACHE_FORMAT,
         "splits": {
             k: {
@@ -675,11 +747,24 @@ def _to_payload(splits: dict[str, ImageDataset]) -> dict[str, Any]:
             for k, v in splits.items()
         },
     }
+    payload[CHECKSUM_KEY] = checksum(payload)
+    return payload
 
 
 def _from_payload(payload: Any) -> dict[str, ImageDataset]:
+    """The splits of a cache file's content, checked against its checksum.
+
+    Raises:
+        ValueError: the content is not of this format, has no checksum, or does not match it.
+    """
     if not isinstance(payload, dict) or payload.get("format") != _CACHE_FORMAT:
-        raise ValueError("not a glyph cache file of this version")
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"not a {_CACHE_FORMAT} glyph cache (found {found!r})")
+    stored = payload.get(CHECKSUM_KEY)
+    if not isinstance(stored, str):
+        raise ValueError("the file has no checksum")
+    if stored != checksum(payload):
+        raise ValueError("its content does not match its checksum: the file is damaged")
     out = {}
     for k in ("train", "val", "test"):
         s = payload["splits"][k]
@@ -689,19 +774,15 @@ def _from_payload(payload: Any) -> dict[str, ImageDataset]:
     return out
 
 
-def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+def _save_cache(payload: dict[str, Any], path: Path) -> None:
+    """Write the cache file atomically; a cache that cannot be written is only a warning (the data is built)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(path, buffer.getbuffer(), what="glyph cache")
+    except WriteError as exc:
+        warnings.warn(f"{exc} The glyphs will be built again next time; set META_RL_CACHE to a writable folder.",
+                      stacklevel=3)
 
 
 def load_glyphs(
@@ -778,15 +859,18 @@ def load_glyphs(
         "seed": seed,
         "max_classes": cap,
     }
-    path = _cache_root(cache_dir) / (
-        f"glyphs-{image_size}px-{instances_per_class}x-seed{seed}-{_cache_key(fonts, params)}.pt"
-    )
+    prints = _font_fingerprints(fonts)
+    fonts = [p for _, _, p in prints]
+    key = _cache_key(fonts, params, prints)
+    path = _cache_root(cache_dir) / f"glyphs-{image_size}px-{instances_per_class}x-seed{seed}-{key}.pt"
     if path.is_file():
         try:
             return _from_payload(torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as exc:
-            warnings.warn(f"glyph cache {path} is unreadable ({exc}); rebuilding it.", stacklevel=2)
+        except Exception as exc:  # damaged, truncated, of another format: never used as it is
+            warnings.warn(
+                f"glyph cache {path} is damaged or unreadable ({exc}); rebuilding it.", stacklevel=2
+            )
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     splits = _build(fonts, image_size, instances_per_class, seed, cap, workers, progress)
-    _save_atomic(_to_payload(splits), path)
+    _save_cache(_to_payload(splits), path)
     return splits
