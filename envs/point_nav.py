@@ -11,7 +11,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.envs.single import SingleTaskEnv, check_finite_actions, check_seed, env_device, same_step_autoreset
+from meta_rl.env_checker import check_finite_actions
+from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
 
 __all__ = ["PointNavEnv", "PointNavVectorEnv"]
 

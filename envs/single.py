@@ -11,7 +11,9 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-__all__ = ["SingleTaskEnv", "check_finite_actions", "check_seed", "env_device", "same_step_autoreset"]
+from meta_rl.env_checker import check_finite_actions
+
+__all__ = ["SingleTaskEnv", "check_seed", "env_device", "same_step_autoreset"]
 
 
 def same_step_autoreset(
@@ -36,36 +38,6 @@ def same_step_autoreset(
         new_tasks()
         obs = observe()
     return obs, terminated, torch.zeros_like(terminated)
-
-
-def check_finite_actions(env: Any, actions: torch.Tensor | np.ndarray, space: spaces.Box, batched: bool = True) -> None:
-    """Refuse NaN / inf Box actions with a ValueError naming the env, the entry and the fix.
-
-    Costs one ``isfinite(...).all()`` read (a single host sync for a CUDA tensor); the offending
-    index is found only on failure.
-
-    Args:
-        env: the env stepped (its class name and gymnasium id go into the message).
-        actions: the actions, (B, *space.shape) if ``batched`` else ``space.shape``.
-        space: the single-env action space.
-        batched: axis 0 indexes the envs.
-    """
-    finite = torch.isfinite(actions).all() if isinstance(actions, torch.Tensor) else np.isfinite(actions).all()
-    if bool(finite):
-        return
-    arr = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
-    index = tuple(int(k) for k in np.argwhere(~np.isfinite(arr))[0])
-    component = index[1:] if batched else index
-    where = [f"env {index[0]}"] if batched else []
-    if component:
-        where.append(f"component {component[0] if len(component) == 1 else component}")
-    spec = getattr(env, "spec", None)
-    name = type(env).__name__ + (f" ({spec.id})" if spec is not None else "")
-    raise ValueError(
-        f"{name}: actions[{', '.join(map(str, index))}] is {arr[index]} ({', '.join(where)}); actions must be "
-        f"finite values within the Box [{space.low[component]}, {space.high[component]}]. "
-        "Check the policy's outputs; clip or sanitize the actions (e.g. torch.nan_to_num) before step()."
-    )
 
 
 def env_device(device: torch.device | str, render_mode: str | None = None) -> torch.device:
@@ -150,7 +122,6 @@ class SingleTaskEnv(gym.Env[Any, Any]):
             raise TypeError(
                 f"action must be a numeric array of shape {self.action_space.shape}, got {arr.dtype} {arr.shape}."
             )
-        assert isinstance(self.action_space, spaces.Box)
         check_finite_actions(self, arr, self.action_space, batched=False)
         return torch.as_tensor(arr, dtype=torch.float32).unsqueeze(0)  # (1, *shape)
 

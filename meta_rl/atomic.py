@@ -39,7 +39,8 @@ def describe_os_error(exc: OSError, folder: Path) -> tuple[str, str]:
     return f"{type(exc).__name__}: {exc.strerror or exc} ({code})", "fix the cause"
 
 
-def write_error(what: str, path: Path, exc: OSError, *, kept: str = "", then: str = "") -> WriteError:
+def write_error(what: str, path: Path, exc: OSError, *, kept: str = "", then: str = "",
+                error: type[WriteError] = WriteError) -> WriteError:
     """A :class:`WriteError` for writing ``what`` at ``path``, carrying ``exc``'s errno.
 
     Args:
@@ -48,6 +49,7 @@ def write_error(what: str, path: Path, exc: OSError, *, kept: str = "", then: st
         exc: the underlying error.
         kept: what is still intact, e.g. ``"the previous checkpoint ... is intact"``.
         then: what to do once fixed, e.g. ``"resume with meta-rl train --resume DIR"``.
+        error: the class of the error (a :class:`WriteError`), e.g. a checkpoint's own.
     """
     cause, fix = describe_os_error(exc, path.parent)
     message = f"cannot write {what} {path}: {cause}"
@@ -55,7 +57,7 @@ def write_error(what: str, path: Path, exc: OSError, *, kept: str = "", then: st
         message += f"; {kept}"
     message += f". {fix[0].upper()}{fix[1:]}"
     message += f", then {then}." if then else "."
-    err = WriteError(message)
+    err = error(message)
     err.errno = exc.errno  # (not .filename: OSError would then print "[Errno N] ..." instead of the message)
     return err
 
@@ -82,12 +84,12 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 def write_atomic(path: str | Path, data: bytes | bytearray | memoryview, *, what: str = "file", kept: str = "",
-                 then: str = "") -> None:
+                 then: str = "", error: type[WriteError] = WriteError) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, umask mode, rename, fsync of the folder).
 
     Raises:
-        WriteError: any step failed; the message names ``path``, the cause and the fix, and says
-            what is intact (``kept``, default: the file as it was) and what to do next (``then``).
+        WriteError: any step failed (as ``error``); the message names ``path``, the cause and the fix, and
+            says what is intact (``kept``, default: the file as it was) and what to do next (``then``).
     """
     path = Path(path)
     if not kept:
@@ -97,7 +99,7 @@ def write_atomic(path: str | Path, data: bytes | bytearray | memoryview, *, what
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise write_error(what, path, exc, kept=kept, then=then) from exc
+        raise write_error(what, path, exc, kept=kept, then=then, error=error) from exc
     try:
         try:
             _write_all(fd, memoryview(data).cast("B"))
@@ -115,5 +117,5 @@ def write_atomic(path: str | Path, data: bytes | bytearray | memoryview, *, what
         with contextlib.suppress(OSError):
             Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise write_error(what, path, exc, kept=kept, then=then) from exc
+            raise write_error(what, path, exc, kept=kept, then=then, error=error) from exc
         raise

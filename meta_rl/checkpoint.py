@@ -87,13 +87,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     torch.save(data, buffer)
     kept = (f"the previous checkpoint {path} is intact" if path.is_file()
             else "no previous checkpoint exists (nothing was lost)")
-    try:
-        write_atomic(path, buffer.getbuffer(), what="checkpoint", kept=kept,
-                     then=f"resume with meta-rl train --resume {path.parent}")
-    except WriteError as exc:
-        err = CheckpointWriteError(str(exc))
-        err.errno = exc.errno
-        raise err from exc.__cause__
+    write_atomic(path, buffer.getbuffer(), what="checkpoint", kept=kept,
+                 then=f"resume with meta-rl train --resume {path.parent}", error=CheckpointWriteError)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -107,19 +102,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         with open(path, "rb") as f:  # tells "cannot read" apart from "damaged" before torch.load
             f.read(1)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise CheckpointError(
             f"checkpoint {path} does not exist; train first or point at a run directory with one."
         ) from None
-    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-        if isinstance(exc, PermissionError):
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: permission denied ({errno.errorcode.get(exc.errno or 0, '')}). The "
-                f"file is not known to be damaged: ask its owner to make it readable (chmod a+r {path}, and a+x on "
-                "its folders) or run as that user."
-            ) from exc
+    except PermissionError as exc:
         raise CheckpointError(
-            f"checkpoint {path} does not exist; train first or point at a run directory with one."
+            f"cannot read checkpoint {path}: permission denied ({errno.errorcode.get(exc.errno or 0, '')}). The "
+            f"file is not known to be damaged: ask its owner to make it readable (chmod a+r {path}, and a+x on "
+            "its folders) or run as that user."
         ) from exc
     except OSError as exc:
         raise CheckpointError(

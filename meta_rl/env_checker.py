@@ -11,14 +11,48 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-__all__ = ["EnvCheckError", "check_vector_env"]
+__all__ = ["EnvCheckError", "check_finite_actions", "check_vector_env"]
 
 
 class EnvCheckError(ValueError):
     """A vector env breaks the VectorEnv contract; the message says which rule and how to fix it."""
+
+
+def check_finite_actions(
+    env: Any, actions: torch.Tensor | np.ndarray, space: spaces.Space[Any], batched: bool = True
+) -> None:
+    """Refuse NaN / inf Box actions with a ValueError naming the env, the entry and the fix.
+
+    Costs one ``isfinite(...).all()`` read (a single host sync for a CUDA tensor); the offending
+    index is found only on failure.
+
+    Args:
+        env: the env stepped (its class name and gymnasium id go into the message).
+        actions: the actions, (B, *space.shape) if ``batched`` else ``space.shape``.
+        space: the single-env action space (a ``Box``).
+        batched: axis 0 indexes the envs.
+    """
+    assert isinstance(space, spaces.Box), space
+    finite = torch.isfinite(actions).all() if isinstance(actions, torch.Tensor) else np.isfinite(actions).all()
+    if bool(finite):
+        return
+    arr = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
+    index = tuple(int(k) for k in np.argwhere(~np.isfinite(arr))[0])
+    component = index[1:] if batched else index
+    where = [f"env {index[0]}"] if batched else []
+    if component:
+        where.append(f"component {component[0] if len(component) == 1 else component}")
+    spec = getattr(env, "spec", None)
+    name = type(env).__name__ + (f" ({spec.id})" if spec is not None else "")
+    raise ValueError(
+        f"{name}: actions[{', '.join(map(str, index))}] is {arr[index]} ({', '.join(where)}); actions must be "
+        f"finite values within the Box [{space.low[component]}, {space.high[component]}]. "
+        "Check the policy's outputs; clip or sanitize the actions (e.g. torch.nan_to_num) before step()."
+    )
 
 
 def _leaves(x: Any) -> list[Any]:

@@ -28,6 +28,8 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from meta_rl.env_checker import check_finite_actions
+
 __all__ = ["GymTaskVectorEnv", "TaskTrialEnv", "register_gym_task"]
 
 EnvFn = Callable[[], gym.Env]
@@ -323,25 +325,11 @@ class GymTaskVectorEnv(VectorEnv):
         if isinstance(space, spaces.Box):
             if not np.issubdtype(arr.dtype, np.floating):
                 raise TypeError(f"actions for a Box space must be floats, got {arr.dtype}.")
-            if not np.isfinite(arr).all():  # before the sub-envs step: a refused step changes nothing
-                raise ValueError(self._non_finite_message(arr, space))
+            check_finite_actions(self, arr, space)  # before the sub-envs step: a refused step changes nothing
             return np.clip(arr, space.low, space.high).astype(space.dtype)
         if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
             raise TypeError(f"actions for {space} must be integers, got {arr.dtype}.")
         return arr.astype(space.dtype)
-
-    def _non_finite_message(self, arr: np.ndarray, space: spaces.Box) -> str:
-        index = tuple(int(k) for k in np.argwhere(~np.isfinite(arr))[0])
-        component = index[1:]
-        where = f"env {index[0]}"
-        if component:
-            where += f", component {component[0] if len(component) == 1 else component}"
-        name = type(self).__name__ + (f" ({self.spec.id})" if self.spec is not None else "")
-        return (
-            f"{name}: actions[{', '.join(map(str, index))}] is {arr[index]} ({where}); actions must be finite "
-            f"values within the Box [{space.low[component]}, {space.high[component]}]. Check the policy's outputs; "
-            "clip or sanitize the actions (e.g. torch.nan_to_num) before step()."
-        )
 
 
 def register_gym_task(env_id: str, env_fn: EnvFn, task_sampler: TaskSampler, **defaults: Any) -> None:

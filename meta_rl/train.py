@@ -281,19 +281,12 @@ def _stop_on_signals(stop: _StopRequest) -> Iterator[None]:
         yield  # signal handlers can only be set in the main thread
         return
     previous: dict[int, Any] = {}
-    owner = os.getpid()
 
     def restore() -> None:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
     def handler(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:
-            # A forked child (a data-loading worker, say) that still runs this handler: the stop
-            # request is the trainer's, so act as if it were never installed here.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
         if stop.signum is None:
             stop.signum = signum
         restore()

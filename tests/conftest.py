@@ -14,6 +14,15 @@ IMAGES_PER_CLASS = 12
 NUM_GROUPS = 8
 
 
+def assert_same_splits(a: dict[str, ImageDataset], b: dict[str, ImageDataset]) -> None:
+    """The two dicts of splits hold identical images, labels, class names and groups."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k].images, b[k].images)
+        assert torch.equal(a[k].labels, b[k].labels)
+        assert a[k].class_names == b[k].class_names and a[k].groups == b[k].groups
+
+
 def make_synthetic_dataset(
     num_classes: int = NUM_CLASSES,
     images_per_class: int = IMAGES_PER_CLASS,

@@ -52,3 +52,28 @@ def test_data_build_pool_ends_under_a_stop_handler(tmp_path: Path) -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("the data build's process pool hung under the trainer's signal handlers")
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_plain_pool_forked_inside_the_trainer_ends(tmp_path: Path) -> None:
+    """Any fork while the trainer's stop handler is installed (not only meta-rl's pools) gets the previous handlers."""
+    script = tmp_path / "pool.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        from meta_rl.train import _StopRequest, _stop_on_signals
+
+        def double(x):
+            return 2 * x
+
+        stop = _StopRequest()
+        with _stop_on_signals(stop):
+            for _ in range(20):
+                with mp.get_context("fork").Pool(8) as pool:
+                    assert list(pool.imap(double, range(200))) == [2 * x for x in range(200)]
+        assert stop.signum is None, stop.signum
+        print("ok")
+    """))
+    try:
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a process pool forked under the trainer's signal handlers hung")
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import assert_same_splits
 
 from meta_rl.data import glyphs
 from meta_rl.data.dataset import ImageDataset
@@ -26,6 +27,10 @@ def _dejavu() -> list[Path]:
     return fonts
 
 
+def _key(fonts: list[Path], params: dict[str, Any]) -> str:
+    return glyphs._cache_key(glyphs._font_fingerprints(fonts), params)
+
+
 def _copy_fonts(dest: Path) -> Path:
     dest.mkdir(parents=True)
     for font in _dejavu():
@@ -35,14 +40,6 @@ def _copy_fonts(dest: Path) -> Path:
 
 def _load(fonts: Path, cache_dir: Path) -> dict[str, ImageDataset]:
     return load_glyphs(font_dirs=[fonts], cache_dir=cache_dir, **SMALL)
-
-
-def _assert_same(a: dict[str, ImageDataset], b: dict[str, ImageDataset]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k].images, b[k].images)
-        assert torch.equal(a[k].labels, b[k].labels)
-        assert a[k].class_names == b[k].class_names and a[k].groups == b[k].groups
 
 
 def _cache_file(cache_dir: Path) -> Path:
@@ -77,11 +74,11 @@ def damaged(
         damage(path)
         with pytest.warns(UserWarning, match=re.escape(str(path)) + r".*rebuild"):
             again = _load(fonts, tmp_path)
-        _assert_same(expected, again)
+        assert_same_splits(expected, again)
         assert _cache_file(tmp_path) == path
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # the rebuilt file is intact: it loads without a warning
-            _assert_same(expected, _load(fonts, tmp_path))
+            assert_same_splits(expected, _load(fonts, tmp_path))
 
     return check
 
@@ -90,24 +87,24 @@ def test_cache_key_ignores_font_folder_and_order(tmp_path: Path) -> None:
     a = glyph_fonts([_copy_fonts(tmp_path / "a")])
     b = glyph_fonts([_copy_fonts(tmp_path / "elsewhere" / "b")])
     assert [p.name for p in a] == [p.name for p in b] and a != b
-    key = glyphs._cache_key(a, PARAMS)
-    assert glyphs._cache_key(b, PARAMS) == key
-    assert glyphs._cache_key(list(reversed(b)), PARAMS) == key
-    assert glyphs._cache_key(_dejavu(), PARAMS) == key  # the installed originals, too
-    assert glyphs._cache_key(a, {**PARAMS, "seed": 1}) != key
+    key = _key(a, PARAMS)
+    assert _key(b, PARAMS) == key
+    assert _key(list(reversed(b)), PARAMS) == key
+    assert _key(_dejavu(), PARAMS) == key  # the installed originals, too
+    assert _key(a, {**PARAMS, "seed": 1}) != key
 
 
 def test_cache_key_follows_font_contents_and_names(tmp_path: Path) -> None:
     folder = _copy_fonts(tmp_path / "fonts")
-    key = glyphs._cache_key(glyph_fonts([folder]), PARAMS)
+    key = _key(glyph_fonts([folder]), PARAMS)
     font = folder / "DejaVuSans.ttf"
     raw = bytearray(font.read_bytes())
     raw[len(raw) // 2] ^= 0x01  # same size, same path, other contents
     font.write_bytes(bytes(raw))
-    changed = glyphs._cache_key(glyph_fonts([folder]), PARAMS)
+    changed = _key(glyph_fonts([folder]), PARAMS)
     assert changed != key
     font.rename(folder / "Renamed.ttf")
-    assert glyphs._cache_key(glyph_fonts([folder]), PARAMS) not in (key, changed)
+    assert _key(glyph_fonts([folder]), PARAMS) not in (key, changed)
 
 
 def test_copies_of_the_same_fonts_share_one_cache_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,7 +123,7 @@ def test_copies_of_the_same_fonts_share_one_cache_file(tmp_path: Path, monkeypat
     second = _load(_copy_fonts(tmp_path / "venv2" / "site" / "fonts"), cache_dir)
     assert len(builds) == 1, "the second copy of the fonts rebuilt the dataset"
     assert list(cache_dir.iterdir()) == [path] and path.stat().st_mtime_ns == mtime
-    _assert_same(first, second)
+    assert_same_splits(first, second)
 
 
 def test_changed_label_is_rebuilt(damaged: Callable[[Callable[[Path], None]], None]) -> None:

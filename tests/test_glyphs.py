@@ -9,6 +9,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_splits
 
 from meta_rl.data import glyphs
 from meta_rl.data.dataset import ImageDataset
@@ -30,14 +31,6 @@ def _build(cache_dir: Path, **overrides: object) -> dict[str, ImageDataset]:
     kwargs: dict = {**SMALL, "num_workers": 1, "cache_dir": cache_dir}
     kwargs.update(overrides)
     return load_glyphs(**kwargs)
-
-
-def _assert_same(a: dict[str, ImageDataset], b: dict[str, ImageDataset]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k].images, b[k].images)
-        assert torch.equal(a[k].labels, b[k].labels)
-        assert a[k].class_names == b[k].class_names and a[k].groups == b[k].groups
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +97,8 @@ def test_splits_disjoint_by_script_and_class(small: dict[str, ImageDataset]) -> 
 
 
 def test_same_seed_same_tensors_any_worker_count(tmp_path: Path, small: dict[str, ImageDataset]) -> None:
-    _assert_same(small, _build(tmp_path / "a"))
-    _assert_same(small, _build(tmp_path / "b", num_workers=2))
+    assert_same_splits(small, _build(tmp_path / "a"))
+    assert_same_splits(small, _build(tmp_path / "b", num_workers=2))
 
 
 def test_different_seed_different_distortions(tmp_path: Path, small: dict[str, ImageDataset]) -> None:
@@ -124,7 +117,7 @@ def test_second_call_loads_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         raise AssertionError("the dataset was rebuilt instead of loaded from the cache")
 
     monkeypatch.setattr(glyphs, "_build", no_build)
-    _assert_same(first, _build(tmp_path))
+    assert_same_splits(first, _build(tmp_path))
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
@@ -133,17 +126,18 @@ def test_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
     path.write_bytes(b"not a torch file")
     with pytest.warns(UserWarning, match="rebuilding"):
         again = _build(tmp_path)
-    _assert_same(first, again)
-    _assert_same(first, _build(tmp_path))  # the rebuilt file is readable
+    assert_same_splits(first, again)
+    assert_same_splits(first, _build(tmp_path))  # the rebuilt file is readable
 
 
 def test_cache_key_covers_parameters_and_fonts() -> None:
     fonts = glyph_fonts([MPL_FONTS])
     params = {"image_size": 28, "instances_per_class": 20, "seed": 0, "max_classes": 1800}
-    key = glyphs._cache_key(fonts, params)
-    assert key == glyphs._cache_key(list(fonts), dict(params))
-    assert key != glyphs._cache_key(fonts[:-1], params)
-    assert key != glyphs._cache_key(fonts, {**params, "seed": 1})
+    prints = glyphs._font_fingerprints(fonts)
+    key = glyphs._cache_key(prints, params)
+    assert key == glyphs._cache_key(glyphs._font_fingerprints(list(fonts)), dict(params))
+    assert key != glyphs._cache_key(glyphs._font_fingerprints(fonts[:-1]), params)
+    assert key != glyphs._cache_key(prints, {**params, "seed": 1})
 
 
 def test_dedup_drops_lookalikes_keeps_distinct_letters() -> None:

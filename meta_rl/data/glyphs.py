@@ -597,12 +597,11 @@ def _worker_pool(context: Any, processes: int) -> Iterator[Any]:
     an inherited handler. The parent's mask is restored at once; a signal that arrived meanwhile is
     delivered to it then.
     """
-    masked = hasattr(signal, "pthread_sigmask")
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS) if masked else None
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS) if hasattr(signal, "pthread_sigmask") else None
     try:
         pool = context.Pool(processes, initializer=_init_worker)
     finally:
-        if masked and previous is not None:
+        if previous is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     with pool:
         yield pool
@@ -715,19 +714,13 @@ def _font_fingerprints(fonts: Sequence[Path]) -> list[tuple[str, str, Path]]:
     return sorted(((p.name, _file_sha256(p), p) for p in fonts), key=lambda f: (f[0], f[1], str(f[2])))
 
 
-def _cache_key(
-    fonts: Sequence[Path],
-    params: dict[str, Any],
-    fingerprints: Sequence[tuple[str, str, Path]] | None = None,
-) -> str:
+def _cache_key(prints: Sequence[tuple[str, str, Path]], params: dict[str, Any]) -> str:
     """Cache key of a build: the cache format, the build parameters and the fonts' names and contents.
 
     Args:
-        fonts: the font files.
+        prints: the fonts' :func:`_font_fingerprints`.
         params: the build parameters.
-        fingerprints: ``_font_fingerprints(fonts)`` when already computed (hashes the files once).
     """
-    prints = _font_fingerprints(fonts) if fingerprints is None else fingerprints
     font_list = sorted([name, digest] for name, digest, _ in prints)
     blob = json.dumps({"format": _CACHE_FORMAT, "params": params, "fonts": font_list}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -861,7 +854,7 @@ def load_glyphs(
     }
     prints = _font_fingerprints(fonts)
     fonts = [p for _, _, p in prints]
-    key = _cache_key(fonts, params, prints)
+    key = _cache_key(prints, params)
     path = _cache_root(cache_dir) / f"glyphs-{image_size}px-{instances_per_class}x-seed{seed}-{key}.pt"
     if path.is_file():
         try:
