@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +16,7 @@ __all__ = [
     "MAX_INSTANCE",
     "REFERENCE_ROWS",
     "EvalResult",
+    "EvaluationStopped",
     "TrialReturns",
     "accuracy_by_instance",
     "evaluate",
@@ -88,18 +89,40 @@ def summarize(hits: torch.Tensor, counts: torch.Tensor) -> EvalResult:
     return EvalResult(mean[present.any(0)].tolist(), ci[present.any(0)].tolist(), int(hits.shape[0]), overall)
 
 
+class EvaluationStopped(Exception):
+    """An evaluation left before its last batch because ``should_stop()`` said so; it has no result.
+
+    Attributes:
+        batches_done: batches completed before the stop.
+        batches: batches the evaluation needed.
+    """
+
+    def __init__(self, batches_done: int, batches: int) -> None:
+        super().__init__(f"evaluation stopped after {batches_done} of {batches} batches")
+        self.batches_done = batches_done
+        self.batches = batches
+
+
 def held_out_rollouts(
-    env: VectorEnv, policy: MetaPolicy, tasks: int, steps: int, *, seed: int, deterministic: bool = True
+    env: VectorEnv, policy: MetaPolicy, tasks: int, steps: int, *, seed: int, deterministic: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[Rollout]:
     """Rollouts covering at least ``tasks`` tasks, batch i reset with ``seed + i``, the policy in eval mode.
+
+    Args:
+        should_stop: asked before each batch; when it returns True the iteration raises
+            :class:`EvaluationStopped` (a signal or a time limit ends a long evaluation early).
 
     The policy's training mode is restored when the iteration ends.
     """
     generator = torch.Generator(device=policy.value_head.weight.device).manual_seed(seed)
     was_training = policy.training
+    batches = math.ceil(tasks / env.num_envs)
     policy.eval()
     try:
-        for i in range(math.ceil(tasks / env.num_envs)):
+        for i in range(batches):
+            if should_stop is not None and should_stop():
+                raise EvaluationStopped(i, batches)
             yield collect(env, policy, steps, generator, reset_seed=seed + i, deterministic=deterministic)
     finally:
         policy.train(was_training)
@@ -107,12 +130,15 @@ def held_out_rollouts(
 
 def evaluate(
     env: VectorEnv, policy: MetaPolicy, episodes: int, *, seed: int = 0, steps: int | None = None,
-    deterministic: bool = True, max_instance: int = MAX_INSTANCE,
+    deterministic: bool = True, max_instance: int = MAX_INSTANCE, should_stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Run ``policy`` on at least ``episodes`` tasks of ``env`` and measure accuracy by instance.
 
     Each batch of B tasks starts from ``env.reset(seed=seed + i)``, so the result is the same
     for the same seed. Actions are the policy's most likely ones unless ``deterministic=False``.
+
+    Raises:
+        EvaluationStopped: ``should_stop()`` returned True before the last batch.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
@@ -120,7 +146,8 @@ def evaluate(
     if horizon < 1:
         raise ValueError("the env has no episode_length; pass steps= (the length of one task).")
     hits, counts = [], []
-    for ro in held_out_rollouts(env, policy, episodes, horizon, seed=seed, deterministic=deterministic):
+    for ro in held_out_rollouts(env, policy, episodes, horizon, seed=seed, deterministic=deterministic,
+                                should_stop=should_stop):
         h, c = accuracy_by_instance(ro.correct(), ro.instance, max_instance)
         hits.append(h)
         counts.append(c)

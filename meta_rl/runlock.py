@@ -136,10 +136,14 @@ def _acquire(run_dir: Path) -> str:
                 )
                 path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(mine, f)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(mine, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:
+                path.unlink(missing_ok=True)  # a half-written lock would read as stale to the next run
+                raise
             return token
     raise RunLockedError(f"could not create the lock {path}; another process keeps re-creating it.")
 

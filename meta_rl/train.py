@@ -35,7 +35,7 @@ from meta_rl.atomic import write_atomic, write_error
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig, resolve_device
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
-from meta_rl.evaluation import MAX_INSTANCE, accuracy_by_instance, evaluate
+from meta_rl.evaluation import MAX_INSTANCE, EvaluationStopped, accuracy_by_instance, evaluate
 from meta_rl.monitoring import accuracy_figure, episode_strip
 from meta_rl.policy import MetaPolicy
 from meta_rl.resources import check_fits, check_threads, estimate_training_memory
@@ -430,21 +430,41 @@ class _EventWriter:
 
     TensorBoard writes from a background thread and re-raises its errors at a later call; every
     call goes through here so that such an error names the path and the fix, not tensorboard's internals.
+    While the writer is open, that thread's own report of the error (a traceback on stderr) is
+    left out: the next call raises it.
     """
 
     def __init__(self, run_dir: Path, purge_step: int) -> None:
         self._run_dir = run_dir
-        self._writer = self._guard(lambda: SummaryWriter(str(run_dir), purge_step=purge_step))
+        self._previous_hook = threading.excepthook
+        threading.excepthook = self._thread_hook
+        try:
+            self._writer = self._guard(lambda: SummaryWriter(str(run_dir), purge_step=purge_step))
+        except BaseException:
+            threading.excepthook = self._previous_hook
+            raise
+
+    def _thread_hook(self, args: Any) -> None:
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
+            self._previous_hook(args)
 
     def _guard(self, call: Any) -> Any:
         try:
             return call()
         except OSError as exc:
+            ckpt = self._run_dir / CHECKPOINT_NAME
             raise write_error(
-                "TensorBoard events in", self._run_dir, exc,
-                kept=f"the last checkpoint in {self._run_dir} is intact",
-                then=f"resume with meta-rl train --resume {self._run_dir}",
+                "TensorBoard events", self._run_dir / "events.out.tfevents.*", exc,
+                kept=f"the last checkpoint {ckpt} is intact" if ckpt.is_file() else "no checkpoint was written yet",
+                then=f"resume with meta-rl train --resume {self._run_dir}" if ckpt.is_file() else "start again",
             ) from exc
+
+    def close(self) -> None:
+        try:
+            self._guard(self._writer.close)
+        finally:
+            if threading.excepthook == self._thread_hook:
+                threading.excepthook = self._previous_hook
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._writer, name)
@@ -581,9 +601,20 @@ def _train(
         save_checkpoint(ckpt_path, payload)
         saved_update = update
 
-    def held_out_eval(log: bool = True) -> dict[str, float]:
+    def over_time() -> bool:
+        return bool(cfg.max_minutes) and time.monotonic() - started >= cfg.max_minutes * 60
+
+    def held_out_eval(log: bool = True) -> dict[str, float] | None:
+        """The held-out evaluation, or None if a signal or the time limit stopped it (nothing is logged)."""
         assert heldout_env is not None
-        res = evaluate(heldout_env, policy, cfg.eval_episodes, seed=HELDOUT_SEED, steps=steps)
+        try:
+            res = evaluate(heldout_env, policy, cfg.eval_episodes, seed=HELDOUT_SEED, steps=steps,
+                           should_stop=lambda: stop.signum is not None or over_time())
+        except EvaluationStopped as exc:
+            why = "a signal" if stop.signum is not None else f"the time limit (max_minutes = {cfg.max_minutes})"
+            print(f"meta-rl: held-out evaluation at env step {env_steps} stopped by {why} after {exc.batches_done} "
+                  f"of {exc.batches} batches; not logged (run meta-rl eval {run_dir} for it).", file=sys.stderr)
+            return None
         if log:
             for k, acc in enumerate(res.accuracy_by_instance, start=1):
                 writer.add_scalar(f"heldout/accuracy_instance_{k}", acc, env_steps)
@@ -609,6 +640,7 @@ def _train(
     # never a rank's own signal flag or clock, so all ranks leave the loop after the same update.
     agreed_signum: int | None = None
     time_up = False
+    eval_stopped = False  # a held-out evaluation was cut short: the run is out of time or signalled
 
     def stop_signum() -> int | None:
         return agreed_signum if world.enabled else stop.signum
@@ -616,7 +648,7 @@ def _train(
     policy.train()
     try:
         while env_steps < cfg.total_env_steps and stop_signum() is None and not time_up:
-            if not world.enabled and cfg.max_minutes and time.monotonic() - started >= cfg.max_minutes * 60:
+            if not world.enabled and over_time():
                 break
             ro = collect(env, policy, steps, generator, reset_seed=_task_seed(seed, update), embed_with_grad=True)
             stats = reinforce_gradients(policy, optimizer, ro, cfg, world=world)
@@ -677,14 +709,21 @@ def _train(
                 summed = 0
                 last_log_time, last_log_steps = now, env_steps
             if world.enabled:
-                timed_out = bool(cfg.max_minutes) and time.monotonic() - started >= cfg.max_minutes * 60
-                agreed_signum, time_up = world.agree_stop(stop.signum, timed_out, device)
+                agreed_signum, time_up = world.agree_stop(stop.signum, over_time(), device)
             if stop_signum() is not None:
                 break  # the safe point: this update is complete; checkpoint below, skip the evaluation
             if heldout_env is not None and update % cfg.eval_every == 0:
-                final = held_out_eval()
-                evaluated_at = env_steps
-                _log_strip(writer, ro, env_steps)
+                scores = held_out_eval()
+                if scores is not None:
+                    final, evaluated_at = scores, env_steps
+                    _log_strip(writer, ro, env_steps)
+                else:
+                    # Stopped by a signal or the time limit. One process leaves now (checkpoint
+                    # below); several ranks go on to the collective checkpoint and leave together
+                    # after the next update's agree_stop.
+                    eval_stopped = True
+                    if not world.enabled:
+                        break
             # The last update's checkpoint is written after the final evaluation (below), so a kill
             # during that evaluation resumes before it and logs it once.
             if update % cfg.checkpoint_every == 0 and env_steps < cfg.total_env_steps:
@@ -695,11 +734,13 @@ def _train(
             checkpoint()
             raise TrainingInterrupted(signum, run_dir, update, env_steps)
         trained = update > first_update
-        if heldout_env is not None and evaluated_at != env_steps:
+        if heldout_env is not None and evaluated_at != env_steps and not eval_stopped:
             # A resumed run with nothing left to do evaluates without logging again.
-            final = held_out_eval(log=trained)
-            if ro is not None:
-                _log_strip(writer, ro, env_steps)
+            scores = held_out_eval(log=trained)
+            if scores is not None:
+                final = scores
+                if ro is not None:
+                    _log_strip(writer, ro, env_steps)
         if trained and world.is_main:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
                        for k, v in cfg.to_dict().items()}
@@ -707,9 +748,13 @@ def _train(
                                or {"hparam/none": 0.0}, run_name=".", global_step=env_steps)
         writer.flush()
         checkpoint()
-    finally:
+    except BaseException:
         bar.close()
-        writer.close()
+        with contextlib.suppress(OSError):  # the error in flight says what went wrong, not this one
+            writer.close()
+        raise
+    bar.close()
+    writer.close()
     result: dict[str, Any] = {"updates": update, "env_steps": env_steps, "minutes": (time.monotonic() - started) / 60}
     if cfg.skip_nonfinite_updates:
         result["skipped_updates"] = skipped

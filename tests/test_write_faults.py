@@ -1,0 +1,279 @@
+"""Read-only, permission-denied and full file systems at every place training writes.
+
+Each fault is injected at one system call (the tests run as root in CI, where ``chmod`` does not
+stop writes): creating the run directory or its lock, writing or fsyncing the lock, creating,
+writing, fsyncing or renaming the temporary file of ``config.json`` or of a checkpoint, and
+opening or appending to TensorBoard's event file. Every one must give one :class:`WriteError`
+naming the path, the cause and the fix, keep the last checkpoint and leave no temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
+
+import meta_rl.atomic as atomic_module
+import meta_rl.checkpoint as checkpoint_module
+from meta_rl.atomic import WriteError
+from meta_rl.checkpoint import CheckpointError, load_checkpoint
+from meta_rl.cli import main
+from meta_rl.config import TrainConfig
+from meta_rl.runlock import LOCK_NAME
+from meta_rl.train import CHECKPOINT_NAME, train
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # TensorBoard's writer thread must not print its own traceback: the trainer reports the error once.
+    pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="maps file descriptors to paths via /proc"),
+]
+
+UPDATES = 4
+CAUSES = {
+    errno.EROFS: ("the file system is read-only (EROFS)", "Choose a folder on a writable file system"),
+    errno.EACCES: ("permission denied (EACCES)", "writable by this user"),
+    errno.ENOSPC: ("the disk is full (ENOSPC)", "Free some space"),
+}
+
+
+def tiny(dataset: str, **changes: Any) -> TrainConfig:
+    cfg = TrainConfig(
+        env_id="meta_rl/FewShot-v0", env_kwargs={"dataset": dataset, "n_way": 3, "instances_per_class": 3},
+        num_envs=4, encoder="mlp", encoder_hidden=[16], hidden=8, key_dim=8, total_env_steps=UPDATES * 36,
+        log_every=1, eval_every=0, checkpoint_every=1, device="cpu",
+    )
+    return dataclasses.replace(cfg, **changes).validate()
+
+
+def fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+class Fault:
+    """Raise ``OSError(code)`` from the ``nth`` call (1-based) of a system call on a matching path."""
+
+    def __init__(self, code: int, matches: Callable[[str], bool], nth: int = 1) -> None:
+        self.code, self.matches, self.nth, self.seen = code, matches, nth, 0
+
+    def hit(self, path: str) -> bool:
+        if not self.matches(path):
+            return False
+        self.seen += 1
+        return self.seen == self.nth
+
+    def error(self) -> OSError:
+        return OSError(self.code, os.strerror(self.code))
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, site: str, fault: Fault) -> None:
+    """Install ``fault`` at ``site``: one of the calls in :data:`SITES`."""
+    if site == "mkdir":
+        real_mkdir = Path.mkdir
+
+        def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+            if fault.hit(str(self)):
+                raise fault.error()
+            real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    elif site == "open":
+        real_open = os.open
+
+        def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if flags & os.O_CREAT and fault.hit(os.fspath(path)):
+                raise fault.error()
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", open_)
+    elif site == "mkstemp":
+        real_mkstemp = atomic_module.tempfile.mkstemp
+
+        def mkstemp(*args: Any, **kwargs: Any) -> Any:
+            if fault.hit(os.path.join(str(kwargs.get("dir", "")), str(kwargs.get("prefix", "")))):
+                raise fault.error()
+            return real_mkstemp(*args, **kwargs)
+
+        monkeypatch.setattr(atomic_module.tempfile, "mkstemp", mkstemp)
+    elif site == "write":
+        real_write_all = atomic_module._write_all
+
+        def write_all(fd: int, data: memoryview) -> None:
+            if fault.hit(fd_path(fd)):
+                real_write_all(fd, data[: len(data) // 2])  # half of it reached the disk
+                raise fault.error()
+            real_write_all(fd, data)
+
+        monkeypatch.setattr(atomic_module, "_write_all", write_all)
+    elif site == "fsync":
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if fault.hit(fd_path(fd)):
+                raise fault.error()
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+    elif site == "rename":
+        real_replace = os.replace
+
+        def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            if fault.hit(os.fspath(dst)):
+                raise fault.error()
+            real_replace(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "replace", replace)
+    elif site == "events":
+        real_write = LocalFileSystem._write
+
+        def write(self: Any, filename: str | bytes, *args: Any, **kwargs: Any) -> None:
+            if fault.hit(os.fsdecode(filename)):
+                raise fault.error()
+            real_write(self, filename, *args, **kwargs)
+
+        monkeypatch.setattr(LocalFileSystem, "_write", write)
+    else:  # pragma: no cover
+        raise AssertionError(site)
+
+
+def named(fragment: str) -> Callable[[str], bool]:
+    return lambda path: fragment in os.path.basename(path)
+
+
+# (site, which path, nth matching call, the file the error names, was a checkpoint there before)
+SITES = {
+    "run directory": ("mkdir", lambda p: p.endswith("/run"), 1, LOCK_NAME, False),
+    "lock create": ("open", named(LOCK_NAME), 1, LOCK_NAME, False),
+    "lock fsync": ("fsync", named(LOCK_NAME), 1, LOCK_NAME, False),
+    "config.json temp file": ("mkstemp", named(".config.json."), 1, "config.json", False),
+    "config.json write": ("write", named(".config.json."), 1, "config.json", False),
+    "config.json rename": ("rename", named("config.json"), 1, "config.json", False),
+    "events file open": ("events", named("tfevents"), 1, "", False),
+    "events file later": ("events", lambda p: "tfevents" in p and (Path(p).parent / CHECKPOINT_NAME).exists(), 1,
+                          "", True),
+    "first checkpoint temp file": ("mkstemp", named(f".{CHECKPOINT_NAME}."), 1, CHECKPOINT_NAME, False),
+    "checkpoint temp file": ("mkstemp", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
+    "checkpoint write": ("write", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
+    "checkpoint fsync": ("fsync", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
+    "checkpoint rename": ("rename", named(CHECKPOINT_NAME), 3, CHECKPOINT_NAME, True),
+}
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob("*.tmp")) + ([LOCK_NAME] if (run_dir / LOCK_NAME).exists() else [])
+
+
+@pytest.mark.parametrize("code", list(CAUSES), ids=[errno.errorcode[c] for c in CAUSES])
+@pytest.mark.parametrize("where", list(SITES))
+def test_write_fault_is_one_clear_error_and_loses_nothing(
+    proto_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, code: int
+) -> None:
+    site, matches, nth, file_name, had_checkpoint = SITES[where]
+    run_dir = tmp_path / "run"
+    fault = Fault(code, matches, nth)
+    inject(monkeypatch, site, fault)
+    with pytest.raises(WriteError) as info:
+        train(tiny(proto_dataset), run_dir, progress=False)
+    monkeypatch.undo()
+    assert fault.seen >= nth, f"the fault at {where} was never reached"
+    message = str(info.value)
+    cause, fix = CAUSES[code]
+    assert "cannot write " in message and cause in message and fix in message, message
+    assert str(run_dir / file_name) in message
+    assert info.value.errno == code
+    if run_dir.exists():
+        assert leftovers(run_dir) == []
+    ckpt = run_dir / CHECKPOINT_NAME
+    if had_checkpoint:
+        assert "is intact" in message, message
+        saved = load_checkpoint(ckpt)  # the last good one, readable
+        assert saved["counters"]["update"] >= 1
+        # Once the cause is fixed the run resumes and finishes.
+        assert train(tiny(proto_dataset), run_dir, resume=True, progress=False)["updates"] == UPDATES
+    else:
+        assert not ckpt.exists()
+
+
+@pytest.mark.parametrize("where", ["lock create", "config.json rename", "checkpoint fsync", "events file later"])
+def test_cli_reports_a_write_fault_without_a_traceback(
+    proto_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    where: str,
+) -> None:
+    site, matches, nth, _, _ = SITES[where]
+    inject(monkeypatch, site, Fault(errno.EROFS, matches, nth))
+    args = [f"env_kwargs.dataset={proto_dataset}", "env_kwargs.n_way=3", "env_kwargs.instances_per_class=3",
+            "num_envs=4", "encoder=mlp", "encoder_hidden=[16]", "hidden=8", "key_dim=8",
+            f"total_env_steps={UPDATES * 36}", "log_every=1", "eval_every=0", "checkpoint_every=1", "device=cpu"]
+    code = main(["train", "--run-dir", str(tmp_path / "run"), "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "meta-rl: error: cannot write" in err and "read-only (EROFS)" in err
+    assert "Traceback" not in err, err
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002, 0o077])
+def test_files_follow_the_umask(proto_dataset: str, tmp_path: Path, mask: int) -> None:
+    with umask(mask):
+        train(tiny(proto_dataset, total_env_steps=36), tmp_path / "run", progress=False)
+    for name in (CHECKPOINT_NAME, "config.json"):
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_unreadable_checkpoint_is_not_called_corrupt(proto_dataset: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    train(tiny(proto_dataset, total_env_steps=36), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / CHECKPOINT_NAME
+    real_open = open
+
+    def open_(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(file) == str(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "open", open_, raising=False)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert f"cannot read checkpoint {path}: permission denied (EACCES)" in message
+    assert "not known to be damaged" in message and "chmod a+r" in message
+    assert "corrupt" not in message and "backup" not in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_checkpoint_without_read_permission_is_not_called_corrupt(proto_dataset: str, tmp_path: Path) -> None:
+    train(tiny(proto_dataset, total_env_steps=36), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / CHECKPOINT_NAME
+    path.chmod(0)
+    try:
+        with pytest.raises(CheckpointError, match="permission denied"):
+            load_checkpoint(path)
+    finally:
+        path.chmod(0o644)
+
+
+def test_resume_in_a_read_only_directory_keeps_the_checkpoint(proto_dataset: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    train(tiny(proto_dataset, total_env_steps=72), tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / CHECKPOINT_NAME).read_bytes()
+    inject(monkeypatch, "open", Fault(errno.EROFS, named(LOCK_NAME)))
+    with pytest.raises(WriteError, match=r"cannot write the run lock .*read-only \(EROFS\); nothing in it was changed"):
+        train(tiny(proto_dataset, total_env_steps=144), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / CHECKPOINT_NAME).read_bytes() == before
