@@ -1,12 +1,17 @@
-"""Fault drills: interrupt, kill, poison, corrupt and crowd tiny training runs and check that nothing is lost.
+"""Fault drills: interrupt, kill, poison, corrupt, crowd and starve tiny training runs; feed hostile files and inputs.
 
-    python experiments/faults.py          # a table
-    python experiments/faults.py --json   # one JSON line
+    python experiments/faults.py                 # a table
+    python experiments/faults.py --json          # one JSON line
+    python experiments/faults.py --only SIGKILL  # scenarios whose name contains SIGKILL
 
 Every scenario runs in its own temporary directory on a tiny synthetic task (registered by a
-plug-in module that subprocesses import through ``env_module``), with subprocesses where
-signals are involved. A run is *lost* when its final state cannot be brought back, by resuming,
-to exactly (``torch.equal``) the state of an uninterrupted reference run on the CPU.
+plug-in module that subprocesses import through ``env_module``), with real ``meta-rl train``
+subprocesses where signals, kills or a second run are involved.
+
+``lost_runs`` is counted from outcomes: each run a scenario trains is compared, once the
+scenario is over (passed or not), with an uninterrupted reference run of the same length. A run
+whose final checkpoint is missing, unreadable or not exactly (``torch.equal``) the reference's
+is lost. ``bad_inputs`` counts distinct hostile inputs (the same call twice counts once).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import gzip
 import io
 import json
 import logging
@@ -23,33 +29,42 @@ import math
 import os
 import pickle
 import random
+import re
+import resource
 import signal
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from fault_injection import Fault, inject, named  # beside this file (python experiments/faults.py)
 
-import meta_rl.atomic as atomic_module
 import meta_rl.train as train_module
-from meta_rl.checkpoint import CheckpointError, CheckpointWriteError, checksum, load_checkpoint
+from meta_rl.atomic import WriteError
+from meta_rl.checkpoint import CheckpointError, checksum, load_checkpoint
 from meta_rl.config import ConfigError, TrainConfig
 from meta_rl.data import DatasetError, load_idx, load_image_folder, load_mini_imagenet
-from meta_rl.runlock import LOCK_NAME, RunLockedError, StaleLockWarning
+from meta_rl.data.formats import load_cifar, load_omniglot
+from meta_rl.runlock import LOCK_NAME
 from meta_rl.train import CHECKPOINT_NAME, NonFiniteError, make_vec_env, train
 
 PLUGIN = "meta_rl_fault_drills"
 DATASET = "fault-drills"
-PLUGIN_SOURCE = f'''
+# The plug-in registers the drills' dataset. With FAULT_DRILL_SLOW_CHECKPOINT=S set, it also makes
+# each checkpoint write pause S seconds half-way (a slow disk), so that a kill can be aimed at it.
+PLUGIN_SOURCE = '''
+import os
+
 import torch
 
 import meta_rl.envs  # noqa: F401
@@ -60,25 +75,67 @@ _n, _k = 36, 6
 _protos = (torch.rand(_n, 1, 28, 28, generator=_g) < 0.3).float() * 255
 _noise = torch.randint(-20, 21, (_n * _k, 1, 28, 28), generator=_g)
 _images = (_protos.repeat_interleave(_k, 0) + _noise).clamp(0, 255).to(torch.uint8)
-_ds = ImageDataset(_images, torch.arange(_n).repeat_interleave(_k), tuple(f"c{{i}}" for i in range(_n)),
-                   tuple(f"g{{i % 12}}" for i in range(_n)), "drills")
-register_dataset({DATASET!r}, split_by_group(_ds, (0.6, 0.2, 0.2)))
-'''
+_ds = ImageDataset(_images, torch.arange(_n).repeat_interleave(_k), tuple(f"c{i}" for i in range(_n)),
+                   tuple(f"g{i % 12}" for i in range(_n)), "drills")
+register_dataset("DATASET", split_by_group(_ds, (0.6, 0.2, 0.2)))
+
+if os.environ.get("FAULT_DRILL_SLOW_CHECKPOINT"):
+    import time
+
+    import meta_rl.atomic as _atomic
+
+    _pause = float(os.environ["FAULT_DRILL_SLOW_CHECKPOINT"])
+    _real = _atomic._write_all
+
+    def _slow(fd, data):
+        if ".checkpoint.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            _real(fd, data[: len(data) // 2])
+            time.sleep(_pause)
+            data = data[len(data) // 2 :]
+        _real(fd, data)
+
+    _atomic._write_all = _slow
+'''.replace("DATASET", DATASET)
 K = 3
 S = 4 * 3 * K  # env steps per update
+EVAL_BATCH = 256  # held-out tasks run in parallel by the trainer
+PEAK_LIMIT = 32 << 20  # tracemalloc peak allowed while a hostile file is refused
+BOMB_BYTES = 128 << 20  # what each bomb expands to when loaded naively
 
 
 @dataclasses.dataclass
 class Outcome:
-    """What one scenario found."""
+    """What one scenario found.
+
+    Attributes:
+        runs: training runs compared with their uninterrupted reference; lost_runs: those that differed.
+        bad_inputs: distinct hostile inputs tried. faults: faults injected (signals, kills, errors, files).
+    """
 
     name: str
     passed: bool = False
     detail: str = ""
+    runs: int = 0
     lost_runs: int = 0
     bad_inputs: int = 0
     faults: int = 0
     seconds: float = 0.0
+    expected: list[list[Any]] = dataclasses.field(default_factory=list)  # [run_dir, updates] to compare
+    tried: set[str] = dataclasses.field(default_factory=set)  # descriptions of the hostile inputs
+
+    def expect(self, run_dir: Path, updates: int | None = None) -> list[Any]:
+        """Register a run to compare with the reference of ``updates`` updates (settable later) at the end."""
+        entry = [run_dir, updates]
+        self.expected.append(entry)
+        return entry
+
+    def hostile(self, what: str) -> bool:
+        """Count ``what`` once; False if it was tried before (the caller then skips it)."""
+        if what in self.tried:
+            return False
+        self.tried.add(what)
+        self.bad_inputs = len(self.tried)
+        return True
 
 
 class Lab:
@@ -108,15 +165,28 @@ class Lab:
         return dataclasses.replace(cfg, **changes).validate()
 
     def reference(self, updates: int) -> dict[str, Any]:
+        """The final checkpoint of an uninterrupted in-process run of ``updates`` updates."""
         if updates not in self._refs:
             run_dir = self.folder(f"reference{updates}")
             train(self.config(updates), run_dir, progress=False)
             self._refs[updates] = load_checkpoint(run_dir / CHECKPOINT_NAME)
         return self._refs[updates]
 
-    def spawn(self, run_dir: Path, cfg: TrainConfig | None, resume: bool) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.plugin_dir), os.environ.get("PYTHONPATH", "")]),
-               "OMP_NUM_THREADS": "1", "META_RL_PROGRESS": "0"}
+    def matches_reference(self, run_dir: Path, updates: int | None) -> bool:
+        """The run's final checkpoint exists, loads and equals the reference's (False otherwise)."""
+        if updates is None:
+            return False
+        try:
+            state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        except CheckpointError:
+            return False
+        return same_state(state, self.reference(updates))
+
+    def spawn(self, run_dir: Path, cfg: TrainConfig | None, resume: bool, *extra: str,
+              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """``python -m meta_rl.cli train`` on ``cfg`` (written as TOML) or ``--resume run_dir``."""
+        environ = {**os.environ, "OMP_NUM_THREADS": "1", "META_RL_PROGRESS": "0", **(env or {}),
+                   "PYTHONPATH": os.pathsep.join([str(self.plugin_dir), os.environ.get("PYTHONPATH", "")])}
         if resume:
             args = ["--resume", str(run_dir), "--env-module", PLUGIN]
         else:
@@ -124,8 +194,8 @@ class Lab:
             toml = run_dir.parent / f"{run_dir.name}.toml"
             toml.write_text(to_toml(cfg))
             args = [str(toml), "--run-dir", str(run_dir)]
-        return subprocess.Popen([sys.executable, "-m", "meta_rl.cli", "train", *args, "--no-progress"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen([sys.executable, "-m", "meta_rl.cli", "train", *args, *extra, "--no-progress"],
+                                env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def to_toml(cfg: TrainConfig) -> str:
@@ -143,7 +213,8 @@ def check(condition: bool, message: str) -> None:
         raise AssertionError(message)
 
 
-def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 90.0) -> None:
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 90.0,
+             poll: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
@@ -153,7 +224,7 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout
             proc.kill()
             proc.communicate()
             raise AssertionError("timed out waiting for training to make progress")
-        time.sleep(0.02)
+        time.sleep(poll)
 
 
 def leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -193,9 +264,20 @@ def scalar_steps(run_dir: Path, tag: str) -> list[int]:
     return [e.step for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
 
 
+def temp_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp")) if run_dir.is_dir() else []
+
+
 def clean(run_dir: Path) -> bool:
-    names = [p.name for p in run_dir.iterdir()]
+    names = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
     return LOCK_NAME not in names and not any(n.endswith(".tmp") for n in names)
+
+
+def saved_update(run_dir: Path) -> int:
+    """The update of the checkpoint on disk (-1: none); raises CheckpointError if it is ever partial."""
+    path = run_dir / CHECKPOINT_NAME
+    return int(load_checkpoint(path)["counters"]["update"]) if path.is_file() else -1
+
 
 
 @contextlib.contextmanager
@@ -209,14 +291,12 @@ def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------
-# scenarios
+# signals and kills (subprocesses)
 # --------------------------------------------------------------------------------------------
-
-
 def signal_scenario(lab: Lab, out: Outcome, signum: int) -> None:
     """SIGINT/SIGTERM mid-run: exit 128+signum with the resume command, a whole checkpoint, exact resume."""
-    out.lost_runs = 1
     run_dir = lab.folder(signal.Signals(signum).name)
+    run = out.expect(run_dir)
     proc = lab.spawn(run_dir, lab.config(100_000, checkpoint_every=3), resume=False)
     wait_for(lambda: (run_dir / CHECKPOINT_NAME).is_file(), proc)
     proc.send_signal(signum)
@@ -224,59 +304,165 @@ def signal_scenario(lab: Lab, out: Outcome, signum: int) -> None:
     _, err = proc.communicate(timeout=60)
     check(proc.returncode == 128 + signum, f"exit code {proc.returncode}, expected {128 + signum}")
     check(f"meta-rl train --resume {run_dir}" in err, f"no resume hint on stderr: {err[-300:]}")
-    done = int(load_checkpoint(run_dir / CHECKPOINT_NAME)["counters"]["update"])
+    done = saved_update(run_dir)
     check(scalar_steps(run_dir, "loss/policy")[-1] == done * S, "the checkpoint is not the last completed update")
     check(clean(run_dir), "lock or temporary file left behind")
+    run[1] = done + 2
     train(lab.config(done + 2, checkpoint_every=3), run_dir, resume=True, progress=False)
     check(scalar_steps(run_dir, "loss/policy") == [S * (i + 1) for i in range(done + 2)], "TensorBoard history")
-    check(same_state(load_checkpoint(run_dir / CHECKPOINT_NAME), lab.reference(done + 2)), "resumed != reference")
-    out.lost_runs = 0
-    out.detail = f"stopped after update {done}, exit {128 + signum}, resumed exactly"
+    out.detail = f"stopped after update {done}, exit {128 + signum}, resumed to update {done + 2}"
+
+
+def evaluation_stop_scenario(lab: Lab, out: Outcome) -> None:
+    """A held-out evaluation far longer than the run honours SIGTERM and max_minutes between its batches."""
+    batches = 5000
+    cfg = lab.config(3, eval_every=3, eval_episodes=batches * EVAL_BATCH)  # one evaluation, after update 3
+    found = []
+    for how in ("SIGTERM", "max_minutes"):
+        run_dir = lab.folder(f"eval-{how}")
+        out.expect(run_dir, 3)  # the evaluation comes before update 3's checkpoint: the run itself is whole
+        started = time.monotonic()
+        if how == "SIGTERM":
+            proc = lab.spawn(run_dir, cfg, resume=False)
+            wait_for(lambda: saved_update(run_dir) >= 2, proc)  # noqa: B023 - update 3 and its evaluation follow
+            time.sleep(2.0)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+        else:
+            proc = lab.spawn(run_dir, cfg, False, "--max-minutes", "0.1")
+        out.faults += 1
+        _, err = proc.communicate(timeout=240)
+        elapsed = time.monotonic() - started
+        expected_code = 128 + signal.SIGTERM if how == "SIGTERM" else 0
+        check(proc.returncode == expected_code,
+              f"{how}: exit {proc.returncode}, expected {expected_code}: {err[-300:]}")
+        cause = "a signal" if how == "SIGTERM" else "the time limit"
+        stopped = re.search(rf"stopped by {cause}.* after (\d+) of (\d+) batches", err)
+        check(stopped is not None, f"{how}: no 'evaluation stopped' message: {err[-300:]}")
+        assert stopped is not None
+        done, total = int(stopped.group(1)), int(stopped.group(2))
+        check(total == batches and 0 < done < total, f"{how}: stopped after {done} of {total} batches")
+        check(not scalar_steps(run_dir, "heldout/accuracy"), f"{how}: an interrupted evaluation was logged")
+        check(clean(run_dir), "lock or temporary file left behind")
+        if how == "SIGTERM":
+            found.append(f"SIGTERM: exit 143 {time.monotonic() - signalled:.1f} s after the signal, "
+                         f"evaluation at batch {done} of {total}")
+        else:
+            check(elapsed < 60, f"max_minutes 0.1: the run took {elapsed:.0f} s")
+            found.append(f"max_minutes 0.1: run ended after {elapsed:.0f} s, evaluation at batch {done} of {total}")
+    out.detail = "; ".join(found)
 
 
 def sigkill_scenario(lab: Lab, out: Outcome, kills: int = 4, updates: int = 40) -> None:
     """SIGKILL at seeded random moments, resumed each time; the final state equals the reference."""
-    out.lost_runs = 1
     cfg = lab.config(updates)
     run_dir = lab.folder("SIGKILL")
-    ckpt = run_dir / CHECKPOINT_NAME
+    out.expect(run_dir, updates)
     rng = random.Random(2024)
     targets = sorted(rng.sample(range(3, updates - 10), kills - 1))  # kill once these updates are checkpointed
-
-    def saved() -> int:  # raises CheckpointError if a checkpoint is ever partial
-        return int(load_checkpoint(ckpt)["counters"]["update"]) if ckpt.is_file() else -1
-
     seen: list[int] = []
     for attempt in range(kills):
-        proc = lab.spawn(run_dir, cfg, ckpt.is_file())
+        proc = lab.spawn(run_dir, cfg, (run_dir / CHECKPOINT_NAME).is_file())
         if attempt == 0:  # during start-up or the first updates
             wait_for(lambda: (run_dir / LOCK_NAME).is_file(), proc)
             time.sleep(rng.uniform(0.0, 0.3))
         else:  # a random moment after update `target`: mid-update, mid-checkpoint-write, mid-evaluation
             target = targets[attempt - 1]
-            wait_for(lambda: saved() >= target, proc)  # noqa: B023
+            wait_for(lambda: saved_update(run_dir) >= target, proc)  # noqa: B023
             time.sleep(rng.uniform(0.0, 0.03))
         check(proc.poll() is None, "the run ended before it was killed")
         proc.kill()
         out.faults += 1
         proc.communicate()
-        seen.append(saved())
-    proc = lab.spawn(run_dir, cfg, ckpt.is_file())
+        seen.append(saved_update(run_dir))
+    proc = lab.spawn(run_dir, cfg, (run_dir / CHECKPOINT_NAME).is_file())
     _, err = proc.communicate(timeout=120)
     check(proc.returncode == 0, f"final resume failed: {err[-300:]}")
     check(seen == sorted(seen), f"checkpoints went backwards: {seen}")
-    check(same_state(load_checkpoint(ckpt), lab.reference(updates)), "final state != uninterrupted reference")
     check(scalar_steps(run_dir, "loss/policy") == [S * (i + 1) for i in range(updates)], "TensorBoard gaps/duplicates")
     check(clean(run_dir), "lock or temporary file left behind")
-    out.lost_runs = 0
     after = ", ".join("none" if u < 0 else str(u) for u in seen)
-    out.detail = f"{out.faults} kills (checkpointed update after each: {after}); final state exact, history continuous"
+    out.detail = f"{out.faults} kills (checkpointed update after each: {after}); resumed to the end"
 
 
+def sigkill_mid_checkpoint_scenario(lab: Lab, out: Outcome, updates: int = 12) -> None:
+    """SIGKILL aimed at checkpoint writes (a slow disk): proven to land while the temporary file exists."""
+    cfg = lab.config(updates)
+    run_dir = lab.folder("SIGKILL-checkpoint")
+    out.expect(run_dir, updates)
+    slow = {"FAULT_DRILL_SLOW_CHECKPOINT": "0.5"}
+    landed = []
+    for target in (-1, 4, 8):  # the first checkpoint write, then one after update 4 and one after update 8
+        proc = lab.spawn(run_dir, cfg, (run_dir / CHECKPOINT_NAME).is_file(), env=slow)
+        wait_for(lambda: saved_update(run_dir) >= target and bool(temp_files(run_dir)), proc,  # noqa: B023
+                 timeout=120, poll=0.005)
+        proc.kill()
+        proc.communicate()
+        out.faults += 1
+        # The process is dead: a temporary file still there was being written when the kill landed
+        # (a finished write renames it, a failed one deletes it).
+        check(bool(temp_files(run_dir)), "the kill did not land during a checkpoint write")
+        on_disk = saved_update(run_dir)  # raises if the checkpoint were partial
+        if on_disk >= 0:
+            check(same_state(load_checkpoint(run_dir / CHECKPOINT_NAME), lab.reference(on_disk)),
+                  f"the checkpoint of update {on_disk} left by the kill differs from the reference's")
+        landed.append(f"{temp_files(run_dir)[0].stat().st_size:,} B written, checkpoint on disk: "
+                      + ("none" if on_disk < 0 else f"update {on_disk} (exact)"))
+    proc = lab.spawn(run_dir, cfg, (run_dir / CHECKPOINT_NAME).is_file())
+    _, err = proc.communicate(timeout=120)
+    check(proc.returncode == 0, f"final resume failed: {err[-300:]}")
+    check(clean(run_dir), "the killed write's temporary file was not removed on restart")
+    out.detail = f"{len(landed)} kills mid-write ({'; '.join(landed)}); resumed to the end"
+
+
+def race_scenario(lab: Lab, out: Outcome, updates: int = 60) -> None:
+    """Two real `meta-rl train` processes start on one new directory: one trains, the other is refused."""
+    run_dir = lab.folder("race")
+    out.expect(run_dir, updates)
+    cfg = lab.config(updates)
+    procs = [lab.spawn(run_dir, cfg, resume=False) for _ in range(2)]
+    out.faults += 1
+    results = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        results.append((proc.pid, proc.returncode, err))
+    codes = sorted(code for _, code, _ in results)
+    check(codes == [0, 2], f"exit codes {codes}, expected one 0 and one 2: {[e[-200:] for *_, e in results]}")
+    winner = next(pid for pid, code, _ in results if code == 0)
+    loser_err = next(err for _, code, err in results if code == 2)
+    check(f"in use by PID {winner}" in loser_err, f"the refusal does not name the running PID: {loser_err[-300:]}")
+    writers = {int(f.name.split(".")[-2]) for f in run_dir.glob("events.out.tfevents.*")}  # ...<host>.<pid>.<n>
+    check(writers == {winner}, f"event files written by PIDs {writers}, expected only {winner}")
+    check(clean(run_dir), "lock or temporary file left behind")
+    out.detail = f"PID {winner} trained; the other was refused naming it"
+
+
+def stale_lock_scenario(lab: Lab, out: Outcome, updates: int = 8) -> None:
+    """A run killed with SIGKILL leaves its lock; the next start takes it over with a warning and resumes."""
+    run_dir = lab.folder("stale-lock")
+    out.expect(run_dir, updates)
+    proc = lab.spawn(run_dir, lab.config(updates), resume=False)
+    wait_for(lambda: saved_update(run_dir) >= 2, proc)
+    proc.kill()
+    proc.communicate()
+    out.faults += 1
+    holder = json.loads((run_dir / LOCK_NAME).read_text())
+    check(holder["pid"] == proc.pid, f"the lock names PID {holder['pid']}, not the killed {proc.pid}")
+    again = lab.spawn(run_dir, None, resume=True)
+    _, err = again.communicate(timeout=120)
+    check(again.returncode == 0, f"resume failed: {err[-300:]}")
+    check(f"taking over the stale lock {run_dir / LOCK_NAME} (PID {proc.pid}, no longer running)" in err,
+          f"no stale-lock warning: {err[-300:]}")
+    check(clean(run_dir), "lock left behind")
+    out.detail = f"lock of killed PID {proc.pid} taken over with a warning; resumed to the end"
+
+
+# --------------------------------------------------------------------------------------------
+# in-process faults: non-finite values, damaged checkpoints, file-system errors
+# --------------------------------------------------------------------------------------------
 def nan_scenario(lab: Lab, out: Outcome) -> None:
     """NaN loss, NaN gradient, inf parameter: stop naming it; the last good checkpoint resumes exactly."""
-    out.lost_runs = 1
-    reference2, reference6 = lab.reference(2), lab.reference(6)
+    reference2 = lab.reference(2)
     real_losses, real_collect = train_module.reinforce_losses, train_module.collect
     messages = []
     calls = [0]  # loss computations so far in the current run
@@ -299,6 +485,7 @@ def nan_scenario(lab: Lab, out: Outcome) -> None:
             return real_collect(env, policy, *args, **kwargs)
 
         run_dir = lab.folder(f"nan-{how}")
+        out.expect(run_dir, 6)
         with patched(train_module, "reinforce_losses", losses), patched(train_module, "collect", collect):
             try:
                 train(lab.config(6), run_dir, progress=False)
@@ -310,7 +497,6 @@ def nan_scenario(lab: Lab, out: Outcome) -> None:
         check(same_state(load_checkpoint(run_dir / CHECKPOINT_NAME), reference2), "the last good checkpoint changed")
         check(clean(run_dir), "lock or temporary file left behind")
         train(lab.config(6), run_dir, resume=True, progress=False)
-        check(same_state(load_checkpoint(run_dir / CHECKPOINT_NAME), reference6), "resumed != reference")
     # skip_nonfinite_updates: the same poison twice, skipped and counted.
     poisoned = {2, 4}
     calls[0] = 0
@@ -327,7 +513,6 @@ def nan_scenario(lab: Lab, out: Outcome) -> None:
         result = train(lab.config(6, skip_nonfinite_updates=True), run_dir, progress=False)
     out.faults += len(poisoned)
     check(result["skipped_updates"] == len(poisoned), f"skipped {result['skipped_updates']}")
-    out.lost_runs = 0
     out.detail = "; ".join(messages) + f"; skip mode skipped {result['skipped_updates']} of 6"
 
 
@@ -391,76 +576,347 @@ def corrupt_scenario(lab: Lab, out: Outcome) -> None:
                   "entries nobody reads), 0 loaded changed")
 
 
-def lock_scenario(lab: Lab, out: Outcome) -> None:
-    """A live lock is a clear error; a stale one (dead PID) is taken over and the run completes exactly."""
-    out.lost_runs = 1
-    run_dir = lab.folder("lock")
-    run_dir.mkdir()
-    sleeper = subprocess.Popen(["sleep", "60"])
-    try:
-        (run_dir / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
-        out.faults += 1
-        try:
-            train(lab.config(4), run_dir, progress=False)
-            raise AssertionError("a second run started beside a live one")
-        except RunLockedError as exc:
-            check(f"PID {sleeper.pid}" in str(exc), f"the error does not name the PID: {exc}")
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    out.faults += 1  # now stale: its process is gone
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train(lab.config(4), run_dir, progress=False)
-    check(any(issubclass(w.category, StaleLockWarning) for w in caught), "no warning on taking over a stale lock")
-    check(clean(run_dir), "lock left behind")
-    check(same_state(load_checkpoint(run_dir / CHECKPOINT_NAME), lab.reference(4)), "run after takeover != reference")
-    out.lost_runs = 0
-    out.detail = f"live PID {sleeper.pid} refused; stale lock taken over with a warning"
+def _checkpoint_exists(path: str) -> bool:
+    return "tfevents" in path and (Path(path).parent / CHECKPOINT_NAME).exists()
 
 
-def disk_full_scenario(lab: Lab, out: Outcome) -> None:
-    """ENOSPC half-way through a checkpoint write: the previous checkpoint survives, no temp file, clear error."""
-    out.lost_runs = 1
-    reference2, reference5 = lab.reference(2), lab.reference(5)
-    real = atomic_module._write_all
-    calls = 0
+# name: (site, which path, nth matching call, the file the error names, a checkpoint existed before)
+WRITE_SITES: dict[str, tuple[str, Callable[[str], bool], int, str, bool]] = {
+    "run directory": ("mkdir", lambda p: p.endswith("-run"), 1, LOCK_NAME, False),
+    "lock create": ("open", named(LOCK_NAME), 1, LOCK_NAME, False),
+    "lock fsync": ("fsync", named(LOCK_NAME), 1, LOCK_NAME, False),
+    "config.json temp file": ("mkstemp", named(".config.json."), 1, "config.json", False),
+    "config.json write": ("write", named(".config.json."), 1, "config.json", False),
+    "config.json fsync": ("fsync", named(".config.json."), 1, "config.json", False),
+    "config.json rename": ("rename", named("config.json"), 1, "config.json", False),
+    "events file open": ("events", named("tfevents"), 1, "events.out.tfevents.*", False),
+    "events file later": ("events", _checkpoint_exists, 1, "events.out.tfevents.*", True),
+    "checkpoint temp file": ("mkstemp", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
+    "checkpoint write": ("write", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
+    "checkpoint fsync": ("fsync", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
+    "checkpoint rename": ("rename", named(CHECKPOINT_NAME), 3, CHECKPOINT_NAME, True),
+}
+CAUSES = {
+    errno.ENOSPC: ("the disk is full (ENOSPC)", "Free some space"),
+    errno.EROFS: ("the file system is read-only (EROFS)", "Choose a folder on a writable file system"),
+    errno.EACCES: ("permission denied (EACCES)", "writable by this user"),
+}
 
-    def write_all(fd: int, data: memoryview) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            real(fd, data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(fd, data)
 
-    run_dir = lab.folder("disk-full")
-    with patched(atomic_module, "_write_all", write_all):
-        try:
-            train(lab.config(5), run_dir, progress=False)
-            raise AssertionError("no error on a full disk")
-        except CheckpointWriteError as exc:
+def write_fault_scenario(lab: Lab, out: Outcome, codes: tuple[int, ...], sites: list[str]) -> None:
+    """An OSError at each write site: one clear WriteError, nothing lost, and the run then finishes exactly."""
+    updates = 5
+    for code in codes:
+        for where in sites:
+            site, matches, nth, file_name, had_checkpoint = WRITE_SITES[where]
+            run_dir = lab.folder(f"{errno.errorcode[code]}-{where.replace(' ', '-')}-run")
+            out.expect(run_dir, updates)
+            before = {w.name for w in run_dir.parent.iterdir()}
+            fault = Fault(code, matches, nth)
+            try:
+                with inject(site, fault):
+                    train(lab.config(updates), run_dir, progress=False)
+                raise AssertionError(f"{where}: no error for {errno.errorcode[code]}")
+            except WriteError as exc:
+                message = str(exc)
             out.faults += 1
-            check("disk is full" in str(exc) and "previous checkpoint" in str(exc) and "intact" in str(exc),
-                  f"unclear message: {exc}")
-            message = str(exc).split(";")[0]
-    check(same_state(load_checkpoint(run_dir / CHECKPOINT_NAME), reference2), "the previous checkpoint changed")
-    check(clean(run_dir), "temporary file or lock left behind")
-    train(lab.config(5), run_dir, resume=True, progress=False)
-    check(same_state(load_checkpoint(run_dir / CHECKPOINT_NAME), reference5), "resumed != reference")
-    out.lost_runs = 0
-    out.detail = message
+            check(fault.seen >= nth, f"{where}: the fault was never reached")
+            cause, fix = CAUSES[code]
+            check(cause in message and fix in message and str(run_dir / file_name) in message,
+                  f"{where}: unclear message: {message}")
+            check(clean(run_dir), f"{where}: lock or temporary file left behind")
+            check({w.name for w in run_dir.parent.iterdir()} - before <= {run_dir.name},
+                  f"{where}: files written outside the run directory")
+            if had_checkpoint:
+                check("is intact" in message, f"{where}: the message does not say the checkpoint is intact")
+                kept = saved_update(run_dir)  # loads: the last good checkpoint
+                check(same_state(load_checkpoint(run_dir / CHECKPOINT_NAME), lab.reference(kept)),
+                      f"{where}: the kept checkpoint of update {kept} differs from the reference's")
+                train(lab.config(updates), run_dir, resume=True, progress=False)
+            else:
+                check(not (run_dir / CHECKPOINT_NAME).exists(), f"{where}: a checkpoint appeared")
+                train(lab.config(updates), run_dir, progress=False)  # the fault is gone: start again
+    out.detail = (f"{out.faults} faults ({', '.join(errno.errorcode[c] for c in codes)} at {len(sites)} sites): "
+                  "each one clear WriteError naming the file, nothing partial left, every run then finished")
+
+
+# --------------------------------------------------------------------------------------------
+# hostile files, actions and configs
+# --------------------------------------------------------------------------------------------
+
+
+def _deflated_zeros(n: int, wbits: int) -> bytes:
+    comp = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    chunk = bytes(1 << 20)
+    return b"".join(comp.compress(chunk) for _ in range(n >> 20)) + comp.flush()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _black_png(side: int) -> bytes:
+    """An all-black grey PNG of side x side pixels, a few tens of KB."""
+    comp, rows = zlib.compressobj(9), bytes(1 + side) * 100
+    idat = b"".join(comp.compress(rows) for _ in range(side // 100)) + comp.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+class _Reduce:
+    """Pickles as ``func(*args)``."""
+
+    def __init__(self, func: Any, args: tuple[Any, ...]) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.func, self.args
+
+
+def _ops(obj: object) -> bytes:
+    """The opcodes that push ``obj`` (its protocol-2 pickle without PROTO and STOP)."""
+    return pickle.dumps(obj, protocol=2)[2:-1]
+
+
+def _dict_pickle(*items: tuple[object, bytes]) -> bytes:
+    return b"\x80\x02}(" + b"".join(_ops(key) + value for key, value in items) + b"u."
+
+
+def _laughs(shared: str) -> bytes:
+    """A 10**8-leaf list of lists from a few KB: shared through memo gets or DUP."""
+    if shared == "memo":
+        nested: Any = [0] * 10
+        for _ in range(7):
+            nested = [nested] * 10
+        return _ops(nested)
+    return b"(" * 7 + b"](" + b"K\x00" * 10 + b"e" + (pickle.DUP * 9 + pickle.LIST) * 7
+
+
+def _cifar(folder: Path, test_batch: bytes) -> Path:
+    root = folder / "cifar-10-batches-py"
+    root.mkdir(parents=True)
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
+    (root / "test_batch").write_bytes(test_batch)
+    return root
+
+
+def loader_bombs_scenario(lab: Lab, out: Outcome) -> None:
+    """Files in each real format that expand >= 128 MiB when loaded naively: refused, tracemalloc peak < 32 MiB."""
+    folder = lab.folder("bombs")
+    folder.mkdir()
+    labels = folder / "labels-idx1-ubyte"
+    labels.write_bytes(struct.pack(">II", 0x801, 2) + bytes(2))
+    gz_zeros = _deflated_zeros(BOMB_BYTES, 16 + zlib.MAX_WBITS)
+
+    def idx_bomb(dims: tuple[int, ...]) -> Callable[[], Any]:
+        path = folder / f"images-{'x'.join(map(str, dims))}-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(struct.pack(">IIII", 0x803, *dims)) + gz_zeros)
+        return lambda: load_idx(path, labels)
+
+    def omniglot_zip() -> Callable[[], Any]:
+        root = folder / "omniglot-zip"
+        root.mkdir()
+        zip_path = root / "images_background.zip"
+        with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf, \
+                zf.open("images_background/Greek/character01/bomb.png", "w") as member:
+            for _ in range(BOMB_BYTES >> 20):
+                member.write(bytes(1 << 20))
+        return lambda: load_omniglot(root)
+
+    def pixel_bomb() -> Callable[[], Any]:
+        root = folder / "png-folder"
+        (root / "cls").mkdir(parents=True)
+        (root / "cls" / "bomb.png").write_bytes(_black_png(12000))  # 144 M pixels
+        return lambda: load_image_folder(root, image_size=8)
+
+    n = 100_000  # (n, 3072) uint8 = 307 MB from a file of a few bytes
+    arrays = {
+        "ndarray": _ops(_Reduce(np.ndarray, ((n, 3072), "u1"))),
+        "reconstruct": _ops(_Reduce(np.zeros(1).__reduce__()[0], (np.ndarray, (n, 3072), b"B"))),
+    }
+
+    def cifar_array(kind: str) -> Callable[[], Any]:
+        root = _cifar(folder / f"cifar-{kind}", _dict_pickle((b"data", arrays[kind]), (b"labels", _ops([0] * 10))))
+        return lambda: load_cifar(root)
+
+    def cifar_laughs(shared: str) -> Callable[[], Any]:
+        batch = _dict_pickle((b"data", _ops(np.zeros((2, 3072), np.uint8))), (b"labels", _laughs(shared)))
+        root = _cifar(folder / f"cifar-laughs-{shared}", batch)
+        return lambda: load_cifar(root)
+
+    def mini_imagenet_laughs(shared: str) -> Callable[[], Any]:
+        path = folder / f"laughs-{shared}" / "mini-imagenet-cache-train.pkl"
+        path.parent.mkdir()
+        class_dict = b"}(" + _ops("n01") + _laughs(shared) + b"u"
+        path.write_bytes(_dict_pickle(("image_data", _ops(np.zeros((2, 4, 4, 3), np.uint8))),
+                                      ("class_dict", class_dict)))
+        return lambda: load_mini_imagenet(path)
+
+    bombs: dict[str, Callable[[], Callable[[], Any]]] = {
+        "IDX gzip: 2 images declared, 128 MiB trailing": functools.partial(idx_bomb, (2, 28, 28)),
+        "IDX gzip: 1 GB declared in 130 KB": functools.partial(idx_bomb, (1000, 1000, 1000)),
+        "Omniglot zip member of 128 MiB zeros": omniglot_zip,
+        "PNG of 12000x12000 pixels in an image folder": pixel_bomb,
+        "CIFAR ndarray((100000, 3072)) reduce": functools.partial(cifar_array, "ndarray"),
+        "CIFAR numpy _reconstruct of (100000, 3072)": functools.partial(cifar_array, "reconstruct"),
+        "CIFAR labels: billion laughs (memo)": functools.partial(cifar_laughs, "memo"),
+        "CIFAR labels: billion laughs (DUP)": functools.partial(cifar_laughs, "dup"),
+        "miniImageNet class_dict: billion laughs (memo)": functools.partial(mini_imagenet_laughs, "memo"),
+        "miniImageNet class_dict: billion laughs (DUP)": functools.partial(mini_imagenet_laughs, "dup"),
+    }
+    peaks = []
+    for what, craft in bombs.items():
+        if not out.hostile(what):
+            continue
+        load = craft()
+        out.faults += 1
+        tracemalloc.start()
+        try:
+            load()
+            error: BaseException | None = None
+        except Exception as exc:
+            error = exc
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        check(isinstance(error, DatasetError), f"{what}: expected DatasetError, got {error!r:.200}")
+        check(peak < PEAK_LIMIT, f"{what}: peak {peak / 2**20:.0f} MiB while refusing it")
+        peaks.append(peak)
+    out.detail = (f"{len(peaks)} bombs refused with DatasetError; largest tracemalloc peak "
+                  f"{max(peaks) / 2**20:.1f} MiB (each expands to >= {BOMB_BYTES >> 20} MiB naively)")
+
+
+def nonfinite_actions_scenario(lab: Lab, out: Outcome) -> None:
+    """NaN / inf Box actions: a ValueError naming the env and the index; the env's state is untouched."""
+    import gymnasium as gym
+
+    import meta_rl.envs  # noqa: F401 - registers meta_rl/PointNav-v0
+    from meta_rl.gym_tasks import register_gym_task
+
+    def pendulum_task(env: Any, rng: np.random.Generator) -> None:
+        env.unwrapped.m = rng.uniform(0.5, 2.0)
+
+    register_gym_task("drills/BoxPendulum-v0", lambda: gym.make("Pendulum-v1"), pendulum_task, max_episode_steps=5)
+    makers: dict[str, Callable[[], Any]] = {
+        "PointNav": lambda: gym.make("meta_rl/PointNav-v0"),
+        "PointNav vector": lambda: gym.make_vec("meta_rl/PointNav-v0", num_envs=3,
+                                                vectorization_mode="vector_entry_point"),
+        "GymTaskVectorEnv (Pendulum)": lambda: gym.make_vec("drills/BoxPendulum-v0", num_envs=3,
+                                                            vectorization_mode="vector_entry_point"),
+    }
+    refused = 0
+    for name, make in makers.items():
+        env = make()
+        env.reset(seed=0)
+        space = env.action_space
+        good = np.zeros(space.shape, dtype=space.dtype)
+        for bad in (math.nan, math.inf, -math.inf):
+            for index in (0, int(np.prod(space.shape)) - 1):
+                action = good.copy()
+                action.reshape(-1)[index] = bad
+                if not out.hostile(f"{name} step with {bad} at flat index {index}"):
+                    continue
+                out.faults += 1
+                try:
+                    env.step(action)
+                    raise AssertionError(f"{name}: a {bad} action was accepted")
+                except ValueError as exc:
+                    where = f"actions[{', '.join(str(int(i)) for i in np.unravel_index(index, space.shape))}]"
+                    check(type(env.unwrapped).__name__ in str(exc) and where in str(exc),
+                          f"{name}: the error does not name the env and index: {exc}")
+                    refused += 1
+                obs, reward, *_ = env.step(good)
+                check(bool(np.isfinite(np.asarray(obs)).all() and np.isfinite(np.asarray(reward)).all()),
+                      f"{name}: non-finite state after a refused action")
+        env.close()
+    out.detail = f"{refused} non-finite actions refused in {len(makers)} envs; state stayed finite"
+
+
+def oversized_scenario(lab: Lab, out: Outcome) -> None:
+    """Sizes beyond the machine: ConfigError before allocation, giving the estimate and the keys to lower."""
+    cases: dict[str, tuple[dict[str, Any], str]] = {
+        "num_envs=1e9": ({"num_envs": 1_000_000_000}, "num_envs"),
+        "hidden=1e7": ({"hidden": 10_000_000}, "hidden"),
+        "encoder_hidden=[1e8]": ({"encoder_hidden": [100_000_000]}, "encoder_hidden"),
+        "eval_every=1 eval_episodes=1e9": ({"eval_every": 1, "eval_episodes": 1_000_000_000}, "eval_episodes"),
+        "torch_threads=100000": ({"torch_threads": 100_000}, "torch_threads"),
+    }
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for what, (changes, key) in cases.items():
+        if not out.hostile(what):
+            continue
+        out.faults += 1
+        run_dir = lab.folder("oversized")
+        try:
+            train(lab.config(2, **changes), run_dir, progress=False)
+            raise AssertionError(f"{what}: accepted")
+        except ConfigError as exc:
+            check(key in str(exc), f"{what}: the error does not name {key}: {exc}")
+            if key != "torch_threads":
+                check(bool(re.search(r"needs about [\d.]+ [GM]iB .*only [\d.]+ [GM]iB is free", str(exc))),
+                      f"{what}: no estimate and free memory in {exc}")
+        check(not run_dir.exists(), f"{what}: a run directory was left behind")
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    check(grown < 512, f"peak RSS grew by {grown:.0f} MiB while refusing")
+    out.detail = f"{len(cases)} refused with ConfigError before allocating (peak RSS grew {grown:.0f} MiB)"
+
+
+EVIL_SOURCE = f'''
+import os
+
+import {PLUGIN}  # noqa: F401 - the drills' dataset
+
+if os.environ.get("EVIL_MARK"):
+    with open(os.environ["EVIL_MARK"], "a") as f:
+        f.write("imported\\n")
+'''
+
+
+def untrusted_module_scenario(lab: Lab, out: Outcome) -> None:
+    """A run directory holding evilmod.py and a checkpoint naming it: eval and resume refuse unless it is named."""
+    run_dir = lab.folder("evil")
+    run_dir.mkdir()
+    (run_dir / "evilmod.py").write_text(EVIL_SOURCE)
+    sys.path.insert(0, str(run_dir))
+    try:
+        train(lab.config(2, env_module="evilmod"), run_dir, progress=False)
+    finally:
+        sys.path.remove(str(run_dir))
+        sys.modules.pop("evilmod", None)
+    mark = run_dir.parent / "evil-mark"
+    env = {**os.environ, "EVIL_MARK": str(mark), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(lab.plugin_dir), os.environ.get("PYTHONPATH", "")])}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "meta_rl.cli", *args], cwd=run_dir, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    for args in (("eval", ".", "--episodes", "4", "--batch", "4"), ("train", "--resume", ".", "--no-progress")):
+        if not out.hostile(f"meta-rl {' '.join(args)} in a run dir naming evilmod"):
+            continue
+        out.faults += 1
+        proc = cli(*args)
+        check(proc.returncode == 2 and "needs module 'evilmod'" in proc.stderr and "--env-module evilmod"
+              in proc.stderr, f"{args[0]}: not refused clearly ({proc.returncode}): {proc.stderr[-300:]}")
+        check(not mark.exists(), f"{args[0]}: evilmod.py ran")
+    proc = cli("eval", ".", "--episodes", "4", "--batch", "4", "--json", "--env-module", "evilmod")
+    check(proc.returncode == 0 and mark.read_text() == "imported\n", f"named: did not run ({proc.stderr[-300:]})")
+    out.detail = "eval and resume refused, naming the module and --env-module; ran only when named"
 
 
 def bad_inputs_scenario(lab: Lab, out: Outcome) -> None:
-    """Random bad actions, seeds, options, configs and malformed files: ValueError/TypeError with a message."""
+    """Random bad actions, seeds, options, configs and malformed files: ValueError/TypeError with a message.
+
+    Each distinct input is tried once (a random draw that repeats an earlier one is skipped).
+    """
     from meta_rl.envs import FewShotEnv
 
     rng = random.Random(11)
     failures: list[str] = []
 
     def expect(call: Callable[[], Any], ok: bool, what: str, *types: type[BaseException]) -> None:
-        out.bad_inputs += 0 if ok else 1
+        if not ok and not out.hostile(what):
+            return  # tried already
         try:
             call()
         except types as exc:
@@ -531,16 +987,19 @@ def bad_inputs_scenario(lab: Lab, out: Outcome) -> None:
     ]
     for bad in bad_configs:
         key = next(iter(bad))
+        if not out.hostile(f"config {bad}"):
+            continue
         try:
             TrainConfig.from_dict(bad)
             failures.append(f"config {bad} accepted")
         except ConfigError as exc:
             if key not in str(exc):
                 failures.append(f"config {bad}: the error does not name {key!r}: {exc}")
-        out.bad_inputs += 1
     for kwargs in ({"n_way": 99}, {"instances_per_class": 50}, {"n_wya": 3}, {"feedback": "labels"}):
         cfg = lab.config(1, env_kwargs={"dataset": DATASET, "n_way": 3, "instances_per_class": K, **kwargs})
         key = next(iter(kwargs))
+        if not out.hostile(f"env_kwargs {kwargs}"):
+            continue
         try:
             make_vec_env(cfg, "train", 2, torch.device("cpu"))
             failures.append(f"env_kwargs {kwargs} accepted")
@@ -548,7 +1007,6 @@ def bad_inputs_scenario(lab: Lab, out: Outcome) -> None:
             inner = str(exc.__cause__) if exc.__cause__ is not None else str(exc)  # the wrapper quotes env_kwargs
             if key not in inner:
                 failures.append(f"env_kwargs {kwargs}: the error does not name {key!r}: {inner}")
-        out.bad_inputs += 1
     # Loaders: malformed files raise DatasetError naming the file.
     folder = lab.folder("files")
     folder.mkdir()
@@ -573,7 +1031,8 @@ def bad_inputs_scenario(lab: Lab, out: Outcome) -> None:
         p.write_bytes(content)
         files.append((p, lambda p: load_image_folder(p.parent.parent)))
     for path, load in files:
-        out.bad_inputs += 1
+        if not out.hostile(f"file {path.name}"):
+            continue
         try:
             load(path)
             failures.append(f"{path.name} loaded")
@@ -583,36 +1042,60 @@ def bad_inputs_scenario(lab: Lab, out: Outcome) -> None:
         except Exception as exc:
             failures.append(f"{path.name}: unexpected {type(exc).__name__}: {exc}")
     check(not failures, f"{len(failures)} bad inputs mishandled: {failures[:3]}")
-    out.detail = f"{out.bad_inputs} bad inputs, each refused with a clear ValueError/TypeError/DatasetError"
+    out.detail = f"{out.bad_inputs} distinct bad inputs, each refused with a clear ValueError/TypeError/DatasetError"
 
 
 SCENARIOS: list[tuple[str, Callable[[Lab, Outcome], None]]] = [
     ("SIGINT", lambda lab, out: signal_scenario(lab, out, signal.SIGINT)),
     ("SIGTERM", lambda lab, out: signal_scenario(lab, out, signal.SIGTERM)),
+    ("SIGTERM / time limit during evaluation", evaluation_stop_scenario),
     ("SIGKILL x4", sigkill_scenario),
-    ("NaN/inf", nan_scenario),
+    ("SIGKILL mid-checkpoint", sigkill_mid_checkpoint_scenario),
+    ("NaN/inf in training", nan_scenario),
     ("damaged checkpoints", corrupt_scenario),
-    ("two runs, one dir", lock_scenario),
-    ("disk full", disk_full_scenario),
+    ("two runs race for one dir", race_scenario),
+    ("stale lock of a killed run", stale_lock_scenario),
+    ("disk full at each write site",
+     lambda lab, out: write_fault_scenario(lab, out, (errno.ENOSPC,), list(WRITE_SITES))),
+    ("read-only / permission denied",
+     lambda lab, out: write_fault_scenario(lab, out, (errno.EROFS, errno.EACCES),
+                                           ["run directory", "lock create", "config.json rename", "events file later",
+                                            "checkpoint temp file", "checkpoint rename"])),
+    ("loader bombs", loader_bombs_scenario),
+    ("NaN/inf actions", nonfinite_actions_scenario),
+    ("oversized configs", oversized_scenario),
+    ("module named by a run dir", untrusted_module_scenario),
     ("bad inputs", bad_inputs_scenario),
 ]
 
 
-def run_all(only: list[str] | None = None) -> list[Outcome]:
+def selected(only: list[str] | None) -> list[tuple[str, Callable[[Lab, Outcome], None]]]:
+    return [(n, s) for n, s in SCENARIOS if not only or any(o.lower() in n.lower() for o in only)]
+
+
+def run_all(scenarios: list[tuple[str, Callable[[Lab, Outcome], None]]]) -> list[Outcome]:
+    """Run each scenario, then compare every run it registered with its reference (passed or not)."""
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="meta-rl-faults-") as tmp:
         lab = Lab(Path(tmp))
         try:
-            for name, scenario in SCENARIOS:
-                if only and not any(o.lower() in name.lower() for o in only):
-                    continue
+            for name, scenario in scenarios:
                 out = Outcome(name)
                 started = time.monotonic()
                 try:
-                    scenario(lab, out)
-                    out.passed = True
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # expected stale-lock and purge warnings
+                        scenario(lab, out)
+                    ran = True
                 except Exception as exc:  # report and go on with the next scenario
                     out.detail = f"{type(exc).__name__}: {exc}"[:400]
+                    ran = False
+                for run_dir, updates in out.expected:
+                    out.runs += 1
+                    out.lost_runs += not lab.matches_reference(run_dir, updates)
+                out.passed = ran and out.lost_runs == 0
+                if ran and out.lost_runs:
+                    out.detail = f"{out.lost_runs} of {out.runs} runs differ from their reference; " + out.detail
                 out.seconds = round(time.monotonic() - started, 1)
                 outcomes.append(out)
         finally:
@@ -625,33 +1108,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--only", nargs="*", help="run only scenarios whose name contains one of these")
     args = parser.parse_args(argv)
+    scenarios = selected(args.only)
+    if not scenarios:
+        names = ", ".join(repr(n) for n, _ in SCENARIOS)
+        print(f"faults.py: --only {' '.join(args.only or [])} matches no scenario; the scenarios are {names}.",
+              file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
     os.environ.setdefault("META_RL_PROGRESS", "0")
     logging.getLogger("tensorboard").setLevel(logging.ERROR)  # expected purges of killed attempts' events
     started = time.monotonic()
-    outcomes = run_all(args.only)
+    outcomes = run_all(scenarios)
     summary = {
         "scenarios": len(outcomes),
         "passed": sum(o.passed for o in outcomes),
+        "runs_compared": sum(o.runs for o in outcomes),
         "lost_runs": sum(o.lost_runs for o in outcomes),
-        "bad_inputs_tried": sum(o.bad_inputs for o in outcomes),
+        "distinct_bad_inputs": sum(o.bad_inputs for o in outcomes),
         "faults_injected": sum(o.faults for o in outcomes),
         "seconds": round(time.monotonic() - started, 1),
-        "results": [{"name": o.name, "passed": o.passed, "lost_runs": o.lost_runs, "seconds": o.seconds,
-                     "detail": o.detail} for o in outcomes],
+        "results": [{"name": o.name, "passed": o.passed, "runs": o.runs, "lost_runs": o.lost_runs,
+                     "bad_inputs": o.bad_inputs, "faults": o.faults, "seconds": o.seconds, "detail": o.detail}
+                    for o in outcomes],
     }
     if args.json:
         print(json.dumps(summary))
     else:
-        width = max(len(o.name) for o in outcomes) if outcomes else 8
-        print(f"{'scenario':<{width}}  result  lost  faults  bad in  secs  detail")
+        width = max(len(o.name) for o in outcomes)
+        print(f"{'scenario':<{width}}  result  runs  lost  faults  bad in  secs  detail")
         for o in outcomes:
-            print(f"{o.name:<{width}}  {'pass' if o.passed else 'FAIL':<6}  {o.lost_runs:>4}  {o.faults:>6}  "
-                  f"{o.bad_inputs:>6}  {o.seconds:>4.0f}  {o.detail}")
-        print(f"{summary['passed']}/{summary['scenarios']} passed, {summary['lost_runs']} lost runs, "
-              f"{summary['faults_injected']} faults injected, {summary['bad_inputs_tried']} bad inputs tried "
+            print(f"{o.name:<{width}}  {'pass' if o.passed else 'FAIL':<6}  {o.runs:>4}  {o.lost_runs:>4}  "
+                  f"{o.faults:>6}  {o.bad_inputs:>6}  {o.seconds:>4.0f}  {o.detail}")
+        print(f"{summary['passed']}/{summary['scenarios']} passed; {summary['lost_runs']} of "
+              f"{summary['runs_compared']} runs lost (compared with uninterrupted references); "
+              f"{summary['faults_injected']} faults injected; {summary['distinct_bad_inputs']} distinct bad inputs "
               f"({summary['seconds']:.0f} s)")
-    return 0 if summary["passed"] == summary["scenarios"] and summary["lost_runs"] == 0 else 1
+    return 0 if summary["passed"] == summary["scenarios"] else 1
 
 
 if __name__ == "__main__":

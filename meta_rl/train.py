@@ -748,6 +748,8 @@ def _train(
                                or {"hparam/none": 0.0}, run_name=".", global_step=env_steps)
         writer.flush()
         checkpoint()
+        if stop.signum is not None:  # during the final evaluation: the run is complete and saved
+            raise TrainingInterrupted(stop.signum, run_dir, update, env_steps)
     except BaseException:
         bar.close()
         with contextlib.suppress(OSError):  # the error in flight says what went wrong, not this one

@@ -15,14 +15,12 @@ import errno
 import os
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
 
-import meta_rl.atomic as atomic_module
 import meta_rl.checkpoint as checkpoint_module
 from meta_rl.atomic import WriteError
 from meta_rl.checkpoint import CheckpointError, load_checkpoint
@@ -30,6 +28,9 @@ from meta_rl.cli import main
 from meta_rl.config import TrainConfig
 from meta_rl.runlock import LOCK_NAME
 from meta_rl.train import CHECKPOINT_NAME, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+from fault_injection import Fault, inject, named
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -53,100 +54,6 @@ def tiny(dataset: str, **changes: Any) -> TrainConfig:
         log_every=1, eval_every=0, checkpoint_every=1, device="cpu",
     )
     return dataclasses.replace(cfg, **changes).validate()
-
-
-def fd_path(fd: int) -> str:
-    return os.readlink(f"/proc/self/fd/{fd}")
-
-
-class Fault:
-    """Raise ``OSError(code)`` from the ``nth`` call (1-based) of a system call on a matching path."""
-
-    def __init__(self, code: int, matches: Callable[[str], bool], nth: int = 1) -> None:
-        self.code, self.matches, self.nth, self.seen = code, matches, nth, 0
-
-    def hit(self, path: str) -> bool:
-        if not self.matches(path):
-            return False
-        self.seen += 1
-        return self.seen == self.nth
-
-    def error(self) -> OSError:
-        return OSError(self.code, os.strerror(self.code))
-
-
-def inject(monkeypatch: pytest.MonkeyPatch, site: str, fault: Fault) -> None:
-    """Install ``fault`` at ``site``: one of the calls in :data:`SITES`."""
-    if site == "mkdir":
-        real_mkdir = Path.mkdir
-
-        def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
-            if fault.hit(str(self)):
-                raise fault.error()
-            real_mkdir(self, *args, **kwargs)
-
-        monkeypatch.setattr(Path, "mkdir", mkdir)
-    elif site == "open":
-        real_open = os.open
-
-        def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-            if flags & os.O_CREAT and fault.hit(os.fspath(path)):
-                raise fault.error()
-            return real_open(path, flags, *args, **kwargs)
-
-        monkeypatch.setattr(os, "open", open_)
-    elif site == "mkstemp":
-        real_mkstemp = atomic_module.tempfile.mkstemp
-
-        def mkstemp(*args: Any, **kwargs: Any) -> Any:
-            if fault.hit(os.path.join(str(kwargs.get("dir", "")), str(kwargs.get("prefix", "")))):
-                raise fault.error()
-            return real_mkstemp(*args, **kwargs)
-
-        monkeypatch.setattr(atomic_module.tempfile, "mkstemp", mkstemp)
-    elif site == "write":
-        real_write_all = atomic_module._write_all
-
-        def write_all(fd: int, data: memoryview) -> None:
-            if fault.hit(fd_path(fd)):
-                real_write_all(fd, data[: len(data) // 2])  # half of it reached the disk
-                raise fault.error()
-            real_write_all(fd, data)
-
-        monkeypatch.setattr(atomic_module, "_write_all", write_all)
-    elif site == "fsync":
-        real_fsync = os.fsync
-
-        def fsync(fd: int) -> None:
-            if fault.hit(fd_path(fd)):
-                raise fault.error()
-            real_fsync(fd)
-
-        monkeypatch.setattr(os, "fsync", fsync)
-    elif site == "rename":
-        real_replace = os.replace
-
-        def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
-            if fault.hit(os.fspath(dst)):
-                raise fault.error()
-            real_replace(src, dst, *args, **kwargs)
-
-        monkeypatch.setattr(os, "replace", replace)
-    elif site == "events":
-        real_write = LocalFileSystem._write
-
-        def write(self: Any, filename: str | bytes, *args: Any, **kwargs: Any) -> None:
-            if fault.hit(os.fsdecode(filename)):
-                raise fault.error()
-            real_write(self, filename, *args, **kwargs)
-
-        monkeypatch.setattr(LocalFileSystem, "_write", write)
-    else:  # pragma: no cover
-        raise AssertionError(site)
-
-
-def named(fragment: str) -> Callable[[str], bool]:
-    return lambda path: fragment in os.path.basename(path)
 
 
 # (site, which path, nth matching call, the file the error names, was a checkpoint there before)
@@ -175,15 +82,13 @@ def leftovers(run_dir: Path) -> list[str]:
 @pytest.mark.parametrize("code", list(CAUSES), ids=[errno.errorcode[c] for c in CAUSES])
 @pytest.mark.parametrize("where", list(SITES))
 def test_write_fault_is_one_clear_error_and_loses_nothing(
-    proto_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, code: int
+    proto_dataset: str, tmp_path: Path, where: str, code: int
 ) -> None:
     site, matches, nth, file_name, had_checkpoint = SITES[where]
     run_dir = tmp_path / "run"
     fault = Fault(code, matches, nth)
-    inject(monkeypatch, site, fault)
-    with pytest.raises(WriteError) as info:
+    with inject(site, fault), pytest.raises(WriteError) as info:
         train(tiny(proto_dataset), run_dir, progress=False)
-    monkeypatch.undo()
     assert fault.seen >= nth, f"the fault at {where} was never reached"
     message = str(info.value)
     cause, fix = CAUSES[code]
@@ -205,15 +110,14 @@ def test_write_fault_is_one_clear_error_and_loses_nothing(
 
 @pytest.mark.parametrize("where", ["lock create", "config.json rename", "checkpoint fsync", "events file later"])
 def test_cli_reports_a_write_fault_without_a_traceback(
-    proto_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    where: str,
+    proto_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
 ) -> None:
     site, matches, nth, _, _ = SITES[where]
-    inject(monkeypatch, site, Fault(errno.EROFS, matches, nth))
     args = [f"env_kwargs.dataset={proto_dataset}", "env_kwargs.n_way=3", "env_kwargs.instances_per_class=3",
             "num_envs=4", "encoder=mlp", "encoder_hidden=[16]", "hidden=8", "key_dim=8",
             f"total_env_steps={UPDATES * 36}", "log_every=1", "eval_every=0", "checkpoint_every=1", "device=cpu"]
-    code = main(["train", "--run-dir", str(tmp_path / "run"), "--no-progress", *args])
+    with inject(site, Fault(errno.EROFS, matches, nth)):
+        code = main(["train", "--run-dir", str(tmp_path / "run"), "--no-progress", *args])
     err = capsys.readouterr().err
     assert code == 2, err
     assert "meta-rl: error: cannot write" in err and "read-only (EROFS)" in err
@@ -269,11 +173,10 @@ def test_checkpoint_without_read_permission_is_not_called_corrupt(proto_dataset:
         path.chmod(0o644)
 
 
-def test_resume_in_a_read_only_directory_keeps_the_checkpoint(proto_dataset: str, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_in_a_read_only_directory_keeps_the_checkpoint(proto_dataset: str, tmp_path: Path) -> None:
     train(tiny(proto_dataset, total_env_steps=72), tmp_path / "run", progress=False)
     before = (tmp_path / "run" / CHECKPOINT_NAME).read_bytes()
-    inject(monkeypatch, "open", Fault(errno.EROFS, named(LOCK_NAME)))
-    with pytest.raises(WriteError, match=r"cannot write the run lock .*read-only \(EROFS\); nothing in it was changed"):
+    refused = r"cannot write the run lock .*read-only \(EROFS\); nothing in it was changed"
+    with inject("open", Fault(errno.EROFS, named(LOCK_NAME))), pytest.raises(WriteError, match=refused):
         train(tiny(proto_dataset, total_env_steps=144), tmp_path / "run", resume=True, progress=False)
     assert (tmp_path / "run" / CHECKPOINT_NAME).read_bytes() == before

@@ -1,0 +1,145 @@
+"""File-system faults injected at one system call, for drills (``faults.py``) and tests.
+
+A :class:`Fault` raises ``OSError(code)`` from the n-th call of one system call whose path
+matches; :func:`inject` installs it for the duration of a ``with`` block. The sites are every
+call through which training writes: creating the run directory and its lock, fsyncing the lock,
+creating, writing, fsyncing and renaming an atomic write's temporary file (``config.json``,
+checkpoints) and writing TensorBoard's event file. Injecting at the call works where ``chmod``
+cannot (root ignores it) and needs no full disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
+
+import meta_rl.atomic as atomic_module
+
+__all__ = ["SITES", "Fault", "inject", "named"]
+
+#: Where a fault can be injected, and the call it is injected into.
+SITES = {
+    "mkdir": "pathlib.Path.mkdir (the run directory)",
+    "open": "os.open with O_CREAT (the lock)",
+    "mkstemp": "tempfile.mkstemp (an atomic write's temporary file)",
+    "write": "meta_rl.atomic._write_all (half the bytes land, then the error)",
+    "fsync": "os.fsync",
+    "rename": "os.replace",
+    "events": "tensorboard's LocalFileSystem._write (the event file)",
+}
+
+
+class Fault:
+    """``OSError(code)`` from the ``nth`` (1-based) call whose path ``matches``; ``seen`` counts matching calls."""
+
+    def __init__(self, code: int, matches: Callable[[str], bool], nth: int = 1) -> None:
+        self.code, self.matches, self.nth, self.seen = code, matches, nth, 0
+
+    def hit(self, path: str) -> bool:
+        if not self.matches(path):
+            return False
+        self.seen += 1
+        return self.seen == self.nth
+
+    def error(self) -> OSError:
+        return OSError(self.code, os.strerror(self.code))
+
+
+def named(fragment: str) -> Callable[[str], bool]:
+    """Matches paths whose file name contains ``fragment``."""
+    return lambda path: fragment in os.path.basename(path)
+
+
+def _fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")  # Linux
+
+
+@contextlib.contextmanager
+def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    before = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, before)
+
+
+@contextlib.contextmanager
+def inject(site: str, fault: Fault) -> Iterator[Fault]:
+    """Install ``fault`` at ``site`` (a key of :data:`SITES`) inside the block."""
+    owner: Any
+    value: Callable[..., Any]
+    if site == "mkdir":
+        real_mkdir = Path.mkdir
+
+        def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+            if fault.hit(str(self)):
+                raise fault.error()
+            real_mkdir(self, *args, **kwargs)
+
+        owner, name, value = Path, "mkdir", mkdir
+    elif site == "open":
+        real_open = os.open
+
+        def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if flags & os.O_CREAT and fault.hit(os.fspath(path)):
+                raise fault.error()
+            return real_open(path, flags, *args, **kwargs)
+
+        owner, name, value = os, "open", open_
+    elif site == "mkstemp":
+        real_mkstemp = tempfile.mkstemp
+
+        def mkstemp(*args: Any, **kwargs: Any) -> Any:
+            if fault.hit(os.path.join(str(kwargs.get("dir", "")), str(kwargs.get("prefix", "")))):
+                raise fault.error()
+            return real_mkstemp(*args, **kwargs)
+
+        owner, name, value = tempfile, "mkstemp", mkstemp
+    elif site == "write":
+        real_write_all = atomic_module._write_all
+
+        def write_all(fd: int, data: memoryview) -> None:
+            if fault.hit(_fd_path(fd)):
+                real_write_all(fd, data[: len(data) // 2])
+                raise fault.error()
+            real_write_all(fd, data)
+
+        owner, name, value = atomic_module, "_write_all", write_all
+    elif site == "fsync":
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if fault.hit(_fd_path(fd)):
+                raise fault.error()
+            real_fsync(fd)
+
+        owner, name, value = os, "fsync", fsync
+    elif site == "rename":
+        real_replace = os.replace
+
+        def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            if fault.hit(os.fspath(dst)):
+                raise fault.error()
+            real_replace(src, dst, *args, **kwargs)
+
+        owner, name, value = os, "replace", replace
+    elif site == "events":
+        real_write = LocalFileSystem._write
+
+        def write(self: Any, filename: str | bytes, *args: Any, **kwargs: Any) -> None:
+            if fault.hit(os.fsdecode(filename)):
+                raise fault.error()
+            real_write(self, filename, *args, **kwargs)
+
+        owner, name, value = LocalFileSystem, "_write", write
+    else:
+        raise ValueError(f"site = {site!r} is not one of {sorted(SITES)}; pick one of those.")
+    with _replaced(owner, name, value):
+        yield fault
