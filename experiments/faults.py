@@ -49,12 +49,13 @@ import numpy as np
 import torch
 from fault_injection import Fault, inject, named  # beside this file (python experiments/faults.py)
 
-import meta_rl.train as train_module
 from meta_rl.atomic import WriteError
 from meta_rl.checkpoint import CheckpointError, checksum, load_checkpoint
 from meta_rl.config import ConfigError, TrainConfig
 from meta_rl.data import DatasetError, load_idx, load_image_folder, load_mini_imagenet
 from meta_rl.data.formats import load_cifar, load_omniglot
+from meta_rl.returns import reinforce_losses
+from meta_rl.rollout import collect
 from meta_rl.runlock import LOCK_NAME
 from meta_rl.train import CHECKPOINT_NAME, NonFiniteError, make_vec_env, train
 
@@ -463,7 +464,7 @@ def stale_lock_scenario(lab: Lab, out: Outcome, updates: int = 8) -> None:
 def nan_scenario(lab: Lab, out: Outcome) -> None:
     """NaN loss, NaN gradient, inf parameter: stop naming it; the last good checkpoint resumes exactly."""
     reference2 = lab.reference(2)
-    real_losses, real_collect = train_module.reinforce_losses, train_module.collect
+    real_losses, real_collect = reinforce_losses, collect
     messages = []
     calls = [0]  # loss computations so far in the current run
     for how in ("loss", "grad", "param"):
@@ -478,7 +479,7 @@ def nan_scenario(lab: Lab, out: Outcome) -> None:
                 result["policy"] = result["policy"] + (log_probs.sum() * 0).sqrt()  # NaN gradients only
             return result
 
-        def collect(env: Any, policy: Any, *args: Any, how: str = how, **kwargs: Any) -> Any:
+        def collector(env: Any, policy: Any, *args: Any, how: str = how, **kwargs: Any) -> Any:
             if calls[0] == 2 and how == "param":  # before update 3
                 with torch.no_grad():
                     next(policy.parameters()).view(-1)[0] = float("inf")
@@ -486,14 +487,13 @@ def nan_scenario(lab: Lab, out: Outcome) -> None:
 
         run_dir = lab.folder(f"nan-{how}")
         out.expect(run_dir, 6)
-        with patched(train_module, "reinforce_losses", losses), patched(train_module, "collect", collect):
-            try:
-                train(lab.config(6), run_dir, progress=False)
-                raise AssertionError(f"no NonFiniteError for a non-finite {how}")
-            except NonFiniteError as exc:
-                messages.append(str(exc).split(";")[0])
-                out.faults += 1
-                check(exc.update == 3 and "(update 2) is intact" in str(exc), f"wrong report: {exc}")
+        try:
+            train(lab.config(6), run_dir, progress=False, losses=losses, collector=collector)
+            raise AssertionError(f"no NonFiniteError for a non-finite {how}")
+        except NonFiniteError as exc:
+            messages.append(str(exc).split(";")[0])
+            out.faults += 1
+            check(exc.update == 3 and "(update 2) is intact" in str(exc), f"wrong report: {exc}")
         check(same_state(load_checkpoint(run_dir / CHECKPOINT_NAME), reference2), "the last good checkpoint changed")
         check(clean(run_dir), "lock or temporary file left behind")
         train(lab.config(6), run_dir, resume=True, progress=False)
@@ -509,8 +509,7 @@ def nan_scenario(lab: Lab, out: Outcome) -> None:
         return result
 
     run_dir = lab.folder("nan-skip")
-    with patched(train_module, "reinforce_losses", skip_losses):
-        result = train(lab.config(6, skip_nonfinite_updates=True), run_dir, progress=False)
+    result = train(lab.config(6, skip_nonfinite_updates=True), run_dir, progress=False, losses=skip_losses)
     out.faults += len(poisoned)
     check(result["skipped_updates"] == len(poisoned), f"skipped {result['skipped_updates']}")
     out.detail = "; ".join(messages) + f"; skip mode skipped {result['skipped_updates']} of 6"

@@ -1,7 +1,8 @@
 """Training: REINFORCE with TD(λ)-learned advantages for a recurrent meta-policy, batched over B tasks.
 
-Reads top to bottom: build the env and the policy, (resume,) then loop: collect a rollout of
-B tasks, update, log, evaluate on held-out tasks, checkpoint.
+:class:`Trainer` is the run as named phases: build the env and the policy, (resume,) then loop:
+collect a rollout of B tasks, update (through the NaN guard), log, evaluate on held-out tasks,
+checkpoint. The run's directory, lock, signals and time limit are :mod:`meta_rl.lifecycle`'s.
 
 Faults lose nothing: one process per run directory (a lock file), SIGINT/SIGTERM stop at the
 end of the current update with a checkpoint (:class:`TrainingInterrupted`), a NaN or inf in a
@@ -15,38 +16,45 @@ import contextlib
 import importlib
 import inspect
 import json
-import os
-import re
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import torch
 from gymnasium.vector import VectorEnv
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from meta_rl.atomic import write_atomic, write_error
+from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig, resolve_device
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
-from meta_rl.evaluation import MAX_INSTANCE, EvaluationStopped, accuracy_by_instance, evaluate
+from meta_rl.evaluation import EvaluationStopped, evaluate
+from meta_rl.guard import NonFiniteError, NonFiniteGuard, eager_by_default
+from meta_rl.lifecycle import (
+    CHECKPOINT_NAME,
+    EventWriter,
+    NullWriter,
+    StopPolicy,
+    StopRequest,
+    TrainingInterrupted,
+    after_existing_event_files,
+    locked_run_dir,
+)
+from meta_rl.logger import MetricLogger
 from meta_rl.monitoring import accuracy_figure, episode_strip
 from meta_rl.policy import MetaPolicy
 from meta_rl.resources import check_fits, check_threads, estimate_training_memory
 from meta_rl.returns import explained_variance, gae, normalize, reinforce_losses
 from meta_rl.rollout import Rollout, collect
-from meta_rl.runlock import run_lock
 
 __all__ = [
     "CHECKPOINT_NAME",
     "TRUSTED_ENV_MODULES",
     "NonFiniteError",
+    "Trainer",
     "TrainingInterrupted",
     "build_policy",
     "make_vec_env",
@@ -56,41 +64,11 @@ __all__ = [
     "untrusted_modules",
 ]
 
-CHECKPOINT_NAME = "checkpoint.pt"
 # Keys that may differ between a run and its resumption: how long it runs, not what it learns.
 RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates")
 HELDOUT_SEED = 1_000_000
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# Quantities checked for NaN/inf every update, besides the parameters.
-GUARDED = ("loss/policy", "loss/value", "policy/entropy", "policy/grad_norm")
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped training at the end of an update, after a checkpoint was written.
-
-    Attributes:
-        signum: the signal. exit_code: ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
-        run_dir, update, env_steps: where the run stopped; ``meta-rl train --resume run_dir`` continues it.
-    """
-
-    def __init__(self, signum: int, run_dir: Path, update: int, env_steps: int) -> None:
-        self.signum, self.run_dir, self.update, self.env_steps = signum, run_dir, update, env_steps
-        super().__init__(
-            f"training interrupted by {signal.Signals(signum).name} after update {update} (env step {env_steps}); "
-            f"checkpoint saved to {run_dir / CHECKPOINT_NAME}. Resume with: meta-rl train --resume {run_dir}"
-        )
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-class NonFiniteError(FloatingPointError):
-    """A loss, gradient or parameter became NaN or inf; the bad state was not checkpointed."""
-
-    def __init__(self, message: str, quantity: str, update: int, env_steps: int) -> None:
-        super().__init__(message)
-        self.quantity, self.update, self.env_steps = quantity, update, env_steps
+Collector = Callable[..., Rollout]  # meta_rl.rollout.collect's signature
+LossFn = Callable[..., dict[str, torch.Tensor]]  # meta_rl.returns.reinforce_losses's signature
 
 
 def make_vec_env(cfg: TrainConfig, split: str, num_envs: int, device: torch.device) -> VectorEnv:
@@ -167,14 +145,15 @@ def reinforce_update(
 
 
 def reinforce_gradients(
-    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig, *, world: World | None = None
+    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig, *, world: World | None = None,
+    losses: LossFn = reinforce_losses,
 ) -> dict[str, torch.Tensor]:
     """The gradients of :func:`reinforce_update` (clipped, in ``.grad``) without the optimizer step.
 
     With a ``world`` of several ranks the gradients are averaged over the ranks after ``backward``
     and before clipping (see :mod:`meta_rl.distributed` for why not DDP), so every rank clips and
     steps with the same gradient, that of the mean loss over all ranks' tasks. The returned losses
-    are this rank's own.
+    are this rank's own. ``losses`` computes the loss terms (:func:`meta_rl.returns.reinforce_losses`).
     """
     steps, batch = ro.rewards.shape
     embed = ro.embed if ro.embed is not None else policy.encode(ro.main, (steps, batch))  # (T, B, E)
@@ -184,18 +163,18 @@ def reinforce_gradients(
     log_probs = policy.log_prob(params, ro.actions)  # (T, B)
     entropy = policy.entropy(params)  # (T, B)
     adv = normalize(advantages) if cfg.normalize_advantages else advantages
-    losses = reinforce_losses(log_probs, entropy, values, adv, returns)
-    loss = losses["policy"] + cfg.value_coef * losses["value"] - cfg.entropy_coef * losses["entropy"]
+    terms = losses(log_probs, entropy, values, adv, returns)
+    loss = terms["policy"] + cfg.value_coef * terms["value"] - cfg.entropy_coef * terms["entropy"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if world is not None:
         world.average_gradients(list(policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
     return {
-        "loss/policy": losses["policy"].detach(),
-        "loss/value": losses["value"].detach(),
+        "loss/policy": terms["policy"].detach(),
+        "loss/value": terms["value"].detach(),
         "loss/total": loss.detach(),
-        "policy/entropy": losses["entropy"].detach(),
+        "policy/entropy": terms["entropy"].detach(),
         "policy/grad_norm": grad_norm.detach(),
         "critic/explained_variance": explained_variance(values.detach(), returns),
         "charts/return": ro.rewards.sum(0).mean(),
@@ -263,107 +242,10 @@ def load_run_config(run_dir: str | Path, *, env_module: str | None = None,
     return cfg
 
 
-class _StopRequest:
-    """Set by the signal handler; read by the loop at its safe point."""
-
-    signum: int | None = None
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: _StopRequest) -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into a stop request for the duration of the block (main thread only).
-
-    The first signal asks the loop to stop after the current update; the previous handlers are
-    put back at once, so a second signal acts immediately (the checkpoint on disk stays whole:
-    writes are atomic). The handlers in place before are restored on exit.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set in the main thread
-        return
-    previous: dict[int, Any] = {}
-
-    def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.signum is None:
-            stop.signum = signum
-        restore()
-
-    for signum in STOP_SIGNALS:
-        previous[signum] = signal.signal(signum, handler)
-    _FORK_RESETS.append(restore)
-    try:
-        yield
-    finally:
-        _FORK_RESETS.remove(restore)
-        restore()
-
-
-# The restore functions of the stop handlers installed now: a process forked while one is
-# installed gets the handlers that were in place before it, so no worker inherits the trainer's.
-_FORK_RESETS: list[Any] = []
-
-
-def _reset_handlers_in_child() -> None:
-    for restore in reversed(_FORK_RESETS):
-        with contextlib.suppress(ValueError, OSError):  # ValueError: forked from a thread that is not main
-            restore()
-    _FORK_RESETS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_handlers_in_child)
-
-
-def _check_every_update(device: torch.device, cfg: TrainConfig) -> bool:
-    """Whether the NaN/inf check reads its verdict to the host every update.
-
-    On the CPU that read costs nothing, so every update is checked before the optimizer steps.
-    On an accelerator it would be a host sync per update: the verdict then stays on the device
-    and is read at the next log or checkpoint (both sync anyway), unless updates are to be skipped,
-    which needs the verdict before the step.
-    """
-    return device.type == "cpu" or cfg.skip_nonfinite_updates
-
-
-def _finite_flags(policy: MetaPolicy, stats: dict[str, torch.Tensor]) -> torch.Tensor:
-    """bool (len(GUARDED) + 1,) on the device: each guarded quantity, then all parameters, is finite."""
-    params = torch.stack([torch.isfinite(p).all() for p in policy.parameters()]).all()
-    return torch.stack([*(torch.isfinite(stats[k]).all() for k in GUARDED), params])
-
-
-def _first_bad(t: torch.Tensor) -> str:
-    bad = t.detach()[~torch.isfinite(t.detach())]
-    return str(float(bad[0])) if bad.numel() else "nan or inf"
-
-
-def _diagnose(policy: MetaPolicy, stats: dict[str, torch.Tensor] | None, flags: torch.Tensor | None) -> tuple[str, str]:
-    """Name the first non-finite quantity and its value (only on the failure path: it reads the host).
-
-    ``stats`` None and ``flags`` given: a deferred verdict, named from the flags of that update
-    (the parameters have moved on since). Both None: only the parameters are examined.
-    """
-    if stats is None and flags is not None:
-        bad = [name for name, ok in zip((*GUARDED, "parameters"), flags.tolist()) if not ok]
-        return " and ".join(bad) or "a guarded quantity", "nan or inf"
-    for name, p in policy.named_parameters():
-        if not bool(torch.isfinite(p).all()):
-            return f"parameter {name}", _first_bad(p)
-    if stats is not None:
-        for key in GUARDED[:-1]:
-            if not bool(torch.isfinite(stats[key]).all()):
-                return key, _first_bad(stats[key])
-        for name, p in policy.named_parameters():
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-                return f"gradient of {name}", _first_bad(p.grad)
-        if not bool(torch.isfinite(stats["policy/grad_norm"]).all()):
-            return "policy/grad_norm", _first_bad(stats["policy/grad_norm"])
-    return "a guarded quantity", "nan or inf"
-
-
-def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+    collector: Collector = collect, losses: LossFn = reinforce_losses, eager_guard: bool | None = None,
+) -> dict[str, Any]:
     """Train ``cfg`` writing TensorBoard logs and checkpoints to ``run_dir``; returns final figures.
 
     With ``resume`` the run continues from ``run_dir/checkpoint.pt``: parameters, optimizer,
@@ -375,6 +257,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progre
             CheckpointWriteError: a checkpoint could not be written (e.g. disk full).
         TrainingInterrupted: SIGINT/SIGTERM stopped the run after checkpointing it.
         NonFiniteError: a loss, gradient or parameter became NaN or inf (nothing bad was saved).
+
+    ``collector``, ``losses`` and ``eager_guard`` replace the rollout collector, the loss terms and
+    the NaN guard's mode (see :class:`Trainer`), e.g. to inject faults in tests.
     """
     cfg.validate()
     run_dir = Path(run_dir)
@@ -387,393 +272,301 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progre
     # process, and torchrun then stops the other ranks.
     world, device, owns_group = setup(resolve_device(cfg.device))
     try:
-        return _train_locked(cfg, run_dir, resume, progress, world, device)
+        with locked_run_dir(run_dir, resume, world) as stop:
+            trainer = Trainer(cfg, run_dir, resume=resume, stop=stop, world=world, device=device, progress=progress,
+                              collector=collector, losses=losses, eager_guard=eager_guard)
+            return trainer.learn()
     finally:
         teardown(owns_group)
 
 
-def _train_locked(
-    cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, world: World, device: torch.device
-) -> dict[str, Any]:
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    created = world.is_main and not run_dir.exists()
-    try:
-        with run_lock(run_dir) if world.is_main else contextlib.nullcontext():
-            if not resume and ckpt_path.exists():
-                raise ConfigError(
-                    f"run directory {run_dir} already holds a checkpoint; resume it with --resume {run_dir} "
-                    "or choose a new --run-dir."
-                )
-            if world.is_main:
-                for leftover in run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # from a process killed mid-write
-                    with contextlib.suppress(OSError):  # a read-only folder fails below, with a clear error
-                        leftover.unlink(missing_ok=True)
-            stop = _StopRequest()
-            with _stop_on_signals(stop):
-                return _train(cfg, run_dir, resume, progress, stop, world, device)
-    except BaseException:
-        if created:  # a run that failed before writing anything leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()
-        raise
 
+class Trainer:
+    """One training run as named phases (AMAGO's ``Experiment``): each can be read, tested and replaced.
 
-class _NullWriter:
-    """The SummaryWriter of ranks other than 0: they log nothing."""
+    :meth:`learn` is the loop; the phases it calls keep their state on the trainer, not in closures:
+    ``init_envs`` → ``init_model`` → ``restore`` → ``init_logging``, then per update
+    ``collect_new_training_data`` → ``train_step`` (which holds the NaN guard) → ``log`` →
+    ``evaluate_val`` → ``save_checkpoint``, and ``finish``.
 
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
-class _EventWriter:
-    """A SummaryWriter whose file-system errors are one clear :class:`WriteError` naming the run directory.
-
-    TensorBoard writes from a background thread and re-raises its errors at a later call; every
-    call goes through here so that such an error names the path and the fix, not tensorboard's internals.
-    While the writer is open, that thread's own report of the error (a traceback on stderr) is
-    left out: the next call raises it.
+    Args:
+        cfg: the run's config. run_dir: where it writes. resume: continue from ``run_dir``'s checkpoint.
+        stop: the run's :class:`StopRequest` (set by the signal handlers of :func:`locked_run_dir`).
+        world: the ranks. device: where tensors live. progress: show a progress bar (rank 0).
+        collector: gathers a rollout (:func:`meta_rl.rollout.collect`'s signature).
+        losses: REINFORCE's loss terms (:func:`meta_rl.returns.reinforce_losses`'s signature).
+        eager_guard: read the NaN verdict every update (default: on the CPU or when skipping).
     """
 
-    def __init__(self, run_dir: Path, purge_step: int) -> None:
-        self._run_dir = run_dir
-        self._previous_hook = threading.excepthook
-        threading.excepthook = self._thread_hook
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, *, resume: bool, stop: StopRequest, world: World, device: torch.device,
+        progress: bool = False, collector: Collector = collect, losses: LossFn = reinforce_losses,
+        eager_guard: bool | None = None,
+    ) -> None:
+        self.cfg, self.run_dir, self.resume, self.world, self.device = cfg, run_dir, resume, world, device
+        self.progress, self.collector, self.losses = progress, collector, losses
+        self.eager_guard = eager_by_default(device, cfg.skip_nonfinite_updates) if eager_guard is None else eager_guard
+        self.ckpt_path = run_dir / CHECKPOINT_NAME
+        self.stopping = StopPolicy(stop, world, cfg.max_minutes)
+        # Rank r runs its own tasks and actions from rank_seed(seed, r); rank 0's stream is the
+        # single-process one. The initial parameters come from the seed itself on every rank (and
+        # are broadcast from rank 0 to be safe).
+        self.seed = rank_seed(cfg.seed, world.rank)
+        self.per_update = cfg.num_envs * world.size  # tasks per update over all ranks
+        self.update = self.env_steps = 0
+        self.saved_update: int | None = None  # the update of the checkpoint on disk
+        self.evaluated_at: int | None = None  # env step of the last held-out evaluation
+        self.eval_stopped = False  # an evaluation was cut short: the run is out of time or signalled
+        self.final: dict[str, float] = {}
+        self.last_rollout: Rollout | None = None
+
+    # --- set-up phases --------------------------------------------------------------------
+    def init_envs(self) -> None:
+        """The training env (and held-out env), after checking the config fits the machine.
+
+        A one-task probe of the env gives the spaces and the task length, from which the memory the
+        config needs is estimated before anything of size B is allocated.
+        """
+        cfg = self.cfg
+        check_threads(cfg.torch_threads, ConfigError)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        probe = make_vec_env(cfg, cfg.train_split, 1, self.device)
+        self.steps = cfg.rollout_steps or int(getattr(probe, "episode_length", 0))
+        if self.steps < 1:
+            raise ConfigError(f"env {cfg.env_id!r} has no episode_length; set rollout_steps to the length of a task.")
+        self.eval_envs = (min(cfg.eval_episodes, 256) if cfg.eval_every and cfg.eval_episodes and self.world.is_main
+                          else 0)
+        estimate = estimate_training_memory(lambda: build_policy(cfg, probe, self.steps),
+                                            probe.single_observation_space, self.steps, cfg.num_envs, self.eval_envs,
+                                            cfg.eval_episodes)
+        probe.close()
+        check_fits(estimate, self.device, ConfigError)
+        self.env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, self.device)
+        self.heldout_env: VectorEnv | None = None  # built after the writer, in init_logging
+
+    def init_model(self) -> None:
+        """Policy (from ``cfg.seed`` on every rank), Adam, this rank's action generator and the NaN guard."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            self.policy = build_policy(self.cfg, self.env, self.steps).to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.learning_rate)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.guard = NonFiniteGuard(self.policy, eager=self.eager_guard, skip=self.cfg.skip_nonfinite_updates,
+                                    steps_per_update=self.steps * self.per_update, kept=self._kept,
+                                    device=self.device)
+
+    def _kept(self) -> str:
+        if self.saved_update is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint {self.ckpt_path} (update {self.saved_update}) is intact"
+
+    def restore(self) -> None:
+        """Parameters, optimizer, counters and RNG state from the checkpoint (when resuming)."""
+        if self.resume:
+            ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
+            _check_resumable(ckpt["config"], self.cfg, self.ckpt_path)
+            load_state(self.policy, ckpt["policy"], self.ckpt_path, "policy")
+            load_state(self.optimizer, ckpt["optimizer"], self.ckpt_path, "optimizer")
+            try:
+                # Rank r's action generator: its own state, gathered into the checkpoint by rank 0. A run
+                # resumed on more ranks than it was saved from derives the new ranks' generators from
+                # (seed, rank, update): deterministic, though not the stream an unbroken run would draw.
+                by_rank = ckpt["rng"].get("actions_by_rank") or [ckpt["rng"]["actions"]]
+                if self.world.rank < len(by_rank):
+                    self.generator.set_state(by_rank[self.world.rank].cpu())  # generator states live on the host
+                else:
+                    self.generator.manual_seed(_task_seed(self.seed, int(ckpt["counters"]["update"])))
+                self.update, self.env_steps = int(ckpt["counters"]["update"]), int(ckpt["counters"]["env_steps"])
+                self.guard.skipped = int(ckpt.get("faults", {}).get("skipped_updates", 0))
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                raise CheckpointError(
+                    f"checkpoint {self.ckpt_path} has malformed counters or RNG state ({type(exc).__name__}: {exc}); "
+                    "it is damaged: restore it from a backup or start a new run."
+                ) from exc
+            self.saved_update = self.update
+        self.world.broadcast_module(self.policy)
+        self.first_update = self.update
+
+    def init_logging(self) -> None:
+        """config.json and TensorBoard on rank 0 (the only rank that writes to run_dir), and the held-out env.
+
+        purge_step: TensorBoard hides every event from an earlier attempt at a step >= purge_step. A
+        resumed run keeps what was logged up to its checkpoint (steps <= env_steps) and drops what a
+        killed process logged after it; a fresh run drops anything left by an attempt that never
+        checkpointed.
+        """
+        cfg = self.cfg
+        self.writer: Any = NullWriter()
+        if self.world.is_main:
+            write_atomic(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode(), what="config")
+            after_existing_event_files(self.run_dir)
+            self.writer = EventWriter(self.run_dir, purge_step=self.env_steps + 1 if self.resume else 0)
+            if not self.resume:
+                self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", 0)
+        self.metrics = MetricLogger([self.writer] if self.world.is_main else [], self.world, self.device,
+                                    self.env_steps)
+        if self.eval_envs:
+            self.heldout_env = make_vec_env(cfg, cfg.heldout_split, self.eval_envs, self.device)
+        self.bar = tqdm(total=cfg.total_env_steps, initial=self.env_steps, unit="step", unit_scale=True,
+                        disable=not self.progress or not self.world.is_main, mininterval=2.0)
+
+    # --- per-update phases ----------------------------------------------------------------
+    def collect_new_training_data(self) -> Rollout:
+        """A rollout of B new tasks (reset from this rank's seed and the update index)."""
+        return self.collector(self.env, self.policy, self.steps, self.generator,
+                              reset_seed=_task_seed(self.seed, self.update), embed_with_grad=True)
+
+    def train_step(self, ro: Rollout) -> None:
+        """Gradients, the NaN guard (over all ranks), the optimizer step, and the update's tallies."""
+        stats = reinforce_gradients(self.policy, self.optimizer, ro, self.cfg, world=self.world, losses=self.losses)
+        # A non-finite loss on any rank poisons the averaged gradient: agree on the verdict.
+        flags = self.world.all_min(self.guard.flags(stats))
+        if self.guard.admit(stats, flags, self.update + 1):
+            self.optimizer.step()
+            self.metrics.record_mean(stats)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)  # skip: no step, Adam's state untouched
+        self.metrics.record_accuracy(ro.correct(), ro.instance)
+        self.update += 1
+        self.env_steps += self.steps * self.per_update
+        self.bar.update(self.steps * self.per_update)
+        self.last_rollout = ro
+
+    def log(self) -> None:
+        """Means since the last log to TensorBoard (and the progress bar)."""
+        self.guard.check_deferred()
+        extra = {"faults/skipped_updates": float(self.guard.skipped)} if self.cfg.skip_nonfinite_updates else None
+        means = self.metrics.dump(self.env_steps, extra)
+        if "charts/return" in means:
+            self.bar.set_postfix(ret=f"{means['charts/return']:.1f}", acc=f"{means['train/accuracy']:.2f}")
+
+    def evaluate_val(self, log: bool = True) -> bool:
+        """The held-out evaluation; False if a signal or the time limit stopped it (nothing is then logged)."""
+        assert self.heldout_env is not None
         try:
-            self._writer = self._guard(lambda: SummaryWriter(str(run_dir), purge_step=purge_step))
-        except BaseException:
-            threading.excepthook = self._previous_hook
-            raise
-
-    def _thread_hook(self, args: Any) -> None:
-        if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
-            self._previous_hook(args)
-
-    def _guard(self, call: Any) -> Any:
-        try:
-            return call()
-        except OSError as exc:
-            ckpt = self._run_dir / CHECKPOINT_NAME
-            raise write_error(
-                "TensorBoard events", self._run_dir / "events.out.tfevents.*", exc,
-                kept=f"the last checkpoint {ckpt} is intact" if ckpt.is_file() else "no checkpoint was written yet",
-                then=f"resume with meta-rl train --resume {self._run_dir}" if ckpt.is_file() else "start again",
-            ) from exc
-
-    def close(self) -> None:
-        try:
-            self._guard(self._writer.close)
-        finally:
-            if threading.excepthook == self._thread_hook:
-                threading.excepthook = self._previous_hook
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._writer, name)
-        return lambda *args, **kwargs: self._guard(lambda: method(*args, **kwargs))
-
-
-def _train(
-    cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, stop: _StopRequest, world: World,
-    device: torch.device,
-) -> dict[str, Any]:
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    # Rank r runs its own tasks and actions from rank_seed(seed, r); rank 0's stream is the
-    # single-process one. The initial parameters come from the seed itself on every rank (and are
-    # broadcast from rank 0 below to be safe).
-    seed = rank_seed(cfg.seed, world.rank)
-    per_update = cfg.num_envs * world.size  # tasks per update over all ranks
-    check_threads(cfg.torch_threads, ConfigError)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-
-    # --- env and policy -------------------------------------------------------------------
-    # A one-task probe of the env gives the spaces and the task length, from which the memory the
-    # config needs is estimated before anything of size B is allocated.
-    probe = make_vec_env(cfg, cfg.train_split, 1, device)
-    steps = cfg.rollout_steps or int(getattr(probe, "episode_length", 0))
-    if steps < 1:
-        raise ConfigError(f"env {cfg.env_id!r} has no episode_length; set rollout_steps to the length of a task.")
-    eval_envs = min(cfg.eval_episodes, 256) if cfg.eval_every and cfg.eval_episodes and world.is_main else 0
-    estimate = estimate_training_memory(lambda: build_policy(cfg, probe, steps), probe.single_observation_space,
-                                        steps, cfg.num_envs, eval_envs, cfg.eval_episodes)
-    probe.close()
-    check_fits(estimate, device, ConfigError)
-    env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        policy = build_policy(cfg, env, steps).to(device)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    update, env_steps, skipped = 0, 0, 0
-    saved_update: int | None = None  # the update of the checkpoint on disk
-
-    if resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        _check_resumable(ckpt["config"], cfg, ckpt_path)
-        load_state(policy, ckpt["policy"], ckpt_path, "policy")
-        load_state(optimizer, ckpt["optimizer"], ckpt_path, "optimizer")
-        try:
-            # Rank r's action generator: its own state, gathered into the checkpoint by rank 0. A run
-            # resumed on more ranks than it was saved from derives the new ranks' generators from
-            # (seed, rank, update): deterministic, though not the stream an unbroken run would draw.
-            by_rank = ckpt["rng"].get("actions_by_rank") or [ckpt["rng"]["actions"]]
-            if world.rank < len(by_rank):
-                generator.set_state(by_rank[world.rank].cpu())  # generator states live on the host
-            else:
-                generator.manual_seed(_task_seed(seed, int(ckpt["counters"]["update"])))
-            update, env_steps = int(ckpt["counters"]["update"]), int(ckpt["counters"]["env_steps"])
-            skipped = int(ckpt.get("faults", {}).get("skipped_updates", 0))
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-            raise CheckpointError(
-                f"checkpoint {ckpt_path} has malformed counters or RNG state ({type(exc).__name__}: {exc}); it is "
-                "damaged: restore it from a backup or start a new run."
-            ) from exc
-        saved_update = update
-    world.broadcast_module(policy)
-    # purge_step: TensorBoard hides every event from an earlier attempt at a step >= purge_step. A
-    # resumed run keeps what was logged up to its checkpoint (steps <= env_steps) and drops what a
-    # killed process logged after it; a fresh run drops anything left by an attempt that never
-    # checkpointed.
-    # Only rank 0 writes to run_dir (config, TensorBoard, checkpoints) and runs the held-out evaluation.
-    writer: Any = _NullWriter()
-    if world.is_main:
-        write_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode(), what="config")
-        _after_existing_event_files(run_dir)
-        writer = _EventWriter(run_dir, purge_step=env_steps + 1 if resume else 0)
-        if not resume:
-            writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", 0)
-
-    heldout_env = None
-    if eval_envs:
-        heldout_env = make_vec_env(cfg, cfg.heldout_split, eval_envs, device)
-
-    eager = _check_every_update(device, cfg)
-    # Deferred verdict (accelerators): the first update whose check failed (-1: none) and its flags.
-    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-    first_flags = torch.ones(len(GUARDED) + 1, dtype=torch.bool, device=device)
-
-    def nonfinite(quantity: str, value: str, at_update: int) -> NonFiniteError:
-        at_steps = at_update * steps * per_update
-        kept = (f"the last good checkpoint {ckpt_path} (update {saved_update}) is intact" if saved_update is not None
-                else "no checkpoint had been written yet")
-        return NonFiniteError(
-            f"{quantity} is {value} at update {at_update} (env step {at_steps}); training stopped and {kept}: "
-            "the bad state was not saved. Lower learning_rate or max_grad_norm, check the env's rewards, or set "
-            "skip_nonfinite_updates=true to skip such updates.",
-            quantity, at_update, at_steps,
-        )
-
-    def check_deferred() -> None:
-        if eager:
-            return
-        bad_update = int(first_bad)  # a host read, done only where the loop syncs anyway
-        if bad_update >= 0:
-            quantity, value = _diagnose(policy, None, first_flags)
-            raise nonfinite(quantity, value, bad_update)
-
-    def checkpoint() -> None:
-        # Called at the same updates on every rank: the checks and gathers below are collective
-        # or agree by construction (identical parameters, all-reduced finite flags).
-        nonlocal saved_update
-        check_deferred()
-        if not bool(torch.stack([torch.isfinite(p).all() for p in policy.parameters()]).all()):
-            quantity, value = _diagnose(policy, None, None)
-            raise nonfinite(quantity, value, update)
-        world.average_float_buffers(policy)  # BatchNorm statistics, the only per-rank state in the policy
-        rng_by_rank = world.gather(generator.get_state())
-        digests = world.gather(param_digest(policy)) if world.enabled else []
-        if not world.is_main:
-            saved_update = update
-            return
-        if len(set(digests)) > 1:
-            print(f"meta-rl: warning: parameters differ between ranks at update {update}: {digests}", file=sys.stderr)
-        payload: dict[str, Any] = {
-            "config": cfg.to_dict(),
-            "policy": policy.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "counters": {"update": update, "env_steps": env_steps},
-            "rng": {"actions": generator.get_state()},
-        }
-        if cfg.skip_nonfinite_updates:
-            payload["faults"] = {"skipped_updates": skipped}
-        if world.enabled:
-            payload["rng"]["actions_by_rank"] = rng_by_rank
-            payload["distributed"] = {"world_size": world.size, "param_digests": digests}
-        save_checkpoint(ckpt_path, payload)
-        saved_update = update
-
-    def over_time() -> bool:
-        return bool(cfg.max_minutes) and time.monotonic() - started >= cfg.max_minutes * 60
-
-    def held_out_eval(log: bool = True) -> dict[str, float] | None:
-        """The held-out evaluation, or None if a signal or the time limit stopped it (nothing is logged)."""
-        assert heldout_env is not None
-        try:
-            res = evaluate(heldout_env, policy, cfg.eval_episodes, seed=HELDOUT_SEED, steps=steps,
-                           should_stop=lambda: stop.signum is not None or over_time())
+            res = evaluate(self.heldout_env, self.policy, self.cfg.eval_episodes, seed=HELDOUT_SEED, steps=self.steps,
+                           should_stop=self.stopping.interrupts_evaluation)
         except EvaluationStopped as exc:
-            why = "a signal" if stop.signum is not None else f"the time limit (max_minutes = {cfg.max_minutes})"
-            print(f"meta-rl: held-out evaluation at env step {env_steps} stopped by {why} after {exc.batches_done} "
-                  f"of {exc.batches} batches; not logged (run meta-rl eval {run_dir} for it).", file=sys.stderr)
-            return None
+            why = ("a signal" if self.stopping.request.signum is not None
+                   else f"the time limit (max_minutes = {self.cfg.max_minutes})")
+            print(f"meta-rl: held-out evaluation at env step {self.env_steps} stopped by {why} after "
+                  f"{exc.batches_done} of {exc.batches} batches; not logged (run meta-rl eval {self.run_dir} for it).",
+                  file=sys.stderr)
+            self.eval_stopped = True
+            return False
         if log:
             for k, acc in enumerate(res.accuracy_by_instance, start=1):
-                writer.add_scalar(f"heldout/accuracy_instance_{k}", acc, env_steps)
-            writer.add_scalar("heldout/accuracy", res.accuracy, env_steps)
-            writer.add_figure("heldout/accuracy_by_instance", accuracy_figure(
-                {"held-out": (res.accuracy_by_instance, res.ci95)}), env_steps)
-        return {f"heldout/accuracy_instance_{k}": a for k, a in enumerate(res.accuracy_by_instance, start=1)}
+                self.writer.add_scalar(f"heldout/accuracy_instance_{k}", acc, self.env_steps)
+            self.writer.add_scalar("heldout/accuracy", res.accuracy, self.env_steps)
+            self.writer.add_figure("heldout/accuracy_by_instance", accuracy_figure(
+                {"held-out": (res.accuracy_by_instance, res.ci95)}), self.env_steps)
+            if self.last_rollout is not None:
+                _log_strip(self.writer, self.last_rollout, self.env_steps)
+        self.final = {f"heldout/accuracy_instance_{k}": a for k, a in enumerate(res.accuracy_by_instance, start=1)}
+        self.evaluated_at = self.env_steps
+        return True
 
-    # --- loop -----------------------------------------------------------------------------
-    hits = torch.zeros(MAX_INSTANCE, device=device)
-    counts = torch.zeros(MAX_INSTANCE, device=device)
-    sums: dict[str, torch.Tensor] = {}
-    summed = 0  # updates in sums (skipped ones are left out)
-    started = time.monotonic()
-    last_log_time, last_log_steps = started, env_steps
-    final: dict[str, float] = {}
-    evaluated_at: int | None = None  # env step of the last held-out evaluation
-    first_update = update
-    bar = tqdm(total=cfg.total_env_steps, initial=env_steps, unit="step", unit_scale=True,
-               disable=not progress or not world.is_main, mininterval=2.0)
-    ro: Rollout | None = None
-    # With several ranks the loop reads only the agreed stop decision (agree_stop, once per update),
-    # never a rank's own signal flag or clock, so all ranks leave the loop after the same update.
-    agreed_signum: int | None = None
-    time_up = False
-    eval_stopped = False  # a held-out evaluation was cut short: the run is out of time or signalled
+    def save_checkpoint(self) -> None:
+        """Check, gather and write the run's state (rank 0 writes; every rank calls it at the same updates).
 
-    def stop_signum() -> int | None:
-        return agreed_signum if world.enabled else stop.signum
+        The checks and gathers are collective or agree by construction (identical parameters,
+        all-reduced finite flags).
+        """
+        self.guard.check_parameters(self.update)
+        self.world.average_float_buffers(self.policy)  # BatchNorm statistics, the only per-rank state in the policy
+        rng_by_rank = self.world.gather(self.generator.get_state())
+        digests = self.world.gather(param_digest(self.policy)) if self.world.enabled else []
+        if self.world.is_main:
+            if len(set(digests)) > 1:
+                print(f"meta-rl: warning: parameters differ between ranks at update {self.update}: {digests}",
+                      file=sys.stderr)
+            payload: dict[str, Any] = {
+                "config": self.cfg.to_dict(),
+                "policy": self.policy.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "counters": {"update": self.update, "env_steps": self.env_steps},
+                "rng": {"actions": self.generator.get_state()},
+            }
+            if self.cfg.skip_nonfinite_updates:
+                payload["faults"] = {"skipped_updates": self.guard.skipped}
+            if self.world.enabled:
+                payload["rng"]["actions_by_rank"] = rng_by_rank
+                payload["distributed"] = {"world_size": self.world.size, "param_digests": digests}
+            save_checkpoint(self.ckpt_path, payload)
+        self.saved_update = self.update
 
-    policy.train()
-    try:
-        while env_steps < cfg.total_env_steps and stop_signum() is None and not time_up:
-            if not world.enabled and over_time():
-                break
-            ro = collect(env, policy, steps, generator, reset_seed=_task_seed(seed, update), embed_with_grad=True)
-            stats = reinforce_gradients(policy, optimizer, ro, cfg, world=world)
-            # A non-finite loss on any rank poisons the averaged gradient: agree on the verdict.
-            flags = world.all_min(_finite_flags(policy, stats))
-            good = True
-            if eager:
-                if not bool(flags.all()):  # the one host read per update (free on the CPU)
-                    quantity, value = _diagnose(policy, stats, flags)
-                    if not cfg.skip_nonfinite_updates or quantity.startswith("parameter"):
-                        raise nonfinite(quantity, value, update + 1)
-                    optimizer.zero_grad(set_to_none=True)  # skip: no step, Adam's state untouched
-                    skipped += 1
-                    good = False
-            else:
-                newly = (first_bad < 0) & ~flags.all()
-                first_bad = torch.where(newly, update + 1, first_bad)
-                first_flags = torch.where(newly, flags, first_flags)
-            if good:
-                optimizer.step()
-                for key, value_t in stats.items():
-                    sums[key] = sums.get(key, torch.zeros((), device=device)) + value_t
-                summed += 1
-            h, c = accuracy_by_instance(ro.correct(), ro.instance)  # (B, K) each
-            hits += h.sum(0)
-            counts += c.sum(0)
-            update += 1
-            env_steps += steps * per_update
-            bar.update(steps * per_update)
+    def interrupted(self, signum: int) -> TrainingInterrupted:
+        return TrainingInterrupted(signum, self.run_dir, self.update, self.env_steps)
 
-            if update % cfg.log_every == 0:
-                check_deferred()
-                now = time.monotonic()
-                if world.enabled and sums:  # the mean over ranks of each rank's mean
-                    keys = list(sums)
-                    reduced = world.all_sum(torch.stack([sums[k] for k in keys])) / world.size
-                    sums = dict(zip(keys, reduced.unbind()))
-                if world.enabled:
-                    hits.copy_(world.all_sum(hits))
-                    counts.copy_(world.all_sum(counts))
-                means = {k: float(v) / summed for k, v in sums.items()}
-                for key, mean in means.items():
-                    writer.add_scalar(key, mean, env_steps)
-                if cfg.skip_nonfinite_updates:
-                    writer.add_scalar("faults/skipped_updates", skipped, env_steps)
-                accuracy = (hits / counts.clamp_min(1)).tolist()
-                for k, acc in enumerate(accuracy, start=1):
-                    if counts[k - 1] > 0:
-                        writer.add_scalar(f"train/accuracy_instance_{k}", acc, env_steps)
-                writer.add_scalar("charts/steps_per_second",
-                                  (env_steps - last_log_steps) / max(now - last_log_time, 1e-9), env_steps)
-                overall = float(hits.sum() / counts.sum().clamp_min(1))
-                if "charts/return" in means:
-                    bar.set_postfix(ret=f"{means['charts/return']:.1f}", acc=f"{overall:.2f}")
-                hits.zero_()
-                counts.zero_()
-                sums.clear()
-                summed = 0
-                last_log_time, last_log_steps = now, env_steps
-            if world.enabled:
-                agreed_signum, time_up = world.agree_stop(stop.signum, over_time(), device)
-            if stop_signum() is not None:
-                break  # the safe point: this update is complete; checkpoint below, skip the evaluation
-            if heldout_env is not None and update % cfg.eval_every == 0:
-                scores = held_out_eval()
-                if scores is not None:
-                    final, evaluated_at = scores, env_steps
-                    _log_strip(writer, ro, env_steps)
-                else:
-                    # Stopped by a signal or the time limit. One process leaves now (checkpoint
-                    # below); several ranks go on to the collective checkpoint and leave together
-                    # after the next update's agree_stop.
-                    eval_stopped = True
-                    if not world.enabled:
-                        break
-            # The last update's checkpoint is written after the final evaluation (below), so a kill
-            # during that evaluation resumes before it and logs it once.
-            if update % cfg.checkpoint_every == 0 and env_steps < cfg.total_env_steps:
-                checkpoint()
-        bar.close()
-        signum = stop_signum()
-        if signum is not None:
-            checkpoint()
-            raise TrainingInterrupted(signum, run_dir, update, env_steps)
-        trained = update > first_update
-        if heldout_env is not None and evaluated_at != env_steps and not eval_stopped:
-            # A resumed run with nothing left to do evaluates without logging again.
-            scores = held_out_eval(log=trained)
-            if scores is not None:
-                final = scores
-                if ro is not None:
-                    _log_strip(writer, ro, env_steps)
-        if trained and world.is_main:
+    def finish(self) -> None:
+        """After the last update: the final evaluation, hyper-parameters, the last checkpoint.
+
+        The last update's checkpoint is written after the final evaluation, so a kill during that
+        evaluation resumes before it and logs it once. A resumed run with nothing left to do
+        evaluates without logging again.
+        """
+        trained = self.update > self.first_update
+        if self.heldout_env is not None and self.evaluated_at != self.env_steps and not self.eval_stopped:
+            self.evaluate_val(log=trained)
+        if trained and self.world.is_main:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
-                       for k, v in cfg.to_dict().items()}
-            writer.add_hparams(hparams, {f"hparam/{k.split('/')[-1]}": v for k, v in final.items()}
-                               or {"hparam/none": 0.0}, run_name=".", global_step=env_steps)
-        writer.flush()
-        checkpoint()
-        if stop.signum is not None:  # during the final evaluation: the run is complete and saved
-            raise TrainingInterrupted(stop.signum, run_dir, update, env_steps)
-    except BaseException:
-        bar.close()
-        with contextlib.suppress(OSError):  # the error in flight says what went wrong, not this one
-            writer.close()
-        raise
-    bar.close()
-    writer.close()
-    result: dict[str, Any] = {"updates": update, "env_steps": env_steps, "minutes": (time.monotonic() - started) / 60}
-    if cfg.skip_nonfinite_updates:
-        result["skipped_updates"] = skipped
-    return {**result, **final}
+                       for k, v in self.cfg.to_dict().items()}
+            self.writer.add_hparams(hparams, {f"hparam/{k.split('/')[-1]}": v for k, v in self.final.items()}
+                                    or {"hparam/none": 0.0}, run_name=".", global_step=self.env_steps)
+        self.writer.flush()
+        self.save_checkpoint()
+        if self.stopping.request.signum is not None:  # during the final evaluation: the run is complete and saved
+            raise self.interrupted(self.stopping.request.signum)
 
+    def close(self, failing: bool) -> None:
+        self.bar.close()
+        if failing:
+            with contextlib.suppress(OSError):  # the error in flight says what went wrong, not this one
+                self.writer.close()
+        else:
+            self.writer.close()
 
-def _after_existing_event_files(run_dir: Path) -> None:
-    """Wait (at most a second) until a new event file would sort after every existing one.
-
-    TensorBoard reads a run's event files in name order, and the name starts with the creation
-    time in whole seconds; a restart within the same second as an earlier writer could sort
-    first, and its purge of the earlier attempt's events would then not apply.
-    """
-    stamps = [int(m.group(1)) for f in run_dir.glob("events.out.tfevents.*")
-              if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", f.name))]
-    if stamps and max(stamps) >= int(time.time()):
-        time.sleep(min(max(stamps) + 1 - time.time(), 1.1))  # capped: a clock set back waits no longer
+    # --- the loop -------------------------------------------------------------------------
+    def learn(self) -> dict[str, Any]:
+        """Set up, then collect → train → log → evaluate → checkpoint until done, out of time or stopped."""
+        cfg = self.cfg
+        self.init_envs()
+        self.init_model()
+        self.restore()
+        self.init_logging()
+        self.policy.train()
+        self.stopping.started = time.monotonic()  # max_minutes counts from here, after the set-up
+        try:
+            while self.env_steps < cfg.total_env_steps and self.stopping.before_update():
+                ro = self.collect_new_training_data()
+                self.train_step(ro)
+                if self.update % cfg.log_every == 0:
+                    self.log()
+                self.stopping.agree(self.device)
+                if self.stopping.signum is not None:
+                    break  # the safe point: this update is complete; checkpoint below, skip the evaluation
+                # One process leaves after a cut-short evaluation (checkpoint below); several ranks go
+                # on to the collective checkpoint and leave together after the next agree().
+                if (self.heldout_env is not None and self.update % cfg.eval_every == 0
+                        and not self.evaluate_val() and not self.world.enabled):
+                    break
+                if self.update % cfg.checkpoint_every == 0 and self.env_steps < cfg.total_env_steps:
+                    self.save_checkpoint()
+            self.bar.close()
+            if self.stopping.signum is not None:
+                self.save_checkpoint()
+                raise self.interrupted(self.stopping.signum)
+            self.finish()
+        except BaseException:
+            self.close(failing=True)
+            raise
+        self.close(failing=False)
+        result: dict[str, Any] = {"updates": self.update, "env_steps": self.env_steps,
+                                  "minutes": self.stopping.minutes()}
+        if cfg.skip_nonfinite_updates:
+            result["skipped_updates"] = self.guard.skipped
+        return {**result, **self.final}
 
 
 def _log_strip(writer: Any, ro: Rollout, env_steps: int) -> None:
@@ -781,10 +574,3 @@ def _log_strip(writer: Any, ro: Rollout, env_steps: int) -> None:
     if ro.main is None or ro.main.ndim != 5 or not bool((ro.labels[:, 0] >= 0).all()):
         return
     writer.add_image("episode/strip", episode_strip(ro.main[:, 0], ro.labels[:, 0], ro.actions[:, 0]), env_steps)
-
-
-if __name__ == "__main__":  # pragma: no cover - ``python -m meta_rl.train ARGS`` = ``meta-rl train ARGS``
-    # The entry point for torchrun: torchrun --standalone --nproc-per-node K -m meta_rl.train ARGS
-    from meta_rl.cli import main as _cli_main
-
-    sys.exit(_cli_main(["train", *sys.argv[1:]]))

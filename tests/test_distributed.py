@@ -1,7 +1,7 @@
 """Data-parallel training on torch.distributed (2 CPU ranks, gloo, launched by torchrun), and the CUDA path.
 
 The distributed test launches exactly the documented command,
-``torchrun --standalone --nproc-per-node 2 -m meta_rl.train --run-dir DIR key=value ...``,
+``torchrun --standalone --nproc-per-node 2 -m meta_rl train --run-dir DIR key=value ...``,
 with the synthetic prototype dataset registered in the workers by an ``env_module`` plug-in.
 """
 
@@ -96,7 +96,7 @@ def test_two_ranks_under_torchrun_match_one_process_and_resume(proto_dataset: st
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", str(WORLD), "-m", "meta_rl.train",
+        [torchrun, "--standalone", "--nproc-per-node", str(WORLD), "-m", "meta_rl", "train",
          "--run-dir", str(run_dir), "--no-progress", *overrides(cfg)],
         env=env, capture_output=True, text=True, timeout=120,
     )
@@ -154,7 +154,7 @@ def test_two_ranks_under_torchrun_match_one_process_and_resume(proto_dataset: st
     # Resume on 2 ranks for a second update: every rank restores its own generator, so the result
     # is the reference's second combined update.
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", str(WORLD), "-m", "meta_rl.train",
+        [torchrun, "--standalone", "--nproc-per-node", str(WORLD), "-m", "meta_rl", "train",
          "--resume", str(run_dir), "--env-module", "ddp_plugin", "--no-progress",
          f"total_env_steps={2 * cfg.total_env_steps}"],
         env=env, capture_output=True, text=True, timeout=120,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import io
 import json
 import os
@@ -23,7 +24,7 @@ import pytest
 import torch
 
 import meta_rl.atomic as atomic_module
-import meta_rl.train as train_module
+import meta_rl.cli as cli_module
 from meta_rl.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -33,6 +34,8 @@ from meta_rl.checkpoint import (
 )
 from meta_rl.cli import main
 from meta_rl.config import ConfigError, TrainConfig
+from meta_rl.returns import reinforce_losses
+from meta_rl.rollout import collect
 from meta_rl.runlock import LOCK_NAME, RunLockedError, StaleLockWarning, run_lock
 from meta_rl.train import CHECKPOINT_NAME, NonFiniteError, TrainingInterrupted, train
 
@@ -235,22 +238,19 @@ def test_signal_handlers_are_restored(plugin: Path, tmp_path: Path) -> None:
     assert {s: signal.getsignal(s) for s in before} == before
 
 
-def test_signal_in_process_raises_training_interrupted(plugin: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_signal_in_process_raises_training_interrupted(plugin: Path, tmp_path: Path) -> None:
     """A SIGTERM during update 2 stops after it: TrainingInterrupted carries the exit code and the fix."""
-    real = train_module.collect
     calls = 0
 
-    def collect(*args: Any, **kwargs: Any) -> Any:
+    def collector(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # handled by train(): no default termination
-        return real(*args, **kwargs)
+        return collect(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "collect", collect)
     with pytest.raises(TrainingInterrupted, match=r"SIGTERM after update 2 .*meta-rl train --resume") as info:
-        train(fault_config(10, checkpoint_every=100), tmp_path, progress=False)
+        train(fault_config(10, checkpoint_every=100), tmp_path, progress=False, collector=collector)
     assert info.value.exit_code == 143 and info.value.update == 2
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["counters"]["update"] == 2
     no_leftovers(tmp_path)
@@ -326,9 +326,10 @@ def test_fresh_restart_purges_a_killed_attempts_events(plugin: Path, tmp_path: P
 # --------------------------------------------------------------------------------------------
 
 
-def poison_losses(monkeypatch: pytest.MonkeyPatch, at: set[int], how: str) -> None:
-    """Make the loss (``how="loss"``) or the gradients (``how="grad"``) non-finite at the given calls."""
-    real = train_module.reinforce_losses
+def poison_losses(at: set[int], how: str) -> Callable[..., dict[str, torch.Tensor]]:
+    """Loss terms (for ``train(losses=...)``) whose loss (``how="loss"``) or gradients (``how="grad"``) are
+    non-finite at the given calls."""
+    real = reinforce_losses
     calls = 0
 
     def losses(log_probs: torch.Tensor, *args: Any) -> dict[str, torch.Tensor]:
@@ -342,16 +343,32 @@ def poison_losses(monkeypatch: pytest.MonkeyPatch, at: set[int], how: str) -> No
                 out["policy"] = out["policy"] + (log_probs.sum() * 0).sqrt()
         return out
 
-    monkeypatch.setattr(train_module, "reinforce_losses", losses)
+    return losses
+
+
+def poisoned_collect(at: int, value: float, every: bool = False) -> Callable[..., Any]:
+    """A collector (for ``train(collector=...)``) that sets a parameter to ``value`` at call ``at`` (or every call)."""
+    calls = 0
+
+    def collector(env: Any, policy: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if every or calls == at:
+            with torch.no_grad():
+                next(policy.parameters()).view(-1)[0] = value
+        return collect(env, policy, *args, **kwargs)
+
+    return collector
 
 
 def test_nan_loss_stops_before_saving(plugin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       reference: Callable[[int], dict[str, Any]]) -> None:
     ref = reference(2)
-    poison_losses(monkeypatch, {3, 4}, "loss")  # the 4th call: update 3 again, after resuming
+    losses = poison_losses({3, 4}, "loss")  # the 4th call: update 3 again, after resuming
+    monkeypatch.setattr(cli_module, "train", functools.partial(train, losses=losses))  # the CLI's resume below
     with pytest.raises(NonFiniteError, match=rf"loss/policy is nan at update 3 \(env step {3 * S}\).*"
                                              r"update 2\) is intact.*skip_nonfinite_updates") as info:
-        train(fault_config(6), tmp_path, progress=False)
+        train(fault_config(6), tmp_path, progress=False, losses=losses)
     assert (info.value.quantity, info.value.update, info.value.env_steps) == ("loss/policy", 3, 3 * S)
     assert_same_state(load_checkpoint(tmp_path / CHECKPOINT_NAME), ref)
     assert [s for s, _ in scalars(tmp_path, "loss/policy")] == [S, 2 * S]
@@ -359,32 +376,18 @@ def test_nan_loss_stops_before_saving(plugin: Path, tmp_path: Path, monkeypatch:
     assert main(["train", "--resume", str(tmp_path), "--no-progress"]) == 1  # the CLI: a message, exit 1
 
 
-def test_nan_gradient_and_parameter_are_named(plugin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    poison_losses(monkeypatch, {2}, "grad")
+def test_nan_gradient_and_parameter_are_named(plugin: Path, tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError, match=r"gradient of \S+ is nan at update 2 "):
-        train(fault_config(4), tmp_path / "grad", progress=False)
+        train(fault_config(4), tmp_path / "grad", progress=False, losses=poison_losses({2}, "grad"))
     assert load_checkpoint(tmp_path / "grad" / CHECKPOINT_NAME)["counters"]["update"] == 1
-    monkeypatch.undo()
-
-    real, calls = train_module.collect, 0
-
-    def collect(env: Any, policy: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            with torch.no_grad():
-                next(policy.parameters()).view(-1)[0] = float("inf")
-        return real(env, policy, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "collect", collect)
     with pytest.raises(NonFiniteError, match=r"parameter \S+ is inf at update 3 "):
-        train(fault_config(4), tmp_path / "param", progress=False)
+        train(fault_config(4), tmp_path / "param", progress=False, collector=poisoned_collect(3, float("inf")))
     assert load_checkpoint(tmp_path / "param" / CHECKPOINT_NAME)["counters"]["update"] == 2
 
 
-def test_skip_nonfinite_updates(plugin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    poison_losses(monkeypatch, {2, 4}, "grad")
-    result = train(fault_config(6, skip_nonfinite_updates=True), tmp_path, progress=False)
+def test_skip_nonfinite_updates(plugin: Path, tmp_path: Path) -> None:
+    result = train(fault_config(6, skip_nonfinite_updates=True), tmp_path, progress=False,
+                   losses=poison_losses({2, 4}, "grad"))
     assert result["updates"] == 6 and result["skipped_updates"] == 2
     ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert ckpt["faults"] == {"skipped_updates": 2}
@@ -396,26 +399,18 @@ def test_skip_nonfinite_updates(plugin: Path, tmp_path: Path, monkeypatch: pytes
     assert all(v == v for _, v in scalars(tmp_path, "loss/policy"))
 
 
-def test_skip_cannot_skip_a_broken_parameter(plugin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = train_module.collect
-
-    def collect(env: Any, policy: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        with torch.no_grad():
-            next(policy.parameters()).view(-1)[0] = float("nan")
-        return real(env, policy, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "collect", collect)
+def test_skip_cannot_skip_a_broken_parameter(plugin: Path, tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError, match=r"parameter \S+ is nan at update 1 .*no checkpoint had been written"):
-        train(fault_config(3, skip_nonfinite_updates=True), tmp_path, progress=False)
+        train(fault_config(3, skip_nonfinite_updates=True), tmp_path, progress=False,
+              collector=poisoned_collect(1, float("nan"), every=True))
     assert not (tmp_path / CHECKPOINT_NAME).exists()
 
 
-def test_deferred_check_on_accelerators(plugin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deferred_check_on_accelerators(plugin: Path, tmp_path: Path) -> None:
     """Without a host read per update (as on CUDA) the fault is found at the next checkpoint, named by update."""
-    monkeypatch.setattr(train_module, "_check_every_update", lambda device, cfg: False)
-    poison_losses(monkeypatch, {3}, "loss")
     with pytest.raises(NonFiniteError, match=r"loss/policy.* is nan or inf at update 3 .*update 2\) is intact"):
-        train(fault_config(8, checkpoint_every=2, log_every=100), tmp_path, progress=False)
+        train(fault_config(8, checkpoint_every=2, log_every=100), tmp_path, progress=False,
+              losses=poison_losses({3}, "loss"), eager_guard=False)
     ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert ckpt["counters"]["update"] == 2
     assert all(torch.isfinite(p).all() for p in ckpt["policy"].values() if p.is_floating_point())
@@ -623,13 +618,12 @@ def test_lock_held_in_this_process_or_on_another_host(plugin: Path, tmp_path: Pa
         train(fault_config(1), tmp_path, progress=False)
 
 
-def test_lock_released_on_errors(plugin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lock_released_on_errors(plugin: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"n_way=99"):
         train(fault_config(1, env_kwargs={"dataset": DATASET, "n_way": 99}), tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()  # a failed start leaves no folder behind
-    poison_losses(monkeypatch, {1}, "loss")
     with pytest.raises(NonFiniteError):
-        train(fault_config(2), tmp_path / "b", progress=False)
+        train(fault_config(2), tmp_path / "b", progress=False, losses=poison_losses({1}, "loss"))
     no_leftovers(tmp_path / "b")
 
 

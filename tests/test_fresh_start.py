@@ -35,13 +35,13 @@ def test_data_build_pool_ends_under_a_stop_handler(tmp_path: Path) -> None:
     script = tmp_path / "build.py"
     script.write_text(textwrap.dedent("""
         from meta_rl.data.glyphs import _map
-        from meta_rl.train import _StopRequest, _stop_on_signals
+        from meta_rl.lifecycle import StopRequest, stop_on_signals
 
         def double(x):
             return 2 * x
 
-        stop = _StopRequest()
-        with _stop_on_signals(stop):
+        stop = StopRequest()
+        with stop_on_signals(stop):
             for _ in range(20):
                 assert _map(double, list(range(200)), 8, False, "x") == [2 * x for x in range(200)]
         assert stop.signum is None, stop.signum
@@ -59,13 +59,13 @@ def test_plain_pool_forked_inside_the_trainer_ends(tmp_path: Path) -> None:
     script = tmp_path / "pool.py"
     script.write_text(textwrap.dedent("""
         import multiprocessing as mp
-        from meta_rl.train import _StopRequest, _stop_on_signals
+        from meta_rl.lifecycle import StopRequest, stop_on_signals
 
         def double(x):
             return 2 * x
 
-        stop = _StopRequest()
-        with _stop_on_signals(stop):
+        stop = StopRequest()
+        with stop_on_signals(stop):
             for _ in range(20):
                 with mp.get_context("fork").Pool(8) as pool:
                     assert list(pool.imap(double, range(200))) == [2 * x for x in range(200)]

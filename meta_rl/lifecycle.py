@@ -1,0 +1,260 @@
+"""One run's lifecycle, the same for every trainer: its directory and lock, stop signals and the time limit.
+
+:func:`locked_run_dir` holds a run directory for one process (removing a killed write's temporary
+files and, on failure, a directory it created); :func:`stop_on_signals` turns SIGINT/SIGTERM into a
+:class:`StopRequest` read at the loop's safe point; :class:`StopPolicy` adds the time limit and the
+agreement of several ranks; :class:`EventWriter` is the TensorBoard writer whose file-system errors
+are one clear :class:`~meta_rl.atomic.WriteError` (:class:`NullWriter` for ranks that do not log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from meta_rl.atomic import write_error
+from meta_rl.config import ConfigError
+from meta_rl.distributed import World
+from meta_rl.runlock import run_lock
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "STOP_SIGNALS",
+    "EventWriter",
+    "NullWriter",
+    "StopPolicy",
+    "StopRequest",
+    "TrainingInterrupted",
+    "after_existing_event_files",
+    "locked_run_dir",
+    "stop_on_signals",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training at the end of an update, after a checkpoint was written.
+
+    Attributes:
+        signum: the signal. exit_code: ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
+        run_dir, update, env_steps: where the run stopped; ``resume`` (the command) continues it.
+    """
+
+    def __init__(self, signum: int, run_dir: Path, update: int, env_steps: int,
+                 resume: str = "meta-rl train --resume", checkpoint_name: str = CHECKPOINT_NAME) -> None:
+        self.signum, self.run_dir, self.update, self.env_steps = signum, run_dir, update, env_steps
+        super().__init__(
+            f"training interrupted by {signal.Signals(signum).name} after update {update} (env step {env_steps}); "
+            f"checkpoint saved to {run_dir / checkpoint_name}. Resume with: {resume} {run_dir}"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopRequest:
+    """Set by the signal handler; read by the loop at its safe point."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopRequest) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into a stop request for the duration of the block (main thread only).
+
+    The first signal asks the loop to stop after the current update; the previous handlers are
+    put back at once, so a second signal acts immediately (the checkpoint on disk stays whole:
+    writes are atomic). The handlers in place before are restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    previous: dict[int, Any] = {}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.signum is None:
+            stop.signum = signum
+        restore()
+
+    for signum in STOP_SIGNALS:
+        previous[signum] = signal.signal(signum, handler)
+    _FORK_RESETS.append(restore)
+    try:
+        yield
+    finally:
+        _FORK_RESETS.remove(restore)
+        restore()
+
+
+# The restore functions of the stop handlers installed now: a process forked while one is
+# installed gets the handlers that were in place before it, so no worker inherits the trainer's.
+_FORK_RESETS: list[Any] = []
+
+
+def _reset_handlers_in_child() -> None:
+    for restore in reversed(_FORK_RESETS):
+        with contextlib.suppress(ValueError, OSError):  # ValueError: forked from a thread that is not main
+            restore()
+    _FORK_RESETS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_handlers_in_child)
+
+
+class StopPolicy:
+    """When a run stops: a signal (:class:`StopRequest`), the time limit, or, with several ranks, their agreement.
+
+    With several ranks the loop reads only the agreed decision (:meth:`agree`, once per update),
+    never a rank's own signal flag or clock, so all ranks leave the loop after the same update.
+    """
+
+    def __init__(self, stop: StopRequest, world: World, max_minutes: float) -> None:
+        self.request, self.world, self.max_minutes = stop, world, max_minutes
+        self.started = time.monotonic()
+        self._agreed_signum: int | None = None
+        self._time_up = False
+
+    def over_time(self) -> bool:
+        """This process's clock is past ``max_minutes`` (0: no limit)."""
+        return bool(self.max_minutes) and time.monotonic() - self.started >= self.max_minutes * 60
+
+    @property
+    def signum(self) -> int | None:
+        """The signal that stops the run: the agreed one with several ranks, else this process's."""
+        return self._agreed_signum if self.world.enabled else self.request.signum
+
+    def before_update(self) -> bool:
+        """Whether to start another update (a single process checks its clock here)."""
+        if self.signum is not None or self._time_up:
+            return False
+        return self.world.enabled or not self.over_time()
+
+    def agree(self, device: torch.device) -> None:
+        """All ranks share their signals and clocks (a no-op for one process)."""
+        if self.world.enabled:
+            self._agreed_signum, self._time_up = self.world.agree_stop(self.request.signum, self.over_time(), device)
+
+    def interrupts_evaluation(self) -> bool:
+        """Asked between evaluation batches: a signal arrived or the time is up (this process's view)."""
+        return self.request.signum is not None or self.over_time()
+
+    def minutes(self) -> float:
+        return (time.monotonic() - self.started) / 60
+
+
+@contextlib.contextmanager
+def locked_run_dir(run_dir: Path, resume: bool, world: World, checkpoint_name: str = CHECKPOINT_NAME,
+                   command: str = "meta-rl train") -> Iterator[StopRequest]:
+    """Hold ``run_dir`` for this run and turn SIGINT/SIGTERM into the :class:`StopRequest` it yields.
+
+    Rank 0 takes the lock and removes the temporary files of a write killed half-way; a fresh run
+    refuses a directory that already holds a checkpoint. A run that fails before writing
+    anything leaves no empty directory behind.
+    """
+    ckpt_path = run_dir / checkpoint_name
+    created = world.is_main and not run_dir.exists()
+    try:
+        with run_lock(run_dir) if world.is_main else contextlib.nullcontext():
+            if not resume and ckpt_path.exists():
+                raise ConfigError(
+                    f"run directory {run_dir} already holds a checkpoint; resume it with {command} --resume "
+                    f"{run_dir} or choose a new --run-dir."
+                )
+            if world.is_main:
+                for leftover in run_dir.glob(f".{checkpoint_name}.*.tmp"):  # from a process killed mid-write
+                    with contextlib.suppress(OSError):  # a read-only folder fails later, with a clear error
+                        leftover.unlink(missing_ok=True)
+            stop = StopRequest()
+            with stop_on_signals(stop):
+                yield stop
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
+
+
+class NullWriter:
+    """The SummaryWriter of ranks other than 0: they log nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+class EventWriter:
+    """A SummaryWriter whose file-system errors are one clear :class:`WriteError` naming the run directory.
+
+    TensorBoard writes from a background thread and re-raises its errors at a later call; every
+    call goes through here so that such an error names the path and the fix, not tensorboard's internals.
+    While the writer is open, that thread's own report of the error (a traceback on stderr) is
+    left out: the next call raises it.
+    """
+
+    def __init__(self, run_dir: Path, purge_step: int, checkpoint_name: str = CHECKPOINT_NAME) -> None:
+        self._run_dir, self._checkpoint_name = run_dir, checkpoint_name
+        self._previous_hook = threading.excepthook
+        threading.excepthook = self._thread_hook
+        try:
+            self._writer = self._guard(lambda: SummaryWriter(str(run_dir), purge_step=purge_step))
+        except BaseException:
+            threading.excepthook = self._previous_hook
+            raise
+
+    def _thread_hook(self, args: Any) -> None:
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
+            self._previous_hook(args)
+
+    def _guard(self, call: Any) -> Any:
+        try:
+            return call()
+        except OSError as exc:
+            ckpt = self._run_dir / self._checkpoint_name
+            raise write_error(
+                "TensorBoard events", self._run_dir / "events.out.tfevents.*", exc,
+                kept=f"the last checkpoint {ckpt} is intact" if ckpt.is_file() else "no checkpoint was written yet",
+                then=f"resume with meta-rl train --resume {self._run_dir}" if ckpt.is_file() else "start again",
+            ) from exc
+
+    def close(self) -> None:
+        try:
+            self._guard(self._writer.close)
+        finally:
+            if threading.excepthook == self._thread_hook:
+                threading.excepthook = self._previous_hook
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._writer, name)
+        return lambda *args, **kwargs: self._guard(lambda: method(*args, **kwargs))
+
+
+def after_existing_event_files(run_dir: Path) -> None:
+    """Wait (at most a second) until a new event file would sort after every existing one.
+
+    TensorBoard reads a run's event files in name order, and the name starts with the creation
+    time in whole seconds; a restart within the same second as an earlier writer could sort
+    first, and its purge of the earlier attempt's events would then not apply.
+    """
+    stamps = [int(m.group(1)) for f in run_dir.glob("events.out.tfevents.*")
+              if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", f.name))]
+    if stamps and max(stamps) >= int(time.time()):
+        time.sleep(min(max(stamps) + 1 - time.time(), 1.1))  # capped: a clock set back waits no longer
+
+

@@ -1,0 +1,86 @@
+"""Metrics averaged over updates on the device and written to every writer at ``dump`` (SB3's Logger, batched).
+
+``record_mean`` adds a device tensor to a running sum without a host read; ``dump`` averages,
+reduces over ranks where there are several, and writes each mean to every writer. A rank that
+does not log simply has no writers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from meta_rl.distributed import World
+from meta_rl.evaluation import MAX_INSTANCE, accuracy_by_instance
+
+__all__ = ["MetricLogger"]
+
+
+class MetricLogger:
+    """Running means of per-update metrics and accuracy by instance, dumped to ``writers``.
+
+    Args:
+        writers: objects with ``add_scalar(tag, value, step)`` (TensorBoard's SummaryWriter); none on ranks that
+            do not log.
+        world: the ranks whose values :meth:`dump` averages.
+        device: where the running sums live.
+        start_step: the env step the run starts from (for the first steps-per-second figure).
+    """
+
+    def __init__(self, writers: list[Any], world: World, device: torch.device, start_step: int) -> None:
+        self.writers, self.world, self.device = writers, world, device
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count = 0  # updates in the sums (skipped ones are left out)
+        self._hits = torch.zeros(MAX_INSTANCE, device=device)
+        self._counts = torch.zeros(MAX_INSTANCE, device=device)
+        self._last_time, self._last_step = time.monotonic(), start_step
+
+    def record_mean(self, values: dict[str, torch.Tensor]) -> None:
+        """Add one update's scalar tensors to the running means."""
+        for key, value in values.items():
+            self._sums[key] = self._sums.get(key, torch.zeros((), device=self.device)) + value
+        self._count += 1
+
+    def record_accuracy(self, correct: torch.Tensor, instance: torch.Tensor) -> None:
+        """Add a rollout's (T, B) correct answers by instance index to the accuracy tally."""
+        h, c = accuracy_by_instance(correct, instance)  # (B, K) each
+        self._hits += h.sum(0)
+        self._counts += c.sum(0)
+
+    def write(self, tag: str, value: Any, step: int) -> None:
+        for writer in self.writers:
+            writer.add_scalar(tag, value, step)
+
+    def dump(self, step: int, extra: dict[str, float] | None = None) -> dict[str, float]:
+        """Write the means since the last dump (over all ranks), accuracy, throughput and ``extra``; reset.
+
+        Returns:
+            the means written, and ``"train/accuracy"`` over all instances.
+        """
+        now = time.monotonic()
+        if self.world.enabled and self._sums:  # the mean over ranks of each rank's mean
+            keys = list(self._sums)
+            reduced = self.world.all_sum(torch.stack([self._sums[k] for k in keys])) / self.world.size
+            self._sums = dict(zip(keys, reduced.unbind()))
+        if self.world.enabled:
+            self._hits.copy_(self.world.all_sum(self._hits))
+            self._counts.copy_(self.world.all_sum(self._counts))
+        means = {k: float(v) / self._count for k, v in self._sums.items()}
+        for key, mean in means.items():
+            self.write(key, mean, step)
+        for key, value in (extra or {}).items():
+            self.write(key, value, step)
+        accuracy = (self._hits / self._counts.clamp_min(1)).tolist()
+        for k, acc in enumerate(accuracy, start=1):
+            if self._counts[k - 1] > 0:
+                self.write(f"train/accuracy_instance_{k}", acc, step)
+        self.write("charts/steps_per_second", (step - self._last_step) / max(now - self._last_time, 1e-9), step)
+        means["train/accuracy"] = float(self._hits.sum() / self._counts.sum().clamp_min(1))
+        self._hits.zero_()
+        self._counts.zero_()
+        self._sums.clear()
+        self._count = 0
+        self._last_time, self._last_step = now, step
+        return means
