@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meta-rl: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # outside the training loop, or a second Ctrl-C: stop at once
-        print("meta-rl: interrupted; checkpoints already written are intact (resume with meta-rl train --resume DIR).",
+        resume = "meta-rl baseline --resume DIR" if args.command == "baseline" else "meta-rl train --resume DIR"
+        print(f"meta-rl: interrupted; checkpoints already written are intact (resume with {resume}).",
               file=sys.stderr)
         return 130
 

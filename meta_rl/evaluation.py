@@ -13,6 +13,7 @@ from meta_rl.policy import MetaPolicy
 from meta_rl.rollout import Rollout, collect
 
 __all__ = [
+    "HELDOUT_SEED",
     "MAX_INSTANCE",
     "REFERENCE_ROWS",
     "EvalResult",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 MAX_INSTANCE = 10
+#: Seed of the held-out evaluation during training (agents and baselines alike).
+HELDOUT_SEED = 1_000_000
 TABLE_INSTANCES = (1, 2, 3, 5, 10)
 # Santoro et al. 2016, Omniglot 5-way, 10 instances, as usually quoted (shared/ANCHORS.md).
 REFERENCE_ROWS: dict[str, tuple[float, ...]] = {

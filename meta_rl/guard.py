@@ -12,11 +12,13 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["GUARDED", "NonFiniteError", "NonFiniteGuard", "eager_by_default"]
+__all__ = ["GRAD_NORM", "GUARDED", "LOSSES", "NonFiniteError", "NonFiniteGuard", "eager_by_default"]
 
+#: The agent's losses checked every update (named before the gradients when diagnosing) and its gradient norm.
+LOSSES = ("loss/policy", "loss/value", "policy/entropy")
+GRAD_NORM = "policy/grad_norm"
 #: Quantities checked every update, besides the parameters.
-GUARDED = ("loss/policy", "loss/value", "policy/entropy", "policy/grad_norm")
-_LOSSES = ("loss/policy", "loss/value", "policy/entropy")  # named before the gradients when diagnosing
+GUARDED = (*LOSSES, GRAD_NORM)
 
 
 class NonFiniteError(FloatingPointError):
@@ -46,21 +48,29 @@ class NonFiniteGuard:
         skip: skip a bad update instead of stopping (needs ``eager``); a bad parameter always stops.
         steps_per_update: env steps per update, to place an update in the run.
         kept: what is still intact, for the message (e.g. the last good checkpoint).
+        losses: the keys of the loss terms in the stats checked every update.
+        grad_norm: the key of the gradient norm in those stats (None: the model's gradients are not norm-checked).
+        fix: what to tell the user to change. unit: what ``steps_per_update`` counts.
     """
 
     def __init__(self, module: torch.nn.Module, *, eager: bool, skip: bool, steps_per_update: int,
-                 kept: Callable[[], str], device: torch.device) -> None:
+                 kept: Callable[[], str], device: torch.device, losses: tuple[str, ...] = LOSSES,
+                 grad_norm: str | None = GRAD_NORM,
+                 fix: str = "Lower learning_rate or max_grad_norm, check the env's rewards, or set "
+                            "skip_nonfinite_updates=true to skip such updates.", unit: str = "env step") -> None:
         self.module, self.eager, self.skip = module, eager, skip
-        self.steps_per_update, self.kept = steps_per_update, kept
+        self.steps_per_update, self.kept, self.fix, self.unit = steps_per_update, kept, fix, unit
+        self.losses, self.grad_norm = losses, grad_norm
+        self.guarded = (*losses, grad_norm) if grad_norm else losses
         self.skipped = 0
         # Deferred verdict: the first update whose check failed (-1: none) and its flags.
         self._first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        self._first_flags = torch.ones(len(GUARDED) + 1, dtype=torch.bool, device=device)
+        self._first_flags = torch.ones(len(self.guarded) + 1, dtype=torch.bool, device=device)
 
     def flags(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """bool (len(GUARDED) + 1,) on the device: each guarded quantity, then all parameters, is finite."""
+        """bool (len(guarded) + 1,) on the device: each guarded quantity, then all parameters, is finite."""
         params = torch.stack([torch.isfinite(p).all() for p in self.module.parameters()]).all()
-        return torch.stack([*(torch.isfinite(stats[k]).all() for k in GUARDED), params])
+        return torch.stack([*(torch.isfinite(stats[k]).all() for k in self.guarded), params])
 
     def admit(self, stats: dict[str, torch.Tensor], flags: torch.Tensor, update: int) -> bool:
         """Whether the optimizer may step for ``update`` (1-based) given its (all-rank) ``flags``.
@@ -104,27 +114,26 @@ class NonFiniteGuard:
         (the parameters have moved on since). Both None: only the parameters are examined.
         """
         if stats is None and flags is not None:
-            bad = [name for name, ok in zip((*GUARDED, "parameters"), flags.tolist()) if not ok]
+            bad = [name for name, ok in zip((*self.guarded, "parameters"), flags.tolist()) if not ok]
             return " and ".join(bad) or "a guarded quantity", "nan or inf"
         for name, p in self.module.named_parameters():
             if not bool(torch.isfinite(p).all()):
                 return f"parameter {name}", _first_bad(p)
         if stats is not None:
-            for key in _LOSSES:
+            for key in self.losses:
                 if not bool(torch.isfinite(stats[key]).all()):
                     return key, _first_bad(stats[key])
             for name, p in self.module.named_parameters():
                 if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                     return f"gradient of {name}", _first_bad(p.grad)
-            if not bool(torch.isfinite(stats["policy/grad_norm"]).all()):
-                return "policy/grad_norm", _first_bad(stats["policy/grad_norm"])
+            if self.grad_norm and not bool(torch.isfinite(stats[self.grad_norm]).all()):
+                return self.grad_norm, _first_bad(stats[self.grad_norm])
         return "a guarded quantity", "nan or inf"
 
     def error(self, quantity: str, value: str, update: int) -> NonFiniteError:
         at_steps = update * self.steps_per_update
         return NonFiniteError(
-            f"{quantity} is {value} at update {update} (env step {at_steps}); training stopped and {self.kept()}: "
-            "the bad state was not saved. Lower learning_rate or max_grad_norm, check the env's rewards, or set "
-            "skip_nonfinite_updates=true to skip such updates.",
+            f"{quantity} is {value} at update {update} ({self.unit} {at_steps}); training stopped and {self.kept()}: "
+            f"the bad state was not saved. {self.fix}",
             quantity, update, at_steps,
         )

@@ -31,7 +31,7 @@ from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig, resolve_device
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
-from meta_rl.evaluation import EvaluationStopped, evaluate
+from meta_rl.evaluation import HELDOUT_SEED, EvaluationStopped, evaluate
 from meta_rl.guard import NonFiniteError, NonFiniteGuard, eager_by_default
 from meta_rl.lifecycle import (
     CHECKPOINT_NAME,
@@ -66,7 +66,6 @@ __all__ = [
 
 # Keys that may differ between a run and its resumption: how long it runs, not what it learns.
 RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates")
-HELDOUT_SEED = 1_000_000
 Collector = Callable[..., Rollout]  # meta_rl.rollout.collect's signature
 LossFn = Callable[..., dict[str, torch.Tensor]]  # meta_rl.returns.reinforce_losses's signature
 

@@ -35,10 +35,10 @@ from meta_rl.baselines.cli import (
     evaluate_baseline_run,
     is_baseline_run,
     load_baseline_run,
-    main,
 )
 from meta_rl.baselines.common import CHECKPOINT_NAME, train_baseline
 from meta_rl.checkpoint import load_checkpoint
+from meta_rl.cli import main
 from meta_rl.config import ConfigError
 from meta_rl.data import EpisodeSampler, ImageDataset, load_splits, register_dataset, split_by_group
 

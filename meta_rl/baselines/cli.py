@@ -1,9 +1,9 @@
 """The ``baseline`` subcommand and the evaluation of a baseline run, for ``meta-rl``.
 
 ``meta-rl baseline protonet|maml [CONFIG] --run-dir DIR [--seed S] [--max-minutes M] [key=value ...]``
-trains a baseline; ``meta-rl eval DIR`` on its run directory calls :func:`evaluate_baseline_run`
-(:func:`is_baseline_run` tells such a directory apart). ``python -m meta_rl.baselines.cli`` runs
-both without ``meta-rl``.
+trains a baseline and ``meta-rl baseline --resume DIR [max_updates=N]`` continues one; ``meta-rl
+eval DIR`` on its run directory calls :func:`evaluate_baseline_run` (:func:`is_baseline_run`
+tells such a directory apart). ``python -m meta_rl baseline ...`` runs it without ``meta-rl``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from meta_rl.baselines.common import (
 from meta_rl.baselines.maml import MAML, MAMLConfig
 from meta_rl.baselines.protonet import ProtoNet, ProtoNetConfig, pixel_nn_accuracy
 from meta_rl.checkpoint import CheckpointError, load_checkpoint
-from meta_rl.config import ConfigError
+from meta_rl.config import ConfigError, parse_overrides
 from meta_rl.data import EpisodeSampler
 from meta_rl.evaluation import santoro_table
 
@@ -44,7 +43,6 @@ __all__ = [
     "evaluate_baseline_run",
     "is_baseline_run",
     "load_baseline_run",
-    "main",
     "run_baseline_command",
 ]
 
@@ -69,10 +67,11 @@ def add_baseline_parser(subparsers: Any) -> None:
     b = subparsers.add_parser(
         "baseline", help="train a supervised few-shot baseline (Prototypical Networks or MAML) on the same tasks"
     )
-    b.add_argument("kind", choices=sorted(BASELINES), help="which baseline")
+    b.add_argument("kind", nargs="?", help=f"which baseline: {' or '.join(sorted(BASELINES))} (not with --resume)")
     b.add_argument("config", nargs="?", help="a TOML config, e.g. experiments/baselines/protonet-5way1shot.toml")
     b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. n_way=20 shots=1 max_minutes=3")
-    b.add_argument("--run-dir", required=True, help="where the checkpoint and TensorBoard logs go")
+    b.add_argument("--run-dir", help="where the checkpoint and TensorBoard logs go")
+    b.add_argument("--resume", metavar="DIR", help="continue the baseline run in DIR from its checkpoint")
     b.add_argument("--seed", type=int, help="seed (overrides the config)")
     b.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,20 +79,52 @@ def add_baseline_parser(subparsers: Any) -> None:
 
 
 def run_baseline_command(args: argparse.Namespace) -> int:
-    """Train the baseline that ``args`` (from :func:`add_baseline_parser`) describes; print one JSON line."""
-    config, overrides = args.config, list(args.overrides or [])
-    if config and "=" in config:  # "baseline maml k=v": a token with "=" is an override, not a path
-        config, overrides = None, [config, *overrides]
-    cfg_cls, _ = BASELINES[args.kind]
-    cfg = load_baseline_config(cfg_cls, config, overrides)
+    """Train (or, with ``--resume``, continue) the baseline that ``args`` describes; print one JSON line."""
+    kind, config, overrides = _split_positionals(args)
+    if args.resume:
+        if kind or args.run_dir:
+            raise ConfigError("--resume DIR continues a baseline run with its saved kind and config; pass only "
+                              "key=value overrides of its run length (max_updates, max_minutes) besides it.")
+        cfg = _saved_config(Path(args.resume), overrides)
+        run_dir = args.resume
+    else:
+        if not kind or not args.run_dir:
+            raise ConfigError("meta-rl baseline needs a kind (protonet or maml) and --run-dir DIR, or --resume DIR.")
+        if kind not in BASELINES:
+            raise ConfigError(f"baseline kind {kind!r} is not one of {sorted(BASELINES)}; e.g. meta-rl baseline "
+                              "protonet --run-dir DIR.")
+        cfg_cls, _ = BASELINES[kind]
+        cfg = load_baseline_config(cfg_cls, config, overrides)
+        run_dir = args.run_dir
     if args.seed is not None:
         cfg.seed = args.seed
     if args.max_minutes is not None:
         cfg.max_minutes = args.max_minutes
     cfg.validate()
-    result = train_baseline(cfg, build_baseline, args.run_dir, progress=not args.no_progress)
+    result = train_baseline(cfg, build_baseline, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     print(json.dumps(result))
     return 0
+
+
+def _split_positionals(args: argparse.Namespace) -> tuple[str | None, str | None, list[str]]:
+    """(kind, config, overrides) from the positionals: argparse cannot tell a kind or a config path from an
+    override, so a token with "=" is an override."""
+    tokens = [t for t in (args.kind, args.config) if t]
+    named = [t for t in tokens if "=" not in t]
+    overrides = [t for t in tokens if "=" in t] + list(args.overrides or [])
+    return (named[0] if named else None), (named[1] if len(named) > 1 else None), overrides
+
+
+def _saved_config(run_dir: Path, overrides: list[str]) -> BaselineConfig:
+    """The config of the baseline run in ``run_dir``, with ``key=value`` ``overrides`` applied."""
+    path = run_dir / CHECKPOINT_NAME
+    ckpt = load_checkpoint(path)
+    kind = ckpt.get("kind")
+    if kind not in BASELINES:
+        raise CheckpointError(f"checkpoint {path} is not a baseline's (kind {kind!r}); resume it with meta-rl train "
+                              f"--resume {run_dir}.")
+    cfg_cls, _ = BASELINES[kind]
+    return cfg_cls.from_dict({**ckpt["config"], **parse_overrides(overrides)}, source=f"{path} + overrides")
 
 
 def is_baseline_run(run_dir: str | Path) -> bool:
@@ -190,31 +221,3 @@ def evaluate_baseline_run(run_dir: str | Path, episodes: int, split: str, seed: 
           f"unrevealed labels when novelty > {threshold:.4g}, calibrated on {cfg.train_split} streams):")
     print(santoro_table(stream, label=f"{name} ({split})"))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m meta_rl.baselines.cli baseline ...`` or ``... eval DIR``, without ``meta-rl``."""
-    parser = argparse.ArgumentParser(prog="meta-rl", description="Supervised few-shot baselines.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_baseline_parser(sub)
-    e = sub.add_parser("eval", help="evaluate a baseline run on held-out classes")
-    e.add_argument("run_dir")
-    e.add_argument("--episodes", type=int, default=1000)
-    e.add_argument("--split", default="test")
-    e.add_argument("--seed", type=int, default=12345)
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=lambda a: evaluate_baseline_run(a.run_dir, a.episodes, a.split, a.seed, a.json))
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if args.command != "baseline" or any("=" not in x or x.startswith("-") for x in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = [*args.overrides, *extra]
-    try:
-        return int(args.func(args))
-    except (ConfigError, CheckpointError) as exc:
-        print(f"meta-rl: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

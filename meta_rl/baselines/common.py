@@ -21,6 +21,7 @@ fitted on the evaluation split.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -39,21 +40,34 @@ else:  # pragma: no cover
 
 import torch
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from meta_rl.atomic import write_atomic
-from meta_rl.checkpoint import save_checkpoint
+from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from meta_rl.config import ConfigError, check_type, parse_overrides, resolve_device
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
+from meta_rl.distributed import World
 from meta_rl.encoders import ENCODERS
-from meta_rl.evaluation import MAX_INSTANCE, EvalResult, accuracy_by_instance, summarize
+from meta_rl.evaluation import HELDOUT_SEED, MAX_INSTANCE, EvalResult, accuracy_by_instance, summarize
+from meta_rl.guard import NonFiniteGuard
+from meta_rl.lifecycle import (
+    CHECKPOINT_NAME,
+    EventWriter,
+    StopPolicy,
+    StopRequest,
+    TrainingInterrupted,
+    after_existing_event_files,
+    locked_run_dir,
+)
+from meta_rl.resources import check_threads
 
 __all__ = [
     "CHECKPOINT_NAME",
     "HELDOUT_SEED",
+    "RESUMABLE_KEYS",
     "Baseline",
     "BaselineConfig",
+    "BaselineRun",
     "Episode",
     "KShotResult",
     "calibrate_threshold",
@@ -67,8 +81,6 @@ __all__ = [
     "train_baseline",
 ]
 
-CHECKPOINT_NAME = "checkpoint.pt"  # the same file name as meta_rl.train's, so `meta-rl eval DIR` finds it
-HELDOUT_SEED = 1_000_000
 CALIBRATION_SEED = 2_000_000
 
 
@@ -122,8 +134,8 @@ class BaselineConfig:
     # --- run ------------------------------------------------------------------------------
     max_updates: int = 20_000
     """Stop after this many Adam steps."""
-    max_minutes: float = 0.0
-    """Stop after this many minutes of training (0: no limit)."""
+    max_minutes: float = 10.0
+    """Stop training after this many minutes (0: no limit); by default 10, like the README's agent run."""
     seed: int = 0
     """Seed of parameters and tasks."""
     device: str = "cpu"
@@ -441,100 +453,204 @@ def calibrate_stream_threshold(baseline: Baseline, sampler: EpisodeSampler, epis
 # --- training ----------------------------------------------------------------------------------
 
 
+#: Keys that may change when a baseline run is resumed: how long it runs, not what it learns.
+RESUMABLE_KEYS = ("max_updates", "max_minutes", "device", "torch_threads")
+
+
 def train_baseline(
     cfg: BaselineConfig,
     build: typing.Callable[[BaselineConfig, tuple[int, int, int], torch.device], Baseline],
     run_dir: str | Path,
     *,
+    resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train a baseline with Adam on training-split tasks; log to TensorBoard and checkpoint in ``run_dir``.
 
+    The run has the agent's lifecycle (:mod:`meta_rl.lifecycle`): one process per directory,
+    SIGINT/SIGTERM stop after the current update with a checkpoint, ``resume`` continues from it
+    exactly, ``max_minutes`` bounds it, and a NaN/inf loss or parameter stops it before it is saved.
+
     Returns the final figures: updates, episodes, minutes, held-out K-shot accuracy.
+
+    Raises:
+        ConfigError: a bad setting, or ``run_dir`` already holds a run (use ``resume``).
+        CheckpointError: the checkpoint to resume is missing, damaged or from another config.
+        TrainingInterrupted: SIGINT/SIGTERM stopped the run after checkpointing it.
+        NonFiniteError: the loss or a parameter became NaN or inf (nothing bad was saved).
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    if ckpt_path.exists():
-        raise ConfigError(f"run directory {run_dir} already holds a checkpoint; choose a new --run-dir.")
-    device = resolve_device(cfg.device)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    train_data = load_split(cfg, cfg.train_split)
-    held_data = load_split(cfg, cfg.heldout_split)
-    try:
-        sampler = EpisodeSampler(train_data, cfg.train_way, shots=cfg.shots, queries_per_class=cfg.queries_per_class,
-                                 device=device)
-        held_sampler = EpisodeSampler(held_data, cfg.n_way, shots=cfg.shots, queries_per_class=cfg.queries_per_class,
-                                      device=device)
-    except ValueError as exc:
-        raise ConfigError(f"cannot sample {cfg.kind} tasks: {exc}") from exc
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        baseline = build(cfg, train_data.image_shape, device)
-    params = [p for p in baseline.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.json", json.dumps({"kind": cfg.kind, **cfg.to_dict()}, indent=2).encode(),
-                 what="config")
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("config", "```\n" + json.dumps({"kind": cfg.kind, **cfg.to_dict()}, indent=2) + "\n```", 0)
-    update = 0
+    if resume and not (run_dir / CHECKPOINT_NAME).is_file():
+        load_checkpoint(run_dir / CHECKPOINT_NAME)  # raises "does not exist" without creating the directory
+    with locked_run_dir(run_dir, resume, World(), command="meta-rl baseline") as stop:
+        return BaselineRun(cfg, build, run_dir, resume=resume, progress=progress, stop=stop).learn()
 
-    def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {
-            "kind": cfg.kind,
-            "config": cfg.to_dict(),
-            "policy": baseline.model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "counters": {"update": update, "episodes": update * cfg.meta_batch},
-            "rng": {"tasks": generator.get_state()},
-            **baseline.extra_state(),
-        })
 
-    def held_out() -> float:
-        baseline.model.eval()
-        res = evaluate_kshot(baseline.logits, held_sampler, cfg.eval_episodes, seed=HELDOUT_SEED,
-                             batch=cfg.eval_batch)
-        baseline.model.train()
-        writer.add_scalar("heldout/query_accuracy", res.accuracy, update)
-        return res.accuracy
+class BaselineRun:
+    """One baseline training run as named phases: ``init_model``, ``restore``, ``init_logging``, then
+    ``train_step`` → ``log`` → ``evaluate_val`` → ``save_checkpoint`` per update."""
 
-    started = time.monotonic()
-    sums: dict[str, float] = {}
-    heldout: float | None = None
-    bar = tqdm(total=cfg.max_updates, unit="update", disable=not progress, mininterval=2.0)
-    baseline.model.train()
-    while update < cfg.max_updates:
-        if cfg.max_minutes and time.monotonic() - started >= cfg.max_minutes * 60:
-            break
-        episode = draw_episode(sampler, cfg.meta_batch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        stats = baseline.compute_gradients(episode)
-        if cfg.max_grad_norm:
-            stats["grad_norm"] = float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-        optimizer.step()
-        update += 1
-        bar.update(1)
+    def __init__(self, cfg: BaselineConfig,
+                 build: typing.Callable[[BaselineConfig, tuple[int, int, int], torch.device], Baseline],
+                 run_dir: Path, *, resume: bool, progress: bool, stop: StopRequest) -> None:
+        self.cfg, self.build, self.run_dir, self.resume, self.progress = cfg, build, run_dir, resume, progress
+        self.ckpt_path = run_dir / CHECKPOINT_NAME
+        self.stopping = StopPolicy(stop, World(), cfg.max_minutes)
+        self.device = resolve_device(cfg.device)
+        self.update = 0
+        self.saved_update: int | None = None
+        self.heldout: float | None = None
+        self._sums: dict[str, float] = {}
+
+    def init_model(self) -> None:
+        """Data, task samplers, the learner (from ``cfg.seed``), Adam, the task generator and the NaN guard."""
+        cfg, device = self.cfg, self.device
+        check_threads(cfg.torch_threads, ConfigError)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        train_data = load_split(cfg, cfg.train_split)
+        held_data = load_split(cfg, cfg.heldout_split)
+        try:
+            self.sampler = EpisodeSampler(train_data, cfg.train_way, shots=cfg.shots,
+                                          queries_per_class=cfg.queries_per_class, device=device)
+            self.held_sampler = EpisodeSampler(held_data, cfg.n_way, shots=cfg.shots,
+                                               queries_per_class=cfg.queries_per_class, device=device)
+        except ValueError as exc:
+            raise ConfigError(f"cannot sample {cfg.kind} tasks: {exc}") from exc
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.baseline = self.build(cfg, train_data.image_shape, device)
+        self.params = [p for p in self.baseline.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate)
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.guard = NonFiniteGuard(
+            self.baseline.model, eager=True, skip=False, steps_per_update=cfg.meta_batch, kept=self._kept,
+            device=device, losses=("loss",), grad_norm="grad_norm" if cfg.max_grad_norm else None,
+            fix="Lower learning_rate or set max_grad_norm.", unit="episode",
+        )
+
+    def _kept(self) -> str:
+        if self.saved_update is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint {self.ckpt_path} (update {self.saved_update}) is intact"
+
+    def restore(self) -> None:
+        """The learner, Adam, the task generator and the update counter from the checkpoint (when resuming)."""
+        if not self.resume:
+            return
+        ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
+        changed = [k for k, v in self.cfg.to_dict().items()
+                   if k not in RESUMABLE_KEYS and ckpt["config"].get(k) != v] + (
+            ["kind"] if ckpt.get("kind") != self.cfg.kind else [])
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {self.ckpt_path} was trained with another config (changed: {', '.join(changed)}); "
+                f"resume with meta-rl baseline --resume {self.run_dir} (only {', '.join(RESUMABLE_KEYS)} may change)."
+            )
+        load_state(self.baseline.model, ckpt["policy"], self.ckpt_path, "policy")
+        load_state(self.optimizer, ckpt["optimizer"], self.ckpt_path, "optimizer")
+        try:
+            self.generator.set_state(ckpt["rng"]["tasks"].cpu())
+            self.update = int(ckpt["counters"]["update"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {self.ckpt_path} has malformed counters or RNG state ({type(exc).__name__}: {exc}); "
+                "it is damaged: restore it from a backup or start a new run."
+            ) from exc
+        self.saved_update = self.update
+
+    def init_logging(self) -> None:
+        """config.json and the TensorBoard writer (a resumed run drops events logged after its checkpoint)."""
+        cfg = self.cfg
+        config = json.dumps({"kind": cfg.kind, **cfg.to_dict()}, indent=2)
+        write_atomic(self.run_dir / "config.json", config.encode(), what="config")
+        after_existing_event_files(self.run_dir)
+        self.writer = EventWriter(self.run_dir, purge_step=self.update + 1 if self.resume else 0)
+        if not self.resume:
+            self.writer.add_text("config", "```\n" + config + "\n```", 0)
+        self.bar = tqdm(total=cfg.max_updates, initial=self.update, unit="update", disable=not self.progress,
+                        mininterval=2.0)
+
+    def train_step(self) -> None:
+        """One Adam step on ``meta_batch`` training tasks, through the NaN guard."""
+        episode = draw_episode(self.sampler, self.cfg.meta_batch, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = self.baseline.compute_gradients(episode)
+        if self.cfg.max_grad_norm:
+            stats["grad_norm"] = float(nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+        checked = {k: torch.tensor(v) for k, v in stats.items() if k in self.guard.guarded}
+        self.guard.admit(checked, self.guard.flags(checked), self.update + 1)
+        self.optimizer.step()
+        self.update += 1
+        self.bar.update(1)
         for key, value in stats.items():
-            sums[key] = sums.get(key, 0.0) + value
-        if update % cfg.log_every == 0:
-            for key, total in sums.items():
-                writer.add_scalar(f"train/{key}", total / cfg.log_every, update)
-            writer.add_scalar("charts/updates_per_second", update / max(time.monotonic() - started, 1e-9), update)
-            n = cfg.log_every
-            bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", acc=f"{sums['query_accuracy'] / n:.2f}")
-            sums.clear()
-        if cfg.eval_every and cfg.eval_episodes and update % cfg.eval_every == 0:
-            heldout = held_out()
-        if update % cfg.checkpoint_every == 0:
-            checkpoint()
-    bar.close()
-    minutes = (time.monotonic() - started) / 60
-    if cfg.eval_episodes:
-        heldout = held_out()
-    checkpoint()
-    writer.close()
-    return {"kind": cfg.kind, "updates": update, "episodes": update * cfg.meta_batch, "minutes": minutes,
-            "heldout/query_accuracy": heldout}
+            self._sums[key] = self._sums.get(key, 0.0) + value
+
+    def log(self) -> None:
+        n = self.cfg.log_every
+        for key, total in self._sums.items():
+            self.writer.add_scalar(f"train/{key}", total / n, self.update)
+        self.writer.add_scalar("charts/updates_per_second",
+                               self.update / max(self.stopping.minutes() * 60, 1e-9), self.update)
+        self.bar.set_postfix(loss=f"{self._sums['loss'] / n:.3f}", acc=f"{self._sums['query_accuracy'] / n:.2f}")
+        self._sums.clear()
+
+    def evaluate_val(self) -> None:
+        """Held-out K-shot query accuracy, logged."""
+        self.baseline.model.eval()
+        res = evaluate_kshot(self.baseline.logits, self.held_sampler, self.cfg.eval_episodes, seed=HELDOUT_SEED,
+                             batch=self.cfg.eval_batch)
+        self.baseline.model.train()
+        self.writer.add_scalar("heldout/query_accuracy", res.accuracy, self.update)
+        self.heldout = res.accuracy
+
+    def save_checkpoint(self) -> None:
+        self.guard.check_parameters(self.update)
+        save_checkpoint(self.ckpt_path, {
+            "kind": self.cfg.kind,
+            "config": self.cfg.to_dict(),
+            "policy": self.baseline.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "counters": {"update": self.update, "episodes": self.update * self.cfg.meta_batch},
+            "rng": {"tasks": self.generator.get_state()},
+            **self.baseline.extra_state(),
+        })
+        self.saved_update = self.update
+
+    def learn(self) -> dict[str, Any]:
+        """Set up, then train → log → evaluate → checkpoint until ``max_updates``, out of time or stopped."""
+        cfg = self.cfg
+        self.init_model()
+        self.restore()
+        self.init_logging()
+        self.baseline.model.train()
+        self.stopping.started = time.monotonic()
+        try:
+            while self.update < cfg.max_updates and self.stopping.before_update():
+                self.train_step()
+                if self.update % cfg.log_every == 0:
+                    self.log()
+                if self.stopping.signum is not None:
+                    break  # the safe point: checkpoint below
+                if cfg.eval_every and cfg.eval_episodes and self.update % cfg.eval_every == 0:
+                    self.evaluate_val()
+                if self.update % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+            self.bar.close()
+            minutes = self.stopping.minutes()
+            if self.stopping.signum is not None:
+                self.save_checkpoint()
+                raise TrainingInterrupted(self.stopping.signum, self.run_dir, self.update,
+                                          self.update * cfg.meta_batch, resume="meta-rl baseline --resume")
+            if cfg.eval_episodes:
+                self.evaluate_val()
+            self.save_checkpoint()
+        except BaseException:
+            self.bar.close()
+            with contextlib.suppress(OSError):
+                self.writer.close()
+            raise
+        self.writer.close()
+        return {"kind": cfg.kind, "updates": self.update, "episodes": self.update * cfg.meta_batch,
+                "minutes": minutes, "heldout/query_accuracy": self.heldout}
