@@ -8,7 +8,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,15 +20,112 @@ import torch
 from meta_rl.cores import CORES
 from meta_rl.encoders import ENCODERS
 
-__all__ = ["ConfigError", "TrainConfig", "check_type", "load_config", "parse_overrides", "resolve_device"]
+__all__ = ["ConfigBase", "ConfigError", "TrainConfig", "check_type", "load_config", "parse_overrides", "resolve_device"]
 
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names it and the allowed values."""
 
 
+class ConfigBase:
+    """What every config shares: typed fields checked against tables of rules, a dict round trip, and
+    loading from TOML with ``key=value`` overrides. Subclasses are dataclasses that fill the tables
+    and add their own checks in :meth:`check`.
+    """
+
+    #: Keys that must be >= 1.
+    POSITIVE: ClassVar[tuple[str, ...]] = ()
+    #: Keys that must be >= 0, where 0 picks a default.
+    DEFAULTED: ClassVar[tuple[str, ...]] = ()
+    #: Keys that must lie in [0, 1].
+    UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ()
+    #: Keys that must be > 0.
+    STRICTLY_POSITIVE: ClassVar[tuple[str, ...]] = ()
+    #: Keys that must be >= 0.
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ()
+    #: Keys whose value must be one of the given strings.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: An example config file, for the message when a file is missing.
+    EXAMPLE: ClassVar[str] = "experiments/default.toml"
+
+    def validate(self) -> Self:
+        """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            check_type(f.name, getattr(self, f.name), hints[f.name])
+        rules: list[tuple[tuple[str, ...], Any, str]] = [
+            (self.POSITIVE, lambda v: v >= 1, "must be >= 1"),
+            (self.DEFAULTED, lambda v: v >= 0, "must be >= 0 (0 picks the default)"),
+            (self.UNIT_INTERVAL, lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+            (self.STRICTLY_POSITIVE, lambda v: v > 0, "must be > 0"),
+            (self.NON_NEGATIVE, lambda v: v >= 0, "must be >= 0"),
+        ]
+        for names, ok, rule in rules:
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise ConfigError(f"{name} {rule}, got {getattr(self, name)}.")
+        encoder_hidden = getattr(self, "encoder_hidden", [1])
+        if not encoder_hidden or any(h < 1 for h in encoder_hidden):
+            raise ConfigError(f"encoder_hidden must be a non-empty list of sizes >= 1, got {encoder_hidden}.")
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} = {getattr(self, name)!r} is not one of {list(allowed)}.")
+        device = str(getattr(self, "device", "cpu"))
+        if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+            raise ConfigError(f"device = {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """Checks beyond the tables (none here)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def describe(cls, source: str) -> str:
+        """Where a config came from, for messages."""
+        return source
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Self:
+        """Build and validate; an unknown key is an error that lists the valid ones."""
+        valid = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {unknown} in {cls.describe(source)}; valid keys are: {', '.join(sorted(valid))}."
+            )
+        return cls(**data).validate()
+
+    @classmethod
+    def merge(cls, data: dict[str, Any], over: dict[str, Any]) -> None:
+        """Apply parsed overrides ``over`` to the file's ``data`` (tables are merged key by key)."""
+        for key, value in over.items():
+            data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> Self:
+        """Load a TOML file (None: the defaults), apply ``key=value`` overrides and validate."""
+        data: dict[str, Any] = {}
+        source = "the defaults"
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file {p} does not exist; pass a .toml file such as {cls.EXAMPLE}.")
+            try:
+                data = tomllib.loads(p.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {p} is not valid TOML: {exc}.") from exc
+            source = str(p)
+        cls.merge(data, parse_overrides(overrides or []))
+        if overrides:
+            source = f"{source} + overrides" if path is not None else "the overrides"
+        return cls.from_dict(data, source=source)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """Everything a training run needs. Every field can be set in a TOML file or as ``key=value``."""
 
     # --- task -----------------------------------------------------------------------------
@@ -109,29 +206,22 @@ class TrainConfig:
     """On a NaN or inf loss or gradient, skip that update (counted as ``faults/skipped_updates``)
     instead of stopping the run. May be switched on when resuming a run that stopped on one."""
 
-    def validate(self) -> TrainConfig:
-        """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
-        hints = typing.get_type_hints(TrainConfig)
-        for f in dataclasses.fields(self):
-            check_type(f.name, getattr(self, f.name), hints[f.name])
-        positive = ("num_envs", "hidden", "key_dim", "conv_filters", "total_env_steps", "log_every", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("rollout_steps", "memory_capacity", "eval_every", "eval_episodes", "torch_threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0 (0 picks the default), got {getattr(self, name)}.")
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "num_envs", "hidden", "key_dim", "conv_filters", "total_env_steps", "log_every", "checkpoint_every",
+    )
+    DEFAULTED: ClassVar[tuple[str, ...]] = (
+        "rollout_steps", "memory_capacity", "eval_every", "eval_episodes", "torch_threads",
+    )
+    UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ("gamma", "gae_lambda")
+    STRICTLY_POSITIVE: ClassVar[tuple[str, ...]] = ("learning_rate", "max_grad_norm")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("entropy_coef", "value_coef", "max_minutes", "read_gain", "taken_gain")
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "encoder": tuple(ENCODERS), "core": tuple(CORES), "conv_norm": ("batch", "group", "none"),
+    }
+
+    def check(self) -> None:
         if not -(2**63) <= self.seed < 2**63:  # what torch.Generator.manual_seed takes
             raise ConfigError(f"seed must lie in [-2**63, 2**63), got {self.seed}.")
-        for name in ("gamma", "gae_lambda"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
-        for name in ("learning_rate", "max_grad_norm"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}.")
-        for name in ("entropy_coef", "value_coef", "max_minutes", "read_gain", "taken_gain"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
         bad = [k for k, v in self.env_kwargs.items() if not _plain(v)]
         if bad:
             raise ConfigError(
@@ -139,26 +229,6 @@ class TrainConfig:
                 "lists and tables); register in-memory data with meta_rl.data.register_dataset(name, splits) "
                 "and pass dataset = name."
             )
-        if any(h < 1 for h in self.encoder_hidden) or not self.encoder_hidden:
-            raise ConfigError(f"encoder_hidden must be a non-empty list of sizes >= 1, got {self.encoder_hidden}.")
-        choices = {"encoder": ENCODERS, "core": CORES, "conv_norm": ("batch", "group", "none")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} = {getattr(self, name)!r} is not one of {list(allowed)}.")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device = {self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in {source}; valid keys are: {', '.join(sorted(valid))}.")
-        return cls(**data).validate()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -227,20 +297,5 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Load a TOML config (None: the defaults), apply overrides and validate."""
-    data: dict[str, Any] = {}
-    source = "the defaults"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; pass a .toml file such as experiments/default.toml.")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}.") from exc
-        source = str(p)
-    over = parse_overrides(overrides or [])
-    if "env_kwargs" in over and "env_kwargs" in data:
-        over["env_kwargs"] = {**data["env_kwargs"], **over["env_kwargs"]}
-    data.update(over)
-    return TrainConfig.from_dict(data, source=source)
+    """Load a TOML config (None: the defaults), apply overrides and validate (:meth:`ConfigBase.load`)."""
+    return TrainConfig.load(path, overrides)

@@ -22,7 +22,6 @@ fitted on the evaluation split.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import sys
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 import torch
 from torch import nn
@@ -44,7 +43,7 @@ from tqdm.auto import tqdm
 
 from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
-from meta_rl.config import ConfigError, check_type, parse_overrides, resolve_device
+from meta_rl.config import ConfigBase, ConfigError, resolve_device
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
 from meta_rl.distributed import World
 from meta_rl.encoders import ENCODERS
@@ -88,7 +87,7 @@ CALIBRATION_SEED = 2_000_000
 
 
 @dataclass
-class BaselineConfig:
+class BaselineConfig(ConfigBase):
     """Settings every supervised baseline shares. Every field can be set in TOML or as ``key=value``."""
 
     kind: ClassVar[str] = "baseline"
@@ -171,71 +170,35 @@ class BaselineConfig:
         """Classes per training task."""
         return self.n_way
 
-    def validate(self) -> BaselineConfig:
-        """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            check_type(f.name, getattr(self, f.name), hints[f.name])
-        for name in self.POSITIVE:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in self.NON_NEGATIVE:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}.")
-        if not self.encoder_hidden or any(h < 1 for h in self.encoder_hidden):
-            raise ConfigError(f"encoder_hidden must be a non-empty list of sizes >= 1, got {self.encoder_hidden}.")
-        choices = {"encoder": ENCODERS, "conv_norm": ("batch", "group", "none")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} = {getattr(self, name)!r} is not one of {list(allowed)}.")
+    STRICTLY_POSITIVE: ClassVar[tuple[str, ...]] = ("learning_rate",)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "encoder": tuple(ENCODERS), "conv_norm": ("batch", "group", "none"),
+    }
+    EXAMPLE: ClassVar[str] = "experiments/baselines/"
+
+    def check(self) -> None:
         if self.n_way < 2:
             raise ConfigError(f"n_way must be >= 2 for a classification task, got {self.n_way}.")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device = {self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> BaselineConfig:
-        """Build and validate; an unknown key is an error that lists the valid ones."""
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - valid)
-        if unknown:
+    def describe(cls, source: str) -> str:
+        return f"{source} for the {cls.kind} baseline"
+
+    @classmethod
+    def merge(cls, data: dict[str, Any], over: dict[str, Any]) -> None:
+        if "env_kwargs" in over:
             raise ConfigError(
-                f"unknown key(s) {unknown} in {source} for the {cls.kind} baseline; valid keys are: "
-                f"{', '.join(sorted(valid))}."
+                f"baselines take no env_kwargs (got {sorted(over['env_kwargs'])}); set n_way, shots, dataset, ... "
+                "directly."
             )
-        return cls(**data).validate()
+        super().merge(data, over)
 
 
 def load_baseline_config(
     cls: type[BaselineConfig], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> BaselineConfig:
     """Load a TOML file (None: the defaults) for config class ``cls``, apply ``key=value`` overrides, validate."""
-    data: dict[str, Any] = {}
-    source = "the defaults"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; pass a .toml file such as experiments/baselines/.")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}.") from exc
-        source = str(p)
-    over = parse_overrides(overrides or [])
-    if "env_kwargs" in over:
-        raise ConfigError(
-            f"baselines take no env_kwargs (got {sorted(over['env_kwargs'])}); set n_way, shots, dataset, ... directly."
-        )
-    data.update(over)
-    if overrides:
-        source = f"{source} + overrides" if path is not None else "the overrides"
-    return cls.from_dict(data, source=source)
+    return cls.load(path, overrides)
 
 
 def load_split(cfg: BaselineConfig, split: str) -> ImageDataset:

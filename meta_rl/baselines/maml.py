@@ -68,8 +68,8 @@ class MAMLConfig(BaselineConfig):
     POSITIVE: ClassVar[tuple[str, ...]] = (*BaselineConfig.POSITIVE, "inner_steps", "eval_inner_steps")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = (*BaselineConfig.NON_NEGATIVE, "stream_max_support")
 
-    def validate(self) -> MAMLConfig:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         if self.inner_lr <= 0:
             raise ConfigError(f"inner_lr must be > 0, got {self.inner_lr}.")
         if self.encoder == "conv4" and self.conv_norm == "batch":
@@ -77,7 +77,6 @@ class MAMLConfig(BaselineConfig):
                 "MAML with encoder = 'conv4' cannot use conv_norm = 'batch': batch-norm running statistics "
                 "are not per task under torch.func.vmap; set conv_norm = 'group' (default) or 'none'."
             )
-        return self
 
 
 def adapt(

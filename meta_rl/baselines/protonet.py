@@ -47,11 +47,10 @@ class ProtoNetConfig(BaselineConfig):
     def train_way(self) -> int:
         return self.train_n_way or self.n_way
 
-    def validate(self) -> ProtoNetConfig:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         if self.train_n_way < 0 or self.train_n_way == 1:
             raise ConfigError(f"train_n_way must be 0 (= n_way) or >= 2, got {self.train_n_way}.")
-        return self
 
 
 def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int) -> tuple[torch.Tensor, torch.Tensor]:
