@@ -150,6 +150,25 @@ def check_vector_env(
         EnvCheckError: naming the broken rule and the fix.
     """
     env = make_env()
+    mode = _check_declarations(env)
+    episode_length = getattr(env, "episode_length", None)
+    n_steps = steps if steps is not None else (2 * episode_length + 1 if episode_length else 200)
+    first = _rollout(env, seed, seed, n_steps, mode)
+    env.close()
+    second_env = make_env()
+    second = _rollout(second_env, seed, seed, n_steps, mode)
+    if not all(_equal(a, b) for a, b in zip(first, second)):
+        raise _fail("two envs reset with the same seed and given the same actions diverged",
+                    "draw all randomness from a generator seeded in reset(seed=...), never global RNG")
+    other = _rollout(second_env, seed + 1, seed, n_steps, mode)
+    if _equal(first[0], other[0]) and _equal(first[1:], other[1:]):
+        raise _fail("reset(seed=s) and reset(seed=s+1) gave identical trajectories", "use the seed in reset()")
+    _check_new_tasks(first, episode_length, n_steps)
+    second_env.close()
+
+
+def _check_declarations(env: Any) -> AutoresetMode:
+    """The env is a VectorEnv declaring its autoreset mode, with batched spaces from ``batch_space``."""
     if not isinstance(env, VectorEnv):
         raise _fail(f"make_env returned {type(env).__name__}, not a gymnasium.vector.VectorEnv",
                     "subclass gymnasium.vector.VectorEnv")
@@ -164,59 +183,55 @@ def check_vector_env(
         if expected != batched:
             raise _fail(f"{what}_space {batched} is not batch_space(single_{what}_space, num_envs) = {expected}",
                         f"set self.{what}_space = batch_space(self.single_{what}_space, num_envs)")
+    return mode
 
-    episode_length = getattr(env, "episode_length", None)
-    n_steps = steps if steps is not None else (2 * episode_length + 1 if episode_length else 200)
 
-    def rollout(e: VectorEnv, reset_seed: int) -> list[Any]:
-        obs, info = e.reset(seed=reset_seed)
-        if not isinstance(info, dict):
-            raise _fail(f"reset() returned info of type {type(info).__name__}", "return a dict")
-        device = _check_obs(obs, e, "reset()")
-        rng = np.random.default_rng(seed)
-        trace: list[Any] = [obs]
-        for i in range(n_steps):
-            actions = _sample_actions(e, rng, _leaves(obs)[0])
-            obs, reward, terminated, truncated, info = e.step(actions)
-            device = _check_obs(obs, e, f"step {i}") or device
-            _check_batch("reward", reward, e, "float", device)
-            _check_batch("terminated", terminated, e, "bool", device)
-            _check_batch("truncated", truncated, e, "bool", device)
-            if not isinstance(info, dict):
-                raise _fail(f"step() returned info of type {type(info).__name__}", "return a dict")
-            done = _to_numpy(terminated) | _to_numpy(truncated)
-            if done.any() and mode == AutoresetMode.SAME_STEP and "final_obs" not in info:
-                raise _fail("an episode ended under SAME_STEP autoreset but info has no 'final_obs'",
-                            "put the terminal observation in info['final_obs'] and reset in the same step")
-            trace.append((obs, reward, terminated, truncated))
-            if done.all():
-                # Replay the same action stream in the next episode, so that the new-task
-                # check below compares episodes that differ only by the task.
-                rng = np.random.default_rng(seed)
-        return trace
+def _rollout(e: VectorEnv, reset_seed: int, action_seed: int, n_steps: int, mode: AutoresetMode) -> list[Any]:
+    """[obs0, (obs, reward, terminated, truncated) per step] under seeded random actions, each step checked."""
+    obs, info = e.reset(seed=reset_seed)
+    if not isinstance(info, dict):
+        raise _fail(f"reset() returned info of type {type(info).__name__}", "return a dict")
+    device = _check_obs(obs, e, "reset()")
+    rng = np.random.default_rng(action_seed)
+    trace: list[Any] = [obs]
+    for i in range(n_steps):
+        actions = _sample_actions(e, rng, _leaves(obs)[0])
+        obs, reward, terminated, truncated, info = e.step(actions)
+        device = _check_obs(obs, e, f"step {i}") or device
+        _check_step(e, reward, terminated, truncated, info, device, mode)
+        trace.append((obs, reward, terminated, truncated))
+        if (_to_numpy(terminated) | _to_numpy(truncated)).all():
+            # Replay the same action stream in the next episode, so that the new-task check
+            # compares episodes that differ only by the task.
+            rng = np.random.default_rng(action_seed)
+    return trace
 
-    first = rollout(env, seed)
-    env.close()
-    second_env = make_env()
-    second = rollout(second_env, seed)
-    if not all(_equal(a, b) for a, b in zip(first, second)):
-        raise _fail("two envs reset with the same seed and given the same actions diverged",
-                    "draw all randomness from a generator seeded in reset(seed=...), never global RNG")
-    other = rollout(second_env, seed + 1)
-    if _equal(first[0], other[0]) and _equal(first[1:], other[1:]):
-        raise _fail("reset(seed=s) and reset(seed=s+1) gave identical trajectories", "use the seed in reset()")
-    ends = [i for i, item in enumerate(first[1:], start=1) if _to_numpy(item[2]).any() or _to_numpy(item[3]).any()]
+
+def _check_step(e: VectorEnv, reward: Any, terminated: Any, truncated: Any, info: Any, device: torch.device | None,
+                mode: AutoresetMode) -> None:
+    _check_batch("reward", reward, e, "float", device)
+    _check_batch("terminated", terminated, e, "bool", device)
+    _check_batch("truncated", truncated, e, "bool", device)
+    if not isinstance(info, dict):
+        raise _fail(f"step() returned info of type {type(info).__name__}", "return a dict")
+    done = _to_numpy(terminated) | _to_numpy(truncated)
+    if done.any() and mode == AutoresetMode.SAME_STEP and "final_obs" not in info:
+        raise _fail("an episode ended under SAME_STEP autoreset but info has no 'final_obs'",
+                    "put the terminal observation in info['final_obs'] and reset in the same step")
+
+
+def _check_new_tasks(trace: list[Any], episode_length: int | None, n_steps: int) -> None:
+    """Episodes end within ``episode_length``, and two consecutive ones under the same actions differ."""
+    ends = [i for i, item in enumerate(trace[1:], start=1) if _to_numpy(item[2]).any() or _to_numpy(item[3]).any()]
     if episode_length and not ends:
         raise _fail(f"no episode ended within {n_steps} steps although episode_length={episode_length}",
                     "terminate or truncate episodes after episode_length steps")
     if len(ends) >= 2 and episode_length:
-        # Episodes 1 and 2 under the same action stream must differ somewhere: a new task.
-        ep1 = first[1 : ends[0] + 1]
-        ep2 = first[ends[0] + 1 : ends[1] + 1]
+        ep1 = trace[1 : ends[0] + 1]
+        ep2 = trace[ends[0] + 1 : ends[1] + 1]
         if _equal([x[0] for x in ep1], [x[0] for x in ep2]) and _equal([x[1] for x in ep1], [x[1] for x in ep2]):
             raise _fail("two consecutive episodes showed the same observations and rewards",
                         "sample a new task at every reset")
-    second_env.close()
 
 
 def check_registered_vector_env(env_id: str, num_envs: int = 4, **kwargs: Any) -> None:
