@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
+from meta_rl.contract import MetaVectorEnv
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
 from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
 
@@ -25,7 +26,7 @@ _DEFAULT_REWARDS: dict[str, tuple[float, float, float]] = {
 }
 
 
-class FewShotVectorEnv(VectorEnv):
+class FewShotVectorEnv(MetaVectorEnv):
     """B few-shot classification tasks stepped together as tensors on one device.
 
     ## Description

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
+from meta_rl.contract import MetaVectorEnv
 from meta_rl.env_checker import check_finite_actions
 from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
 
@@ -19,7 +20,7 @@ __all__ = ["PointNavEnv", "PointNavVectorEnv"]
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 
 
-class PointNavVectorEnv(VectorEnv):
+class PointNavVectorEnv(MetaVectorEnv):
     """B point-navigation tasks stepped together as tensors, each a trial of several episodes.
 
     ## Description

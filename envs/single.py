@@ -11,6 +11,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
+from meta_rl.contract import task_length
 from meta_rl.env_checker import check_finite_actions
 
 __all__ = ["SingleTaskEnv", "check_seed", "env_device", "same_step_autoreset"]
@@ -85,7 +86,7 @@ class SingleTaskEnv(gym.Env[Any, Any]):
         self._vec = self.vector_cls(num_envs=1, device="cpu", **kwargs)
         self.observation_space = self._vec.single_observation_space
         self.action_space = self._vec.single_action_space
-        self.episode_length = getattr(self._vec, "episode_length", None)
+        self.episode_length = task_length(self._vec) or None
         self._needs_reset = True
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:

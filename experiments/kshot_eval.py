@@ -18,6 +18,7 @@ import math
 import torch
 
 from meta_rl.checkpoint import load_checkpoint
+from meta_rl.contract import task_length
 from meta_rl.evaluation import held_out_rollouts
 from meta_rl.train import CHECKPOINT_NAME, build_policy, load_run_config, make_vec_env
 
@@ -28,7 +29,7 @@ def kshot_accuracy(run_dir: str, shots: int, queries: int, episodes: int, seed: 
     kwargs = {**cfg.env_kwargs, "shots": shots, "queries_per_class": queries}
     cfg = dataclasses.replace(cfg, env_id="meta_rl/FewShot-v0", env_kwargs=kwargs)
     env = make_vec_env(cfg, split, min(250, episodes), torch.device("cpu"))
-    steps = int(getattr(env, "episode_length", 0))
+    steps = task_length(env)
     # The memory's capacity only sizes its state, so a longer task just gets more slots.
     policy = build_policy(dataclasses.replace(cfg, memory_capacity=steps), env, steps)
     policy.load_state_dict(load_checkpoint(f"{run_dir}/{CHECKPOINT_NAME}")["policy"])

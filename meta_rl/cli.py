@@ -12,6 +12,7 @@ from meta_rl.atomic import WriteError
 from meta_rl.baselines.cli import add_baseline_parser, evaluate_baseline_run, is_baseline_run
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state
 from meta_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
+from meta_rl.contract import task_length
 from meta_rl.evaluation import evaluate, santoro_table
 from meta_rl.train import (
     CHECKPOINT_NAME,
@@ -62,7 +63,7 @@ def _eval(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
     device = resolve_device(args.device or cfg.device)
     env = make_vec_env(cfg, args.split, min(args.batch, args.episodes), device)
-    steps = cfg.rollout_steps or int(getattr(env, "episode_length", 0))
+    steps = cfg.rollout_steps or task_length(env)
     policy = build_policy(cfg, env, steps).to(device)
     load_state(policy, ckpt["policy"], run_dir / CHECKPOINT_NAME, "policy")
     result = evaluate(env, policy, args.episodes, seed=args.seed, steps=steps)

@@ -15,6 +15,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from meta_rl.contract import task_length
+
 __all__ = ["EnvCheckError", "check_finite_actions", "check_vector_env"]
 
 
@@ -151,7 +153,7 @@ def check_vector_env(
     """
     env = make_env()
     mode = _check_declarations(env)
-    episode_length = getattr(env, "episode_length", None)
+    episode_length = task_length(env) or None
     n_steps = steps if steps is not None else (2 * episode_length + 1 if episode_length else 200)
     first = _rollout(env, seed, seed, n_steps, mode)
     env.close()

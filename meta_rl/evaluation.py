@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from gymnasium.vector import VectorEnv
 
+from meta_rl.contract import task_length, trial_episodes
 from meta_rl.policy import MetaPolicy
 from meta_rl.rollout import Rollout, collect
 
@@ -145,7 +146,7 @@ def evaluate(
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
-    horizon = int(steps or getattr(env, "episode_length", 0) or 0)
+    horizon = int(steps or task_length(env))
     if horizon < 1:
         raise ValueError("the env has no episode_length; pass steps= (the length of one task).")
     hits, counts = [], []
@@ -209,8 +210,7 @@ def trial_returns(
     env: VectorEnv, policy: MetaPolicy, trials: int, *, seed: int = 0, deterministic: bool = True
 ) -> TrialReturns:
     """Return by inner episode on ``trials`` tasks of an env whose info gives ``"inner_episode"``."""
-    episodes = int(getattr(env, "episodes_per_trial", 0))
-    horizon = int(getattr(env, "episode_length", 0))
+    episodes, horizon = trial_episodes(env), task_length(env)
     if episodes < 1 or horizon < 1:
         raise ValueError("the env must have episodes_per_trial and episode_length (a multi-episode trial env).")
     parts = [

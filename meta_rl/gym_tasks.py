@@ -25,9 +25,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
+from meta_rl.contract import MetaVectorEnv
 from meta_rl.env_checker import check_finite_actions
 
 __all__ = ["GymTaskVectorEnv", "TaskTrialEnv", "register_gym_task"]
@@ -145,7 +146,7 @@ def _copy(x: Any) -> Any:
     return np.array(x, copy=True)
 
 
-class GymTaskVectorEnv(VectorEnv):
+class GymTaskVectorEnv(MetaVectorEnv):
     """B copies of any gymnasium env, one task per trial of several episodes, as torch tensors.
 
     ## Description

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from gymnasium.vector import VectorEnv
 
+from meta_rl.contract import known_images, task_length
 from meta_rl.cores import State
 from meta_rl.policy import MetaPolicy
 
@@ -93,10 +94,9 @@ def collect(
 
     embed: torch.Tensor | None = None
     mains: torch.Tensor | None = None
-    stream = getattr(env, "episode_images", None)
-    episode_length = getattr(env, "episode_length", 0)
-    if policy.image_input and callable(stream) and 0 < steps <= episode_length:
-        mains = stream()[:, :steps].transpose(0, 1)  # (T, B, C, H, W): the images the task will show
+    stream = known_images(env) if policy.image_input and 0 < steps <= task_length(env) else None
+    if stream is not None:
+        mains = stream[:, :steps].transpose(0, 1)  # (B, T+1, ...) -> (T, B, C, H, W): the images the task will show
         with torch.set_grad_enabled(embed_with_grad):
             embed = policy.encode(mains, (steps, b))  # (T, B, E)
     elif main is not None:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig, resolve_device
+from meta_rl.contract import task_length
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.evaluation import HELDOUT_SEED, EvaluationStopped, evaluate
 from meta_rl.guard import NonFiniteError, NonFiniteGuard, eager_by_default
@@ -331,7 +332,7 @@ class Trainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         probe = make_vec_env(cfg, cfg.train_split, 1, self.device)
-        self.steps = cfg.rollout_steps or int(getattr(probe, "episode_length", 0))
+        self.steps = cfg.rollout_steps or task_length(probe)
         if self.steps < 1:
             raise ConfigError(f"env {cfg.env_id!r} has no episode_length; set rollout_steps to the length of a task.")
         self.eval_envs = (min(cfg.eval_episodes, 256) if cfg.eval_every and cfg.eval_episodes and self.world.is_main

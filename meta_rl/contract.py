@@ -1,0 +1,73 @@
+"""What meta-rl's trainer, rollouts and evaluation need to know about a task's vector env.
+
+A :class:`MetaVectorEnv` is a torch-native gymnasium ``VectorEnv`` of B tasks that declares, as
+class-level attributes in the manner of ``VectorEnv``'s own (``metadata``, ``num_envs``):
+
+- ``episode_length``: the steps of one task (a whole trial), or None where tasks have no fixed length;
+- ``episodes_per_trial``: the inner episodes of a task, reported per step in ``info["inner_episode"]``,
+  or None where a task is one episode;
+- ``episode_images()``: every image the current tasks will show, where they are known at reset
+  (None otherwise), so a rollout can encode a whole task in one batched pass.
+
+The parts are also protocols (:class:`HasEpisodeLength`, ...), so a plug-in ``VectorEnv`` that does not subclass
+:class:`MetaVectorEnv` but has, say, an ``episode_length`` attribute is read the same way; an env
+with none of them declares nothing (the functions below return 0 or None).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from gymnasium.vector import VectorEnv
+
+__all__ = ["HasEpisodeLength", "HasTrials", "KnowsImages", "MetaVectorEnv", "known_images", "task_length",
+           "trial_episodes"]
+
+
+@runtime_checkable
+class HasEpisodeLength(Protocol):
+    """Declares the steps of one task (None: no fixed length)."""
+
+    episode_length: int | None
+
+
+@runtime_checkable
+class HasTrials(Protocol):
+    """Declares the inner episodes of a task (reported per step in ``info["inner_episode"]``)."""
+
+    episodes_per_trial: int | None
+
+
+@runtime_checkable
+class KnowsImages(Protocol):
+    """Knows at reset every image its current tasks will show."""
+
+    def episode_images(self) -> torch.Tensor | None: ...
+
+
+class MetaVectorEnv(VectorEnv):
+    """A vector env of B meta-learning tasks (see the module docstring for the attributes it declares)."""
+
+    episode_length: int | None = None
+    episodes_per_trial: int | None = None
+    device: torch.device = torch.device("cpu")
+
+    def episode_images(self) -> torch.Tensor | None:
+        """uint8 (B, T + 1, C, H, W): the images the current tasks will show, or None if not known ahead."""
+        return None
+
+
+def task_length(env: object) -> int:
+    """Steps in one task of ``env`` (0: not declared)."""
+    return int(env.episode_length or 0) if isinstance(env, HasEpisodeLength) else 0
+
+
+def trial_episodes(env: object) -> int:
+    """Inner episodes per task of ``env`` (0: not a multi-episode trial env)."""
+    return int(env.episodes_per_trial or 0) if isinstance(env, HasTrials) else 0
+
+
+def known_images(env: object) -> torch.Tensor | None:
+    """The images ``env``'s current tasks will show, where it knows them at reset."""
+    return env.episode_images() if isinstance(env, KnowsImages) else None
