@@ -36,6 +36,7 @@ import torch
 
 from meta_rl.config import TrainConfig, load_config
 from meta_rl.data import ImageDataset, load_splits
+from meta_rl.data.synthetic import random_dataset
 from meta_rl.envs import FewShotEnv, FewShotVectorEnv
 from meta_rl.evaluation import evaluate
 from meta_rl.train import build_policy, make_vec_env, reinforce_gradients, train
@@ -47,21 +48,10 @@ DEFAULT_ENV_ID = "meta_rl/Glyphs-5way-v0"
 ACTION_POOL = 512  # pre-generated action batches, cycled through
 
 
-def synthetic_dataset(num_classes: int = 200, images_per_class: int = 20, seed: int = 0) -> ImageDataset:
-    """A random 1x28x28 dataset, so the bench runs without building the glyphs."""
-    g = torch.Generator().manual_seed(seed)
-    n = num_classes * images_per_class
-    images = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
-    labels = torch.arange(num_classes).repeat_interleave(images_per_class)
-    names = tuple(f"class{c}" for c in range(num_classes))
-    groups = tuple(f"group{c % 10}" for c in range(num_classes))
-    return ImageDataset(images, labels, names, groups, "synthetic")
-
-
 def resolve_dataset(name: str) -> str | ImageDataset:
     """``"synthetic"`` gives an in-process random dataset; any other source is loaded (and cached) now."""
     if name == "synthetic":
-        return synthetic_dataset()
+        return random_dataset(200, 20, seed=0, groups=10, class_name="class{}")
     load_splits(name)  # build or read the cache once, outside any timing
     return name
 

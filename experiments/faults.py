@@ -66,19 +66,11 @@ DATASET = "fault-drills"
 PLUGIN_SOURCE = '''
 import os
 
-import torch
-
 import meta_rl.envs  # noqa: F401
-from meta_rl.data import ImageDataset, register_dataset, split_by_group
+from meta_rl.data import register_dataset
+from meta_rl.data.synthetic import prototype_splits
 
-_g = torch.Generator().manual_seed(0)
-_n, _k = 36, 6
-_protos = (torch.rand(_n, 1, 28, 28, generator=_g) < 0.3).float() * 255
-_noise = torch.randint(-20, 21, (_n * _k, 1, 28, 28), generator=_g)
-_images = (_protos.repeat_interleave(_k, 0) + _noise).clamp(0, 255).to(torch.uint8)
-_ds = ImageDataset(_images, torch.arange(_n).repeat_interleave(_k), tuple(f"c{i}" for i in range(_n)),
-                   tuple(f"g{i % 12}" for i in range(_n)), "drills")
-register_dataset("DATASET", split_by_group(_ds, (0.6, 0.2, 0.2)))
+register_dataset("DATASET", prototype_splits(36, 6, seed=0, class_name="c{}", group_name="g{}", name="drills"))
 
 if os.environ.get("FAULT_DRILL_SLOW_CHECKPOINT"):
     import time

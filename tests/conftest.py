@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
 
 from meta_rl.data import ImageDataset, load_splits
+from meta_rl.data.synthetic import prototype_splits, random_dataset
 
 NUM_CLASSES = 40
 IMAGES_PER_CLASS = 12
@@ -29,21 +31,8 @@ def make_synthetic_dataset(
     seed: int = 0,
     name: str = "synthetic",
 ) -> ImageDataset:
-    """Random 1x28x28 images, sorted by class, every image distinct.
-
-    Pixels (0, 0, 0) and (0, 0, 1) encode the image's row (row // 256, row % 256), so every
-    image is distinct and a shown image can be traced back to its dataset row.
-    """
-    n = num_classes * images_per_class
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
-    rows = torch.arange(n)
-    images[:, 0, 0, 0] = (rows // 256).to(torch.uint8)
-    images[:, 0, 0, 1] = (rows % 256).to(torch.uint8)
-    labels = torch.arange(num_classes).repeat_interleave(images_per_class)
-    class_names = tuple(f"class{c:03d}" for c in range(num_classes))
-    groups = tuple(f"group{c % NUM_GROUPS}" for c in range(num_classes))
-    return ImageDataset(images, labels, class_names, groups, name)
+    """Random 1x28x28 images, sorted by class, every image distinct (its row tagged in two pixels)."""
+    return random_dataset(num_classes, images_per_class, seed=seed, tag_rows=True, groups=NUM_GROUPS, name=name)
 
 
 @pytest.fixture(scope="session")
@@ -69,28 +58,12 @@ OFFSET_DATASET = "test-prototypes-offset"
 
 
 def make_prototype_splits(
-    num_classes: int = 60,
-    images_per_class: int = 12,
-    seed: int = 0,
-    amplitude: float = 255.0,
-    max_offset: float = 0.0,
-    noise: int = 20,
+    num_classes: int = 60, images_per_class: int = 12, seed: int = 0, **changes: Any
 ) -> dict[str, ImageDataset]:
-    """1x28x28 classes: a random binary prototype per class (``amplitude`` on 30% of the pixels),
-    plus a random brightness offset in [0, ``max_offset``) per image and +-``noise`` pixel noise,
-    split by group (12 groups) into train/val/test classes."""
-    from meta_rl.data import split_by_group
-
-    g = torch.Generator().manual_seed(seed)
-    protos = (torch.rand(num_classes, 1, 28, 28, generator=g) < 0.3).float() * amplitude
-    n = num_classes * images_per_class
-    offset = torch.rand(n, 1, 1, 1, generator=g) * max_offset
-    pixels = torch.randint(-noise, noise + 1, (n, 1, 28, 28), generator=g)
-    images = (protos.repeat_interleave(images_per_class, 0) + offset + pixels).clamp(0, 255).to(torch.uint8)
-    labels = torch.arange(num_classes).repeat_interleave(images_per_class)
-    names = tuple(f"proto{c:03d}" for c in range(num_classes))
-    groups = tuple(f"group{c % 12}" for c in range(num_classes))
-    return split_by_group(ImageDataset(images, labels, names, groups, "prototypes"), (0.6, 0.2, 0.2))
+    """1x28x28 classes split by group (12 groups) into train/val/test: a random binary prototype
+    per class, a brightness offset per image (0 unless ``max_offset`` is changed) and +-20 pixel
+    noise; ``changes`` (``amplitude``, ``max_offset``, ``noise``...) go to :func:`prototype_splits`."""
+    return prototype_splits(num_classes, images_per_class, seed=seed, **{"max_offset": 0.0, **changes})
 
 
 @pytest.fixture(scope="session")

@@ -45,19 +45,11 @@ PLUGIN = "meta_rl_faults_plugin"
 DATASET = "faults-synthetic"
 # A plug-in module for subprocesses: registers a small synthetic dataset (and the env ids).
 PLUGIN_SOURCE = f'''
-import torch
-
 import meta_rl.envs  # noqa: F401 - registers meta_rl/FewShot-v0
-from meta_rl.data import ImageDataset, register_dataset, split_by_group
+from meta_rl.data import register_dataset
+from meta_rl.data.synthetic import prototype_splits
 
-_g = torch.Generator().manual_seed(0)
-_n, _k = 36, 6
-_protos = (torch.rand(_n, 1, 28, 28, generator=_g) < 0.3).float() * 255
-_noise = torch.randint(-20, 21, (_n * _k, 1, 28, 28), generator=_g)
-_images = (_protos.repeat_interleave(_k, 0) + _noise).clamp(0, 255).to(torch.uint8)
-_ds = ImageDataset(_images, torch.arange(_n).repeat_interleave(_k), tuple(f"c{{i}}" for i in range(_n)),
-                   tuple(f"g{{i % 12}}" for i in range(_n)), "faults")
-register_dataset({DATASET!r}, split_by_group(_ds, (0.6, 0.2, 0.2)))
+register_dataset({DATASET!r}, prototype_splits(36, 6, seed=0, class_name="c{{}}", group_name="g{{}}", name="faults"))
 '''
 K = 3  # instances per class
 S = 4 * 3 * K  # env steps per update (4 tasks of 9 steps)
