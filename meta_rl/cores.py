@@ -110,6 +110,13 @@ class EpisodicMemoryCore(nn.Module):
         self.rnn = nn.GRU(embed_dim + context_dim + read_dim, hidden)
         self.out_dim = hidden + read_dim
 
+    def output_layout(self) -> dict[str, slice]:
+        """Where each part of the output features lies: ``controller`` (H), then the memory's ``read`` of the
+        context (U), the ``total`` of every context stored in the task (U) and the ``best`` similarity (1)."""
+        h, u = self.hidden, self.context_dim
+        return {"controller": slice(0, h), "read": slice(h, h + u), "total": slice(h + u, h + 2 * u),
+                "best": slice(h + 2 * u, h + 2 * u + 1)}
+
     def initial_state(self, batch: int, device: torch.device) -> State:
         s, k, u = self.capacity, self.key_dim, self.context_dim
         return (

@@ -13,6 +13,9 @@ import math
 import torch
 
 __all__ = [
+    "ActionHead",
+    "CategoricalHead",
+    "SquashedGaussianHead",
     "categorical_entropy",
     "categorical_log_prob",
     "categorical_mode",
@@ -87,3 +90,68 @@ def gaussian_entropy(log_std: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """
     per_dim = 0.5 * (1.0 + _LOG_2PI) + log_std
     return per_dim.sum(-1).expand(shape)
+
+
+# --- action heads: the distribution for an action space, chosen once --------------------------
+
+
+class CategoricalHead:
+    """``Discrete(n)`` actions: logits (..., n) from the policy head; int64 actions of shape (...).
+
+    Stateless: every method takes the tensors it needs (``scale``, ``low``, ``high`` are unused).
+    """
+
+    dtype = torch.int64
+
+    def __init__(self, n: int) -> None:
+        self.dim = n
+        self.shape: tuple[int, ...] = ()
+
+    def encode(self, action: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+        """(*lead,) actions as the policy's input: one-hot (*lead, n)."""
+        return torch.nn.functional.one_hot(action.long().clamp(0, self.dim - 1), self.dim).float()
+
+    def sample(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor, high: torch.Tensor,
+               generator: torch.Generator | None, deterministic: bool) -> torch.Tensor:
+        return categorical_mode(params) if deterministic else categorical_sample(params, generator)
+
+    def log_prob(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor, high: torch.Tensor,
+                 actions: torch.Tensor) -> torch.Tensor:
+        return categorical_log_prob(params, actions)
+
+    def entropy(self, params: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        return categorical_entropy(params)
+
+
+class SquashedGaussianHead:
+    """Bounded 1-D ``Box(d)`` actions: mean μ (..., d) from the policy head, the policy's learned log σ
+    (``scale``, (d,)) and the bounds ``low`` / ``high``; float32 actions of shape (..., d)."""
+
+    dtype = torch.float32
+
+    def __init__(self, d: int) -> None:
+        self.dim = d
+        self.shape: tuple[int, ...] = (d,)
+
+    def encode(self, action: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+        """(*lead, d) actions as the policy's input: as they are."""
+        return action.float().reshape(*lead, self.dim)
+
+    def sample(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor, high: torch.Tensor,
+               generator: torch.Generator | None, deterministic: bool) -> torch.Tensor:
+        if deterministic:
+            return squashed_gaussian_mode(params, low, high)
+        assert scale is not None
+        return squashed_gaussian_sample(params, scale, low, high, generator)
+
+    def log_prob(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor, high: torch.Tensor,
+                 actions: torch.Tensor) -> torch.Tensor:
+        assert scale is not None
+        return squashed_gaussian_log_prob(params, scale, low, high, actions)
+
+    def entropy(self, params: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        assert scale is not None
+        return gaussian_entropy(scale, params.shape[:-1])
+
+
+ActionHead = CategoricalHead | SquashedGaussianHead

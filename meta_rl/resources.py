@@ -131,10 +131,7 @@ def _activation_bytes(policy: Any, observation_space: spaces.Space[Any], steps: 
     obs = _meta_like(observation_space, lead)
     main = policy.main_obs(obs)
     extras = {k: obs[k] for k in policy.context_keys} if isinstance(obs, dict) else {}
-    if policy.discrete:
-        actions = torch.zeros(lead, dtype=torch.int64, device="meta")
-    else:
-        actions = torch.zeros((*lead, policy.action_dim), device="meta")
+    actions = torch.zeros((*lead, *policy.head.shape), dtype=policy.head.dtype, device="meta")
     rewards = torch.zeros(lead, device="meta")
     starts = torch.zeros(lead, dtype=torch.bool, device="meta")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

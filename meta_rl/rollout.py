@@ -102,8 +102,7 @@ def collect(
     elif main is not None:
         mains = torch.empty((steps, *main.shape), dtype=main.dtype, device=device)  # (T, B, *obs)
 
-    action_shape = () if policy.discrete else (policy.action_dim,)
-    action_dtype = torch.int64 if policy.discrete else torch.float32
+    action_shape, action_dtype = policy.head.shape, policy.head.dtype
     extra_buf = {k: torch.empty((steps, *v.shape), dtype=v.dtype, device=device) for k, v in extras.items()}
     actions = torch.empty((steps, b, *action_shape), dtype=action_dtype, device=device)
     prev_actions = torch.empty_like(actions)

@@ -14,7 +14,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 import meta_rl.envs  # noqa: F401  (registers the ids)
 from meta_rl.data import ImageDataset
 from meta_rl.envs import FewShotEnv
-from meta_rl.policy import PREV_REWARD_KEY, MetaPolicy, RL2ObservationWrapper, RL2State
+from meta_rl.policy import MetaPolicy
+from meta_rl.sb3_adapter import PREV_REWARD_KEY, RL2ObservationWrapper, RL2State
 
 
 def _policy(env: gym.Env[Any, Any], **kwargs: Any) -> MetaPolicy:
