@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from meta_rl.data import formats
 from meta_rl.data.dataset import ImageDataset, split_by_group
 
 __all__ = ["MIN_CLASSES_FOR_CLASS_SPLIT", "SPLITS", "load_splits", "register_dataset", "resolve_split"]
@@ -32,7 +33,6 @@ __all__ = ["MIN_CLASSES_FOR_CLASS_SPLIT", "SPLITS", "load_splits", "register_dat
 SPLITS = ("train", "val", "test")
 MIN_CLASSES_FOR_CLASS_SPLIT = 30
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-KINDS = ("glyphs", "omniglot", "cifar", "mini_imagenet", "idx", "fashion_mnist", "folder")
 _REGISTERED: dict[str, Mapping[str, ImageDataset]] = {}
 
 
@@ -90,10 +90,101 @@ def _rename(ds: ImageDataset, name: str) -> ImageDataset:
     return ImageDataset(ds.images, ds.labels, ds.class_names, ds.groups, name)
 
 
+def _load_glyphs(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
+    """``glyphs``: the glyph dataset built from fonts (progress bars only if ``META_RL_PROGRESS`` is unset or ``1``)."""
+    from meta_rl.data.glyphs import load_glyphs
+
+    progress = os.environ.get("META_RL_PROGRESS", "1") == "1"
+    return load_glyphs(image_size=image_size, seed=seed, progress=progress)
+
+
+def _load_omniglot(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
+    """``omniglot:ROOT``: background split by alphabet into train/val, evaluation as test."""
+    parts = formats.load_omniglot(arg, image_size=image_size)
+    if "background" in parts and "evaluation" in parts:
+        bg = split_by_group(parts["background"], (0.8, 0.2), ("train", "val"), seed=seed)
+        return {
+            "train": _rename(bg["train"], "omniglot/train"),
+            "val": _rename(bg["val"], "omniglot/val"),
+            "test": _rename(parts["evaluation"], "omniglot/test"),
+        }
+    only = next(iter(parts.values()))
+    return split_by_group(_rename(only, "omniglot"), (0.6, 0.2, 0.2), SPLITS, seed=seed)
+
+
+def _load_cifar(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
+    """``cifar:ROOT``: CIFAR-10 or CIFAR-100."""
+    parts = formats.load_cifar(arg)
+    return _from_train_test(parts["train"], parts["test"], "cifar", seed)
+
+
+def _load_mini_imagenet(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
+    """``mini_imagenet:PATH``: all three split pickles as they are, or one pickle split by class."""
+    parts = formats.load_mini_imagenet(arg)
+    if all(s in parts for s in SPLITS):
+        return {s: _rename(parts[s], f"mini_imagenet/{s}") for s in SPLITS}
+    merged = _merge(list(parts.values()), "mini_imagenet") if len(parts) == 1 else None
+    if merged is None:
+        raise ValueError(
+            f"mini_imagenet source {arg!r} holds splits {sorted(parts)}; provide all of "
+            "train/val/test pickles or exactly one pickle to split by class."
+        )
+    return split_by_group(merged, (0.64, 0.16, 0.20), SPLITS, seed=seed)
+
+
+def _load_folder(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
+    """``folder:ROOT``: one sub-folder per class, split by class."""
+    ds = formats.load_image_folder(arg, image_size=image_size if image_size else None)
+    return split_by_group(_rename(ds, "folder"), (0.6, 0.2, 0.2), SPLITS, seed=seed)
+
+
+def _load_fashion_mnist(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
+    """``fashion_mnist[:ROOT]``: the gzipped IDX files, by default Debian's ``dataset-fashion-mnist``."""
+    root = Path(arg) if arg else FASHION_MNIST_DIR
+    files = {
+        "train": (root / "train-images-idx3-ubyte.gz", root / "train-labels-idx1-ubyte.gz"),
+        "test": (root / "t10k-images-idx3-ubyte.gz", root / "t10k-labels-idx1-ubyte.gz"),
+    }
+    if not root.exists():
+        raise ValueError(
+            f"Fashion-MNIST folder {root} does not exist; install it with "
+            "'apt-get install -y dataset-fashion-mnist' or pass 'fashion_mnist:/path'."
+        )
+    train = formats.load_idx(*files["train"], name="fashion_mnist")
+    test = formats.load_idx(*files["test"], name="fashion_mnist")
+    return _from_train_test(train, test, "fashion_mnist", seed)
+
+
+def _load_idx(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
+    """``idx:IMAGES,LABELS``: one pair of IDX files, 20% of each class's images held out as test."""
+    images, sep, labels = arg.partition(",")
+    if not sep:
+        raise ValueError(f"idx source {source!r} must be 'idx:IMAGES_FILE,LABELS_FILE'.")
+    ds = formats.load_idx(images, labels, name="idx")
+    tr, te = _split_images(ds, 0.2, seed)
+    return _from_train_test(tr, te, "idx", seed)
+
+
+# The loader of each source kind, called as loader(source, arg, image_size, seed) with
+# ``kind:arg = source``; the order is the one error messages list the kinds in.
+_LOADERS: dict[str, Callable[[str, str, int, int], dict[str, ImageDataset]]] = {
+    "glyphs": _load_glyphs,
+    "omniglot": _load_omniglot,
+    "cifar": _load_cifar,
+    "mini_imagenet": _load_mini_imagenet,
+    "idx": _load_idx,
+    "fashion_mnist": _load_fashion_mnist,
+    "folder": _load_folder,
+}
+KINDS = tuple(_LOADERS)
+_PATH_OPTIONAL = ("glyphs", "fashion_mnist")  # every other kind needs 'kind:PATH'
+
+
 @functools.lru_cache(maxsize=8)
 def _load_cached(source: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
+    """The splits of a built-in ``kind`` or ``kind:arg`` source, loaded once per process."""
     kind, _, arg = source.partition(":")
-    if kind not in KINDS:
+    if kind not in _LOADERS:
         raise ValueError(
             f"unknown dataset source {source!r}; expected one of {', '.join(KINDS)} "
             f"(as 'kind' or 'kind:PATH'), a name given to register_dataset() ({sorted(_REGISTERED)}), "
@@ -101,64 +192,9 @@ def _load_cached(source: str, image_size: int, seed: int) -> dict[str, ImageData
         )
     if kind == "glyphs" and arg:
         raise ValueError(f"dataset source {source!r}: 'glyphs' takes no path; use dataset='glyphs'.")
-    if kind not in ("glyphs", "fashion_mnist") and not arg:
+    if kind not in _PATH_OPTIONAL and not arg:
         raise ValueError(f"dataset source {source!r} needs a path: use '{kind}:/path/to/data'.")
-    from meta_rl.data import formats
-
-    if kind == "glyphs":
-        from meta_rl.data.glyphs import load_glyphs
-
-        progress = os.environ.get("META_RL_PROGRESS", "1") == "1"
-        return load_glyphs(image_size=image_size, seed=seed, progress=progress)
-    if kind == "omniglot":
-        parts = formats.load_omniglot(arg, image_size=image_size)
-        if "background" in parts and "evaluation" in parts:
-            bg = split_by_group(parts["background"], (0.8, 0.2), ("train", "val"), seed=seed)
-            return {
-                "train": _rename(bg["train"], "omniglot/train"),
-                "val": _rename(bg["val"], "omniglot/val"),
-                "test": _rename(parts["evaluation"], "omniglot/test"),
-            }
-        only = next(iter(parts.values()))
-        return split_by_group(_rename(only, "omniglot"), (0.6, 0.2, 0.2), SPLITS, seed=seed)
-    if kind == "cifar":
-        parts = formats.load_cifar(arg)
-        return _from_train_test(parts["train"], parts["test"], "cifar", seed)
-    if kind == "mini_imagenet":
-        parts = formats.load_mini_imagenet(arg)
-        if all(s in parts for s in SPLITS):
-            return {s: _rename(parts[s], f"mini_imagenet/{s}") for s in SPLITS}
-        merged = _merge(list(parts.values()), "mini_imagenet") if len(parts) == 1 else None
-        if merged is None:
-            raise ValueError(
-                f"mini_imagenet source {arg!r} holds splits {sorted(parts)}; provide all of "
-                "train/val/test pickles or exactly one pickle to split by class."
-            )
-        return split_by_group(merged, (0.64, 0.16, 0.20), SPLITS, seed=seed)
-    if kind == "folder":
-        ds = formats.load_image_folder(arg, image_size=image_size if image_size else None)
-        return split_by_group(_rename(ds, "folder"), (0.6, 0.2, 0.2), SPLITS, seed=seed)
-    # MNIST-style IDX: kind == "idx" or "fashion_mnist".
-    if kind == "fashion_mnist":
-        root = Path(arg) if arg else FASHION_MNIST_DIR
-        files = {
-            "train": (root / "train-images-idx3-ubyte.gz", root / "train-labels-idx1-ubyte.gz"),
-            "test": (root / "t10k-images-idx3-ubyte.gz", root / "t10k-labels-idx1-ubyte.gz"),
-        }
-        if not root.exists():
-            raise ValueError(
-                f"Fashion-MNIST folder {root} does not exist; install it with "
-                "'apt-get install -y dataset-fashion-mnist' or pass 'fashion_mnist:/path'."
-            )
-        train = formats.load_idx(*files["train"], name="fashion_mnist")
-        test = formats.load_idx(*files["test"], name="fashion_mnist")
-        return _from_train_test(train, test, "fashion_mnist", seed)
-    images, sep, labels = arg.partition(",")
-    if not sep:
-        raise ValueError(f"idx source {source!r} must be 'idx:IMAGES_FILE,LABELS_FILE'.")
-    ds = formats.load_idx(images, labels, name="idx")
-    tr, te = _split_images(ds, 0.2, seed)
-    return _from_train_test(tr, te, "idx", seed)
+    return _LOADERS[kind](source, arg, image_size, seed)
 
 
 def load_splits(source: str = "glyphs", *, image_size: int = 28, seed: int = 0) -> dict[str, ImageDataset]:

@@ -1,0 +1,48 @@
+"""What every dataset loader shares: :class:`DatasetError`, path checks and the final ImageDataset."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meta_rl.data.dataset import ImageDataset
+
+__all__ = ["DatasetError", "StrPath", "require_exists", "short", "to_dataset"]
+
+StrPath = str | os.PathLike[str]
+
+
+class DatasetError(ValueError):
+    """A dataset file or folder is missing, corrupt or malformed; the message says how to fix it."""
+
+
+def short(exc: BaseException, limit: int = 200) -> str:
+    """``exc`` as ``"Type: message"``, cut to at most ``limit`` characters."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def to_dataset(
+    images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], groups: Sequence[str], name: str
+) -> ImageDataset:
+    """An ImageDataset sorted by class, copying ``images`` only if they are read-only."""
+    images = np.ascontiguousarray(images)
+    if not images.flags.writeable:
+        images = images.copy()
+    return ImageDataset(
+        torch.from_numpy(images),
+        torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+        tuple(class_names),
+        tuple(groups),
+        name,
+    ).sorted_by_class()
+
+
+def require_exists(path: Path, expected: str) -> None:
+    """Raise a DatasetError saying what was ``expected`` at ``path`` if nothing is there."""
+    if not path.exists():
+        raise DatasetError(f"{path} does not exist; expected {expected} there. Check the path.")
