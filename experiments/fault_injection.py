@@ -11,6 +11,7 @@ cannot (root ignores it) and needs no full disk.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,7 +22,14 @@ from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
 
 import meta_rl.atomic as atomic_module
 
-__all__ = ["SITES", "Fault", "inject", "named"]
+__all__ = ["CAUSES", "SITES", "Fault", "inject", "named"]
+
+#: What the error message of a write failing with each errno says: its cause and the start of its fix.
+CAUSES = {
+    errno.ENOSPC: ("the disk is full (ENOSPC)", "Free some space"),
+    errno.EROFS: ("the file system is read-only (EROFS)", "Choose a folder on a writable file system"),
+    errno.EACCES: ("permission denied (EACCES)", "writable by this user"),
+}
 
 #: Where a fault can be injected, and the call it is injected into.
 SITES = {

@@ -17,7 +17,6 @@ is lost. ``bad_inputs`` counts distinct hostile inputs (the same call twice coun
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import errno
 import functools
@@ -41,16 +40,16 @@ import tracemalloc
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from fault_injection import Fault, inject, named  # beside this file (python experiments/faults.py)
+from fault_injection import CAUSES, Fault, inject, named  # beside this file (python experiments/faults.py)
 
 from meta_rl.atomic import WriteError
-from meta_rl.checkpoint import CheckpointError, checksum, load_checkpoint
+from meta_rl.checkpoint import CheckpointError, checksum, load_checkpoint, state_leaves
 from meta_rl.config import ConfigError, TrainConfig
 from meta_rl.data import DatasetError, load_idx, load_image_folder, load_mini_imagenet
 from meta_rl.data.formats import load_cifar, load_omniglot
@@ -220,23 +219,12 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout
         time.sleep(poll)
 
 
-def leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from leaves(v, f"{prefix}/{k}")
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            yield from leaves(v, f"{prefix}[{i}]")
-    else:
-        yield prefix, tree
-
-
 def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Counters, policy, optimizer and RNG state exactly equal (torch.equal on every tensor)."""
     if a["counters"] != b["counters"]:
         return False
     for part in ("policy", "optimizer", "rng"):
-        left, right = dict(leaves(a[part])), dict(leaves(b[part]))
+        left, right = dict(state_leaves(a[part])), dict(state_leaves(b[part]))
         if left.keys() != right.keys():
             return False
         for key, x in left.items():
@@ -271,16 +259,6 @@ def saved_update(run_dir: Path) -> int:
     path = run_dir / CHECKPOINT_NAME
     return int(load_checkpoint(path)["counters"]["update"]) if path.is_file() else -1
 
-
-
-@contextlib.contextmanager
-def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
-    before = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,11 +564,6 @@ WRITE_SITES: dict[str, tuple[str, Callable[[str], bool], int, str, bool]] = {
     "checkpoint write": ("write", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
     "checkpoint fsync": ("fsync", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
     "checkpoint rename": ("rename", named(CHECKPOINT_NAME), 3, CHECKPOINT_NAME, True),
-}
-CAUSES = {
-    errno.ENOSPC: ("the disk is full (ENOSPC)", "Free some space"),
-    errno.EROFS: ("the file system is read-only (EROFS)", "Choose a folder on a writable file system"),
-    errno.EACCES: ("permission denied (EACCES)", "writable by this user"),
 }
 
 

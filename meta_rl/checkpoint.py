@@ -7,9 +7,11 @@ from silently damaged parameters; version 1 files (no checksum) are still read.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,9 @@ __all__ = [
     "checksum",
     "load_checkpoint",
     "load_state",
+    "malformed_state",
     "save_checkpoint",
+    "state_leaves",
 ]
 
 FORMAT_VERSION = 2
@@ -181,3 +185,27 @@ def load_state(module: Any, state: Any, path: str | Path, what: str) -> None:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise CheckpointError(f"checkpoint {path}: cannot load {what} ({type(exc).__name__}: {exc}); {fix}") from exc
+
+
+@contextlib.contextmanager
+def malformed_state(path: str | Path) -> Iterator[None]:
+    """Report a bad entry met while restoring a checkpoint's counters or RNG state as a :class:`CheckpointError`."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} has malformed counters or RNG state ({type(exc).__name__}: {exc}); "
+            "it is damaged: restore it from a backup or start a new run."
+        ) from exc
+
+
+def state_leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, leaf) for every leaf of a nested checkpoint entry (dicts, lists, tuples), e.g. ``/state/0/exp_avg``."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from state_leaves(v, f"{prefix}/{k}")
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from state_leaves(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, tree

@@ -28,7 +28,7 @@ from gymnasium.vector import VectorEnv
 from tqdm.auto import tqdm
 
 from meta_rl.atomic import write_atomic
-from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
+from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig, resolve_device
 from meta_rl.contract import task_length
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
@@ -368,7 +368,7 @@ class Trainer:
             _check_resumable(ckpt["config"], self.cfg, self.ckpt_path)
             load_state(self.policy, ckpt["policy"], self.ckpt_path, "policy")
             load_state(self.optimizer, ckpt["optimizer"], self.ckpt_path, "optimizer")
-            try:
+            with malformed_state(self.ckpt_path):
                 # Rank r's action generator: its own state, gathered into the checkpoint by rank 0. A run
                 # resumed on more ranks than it was saved from derives the new ranks' generators from
                 # (seed, rank, update): deterministic, though not the stream an unbroken run would draw.
@@ -379,11 +379,6 @@ class Trainer:
                     self.generator.manual_seed(_task_seed(self.seed, int(ckpt["counters"]["update"])))
                 self.update, self.env_steps = int(ckpt["counters"]["update"]), int(ckpt["counters"]["env_steps"])
                 self.guard.skipped = int(ckpt.get("faults", {}).get("skipped_updates", 0))
-            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-                raise CheckpointError(
-                    f"checkpoint {self.ckpt_path} has malformed counters or RNG state ({type(exc).__name__}: {exc}); "
-                    "it is damaged: restore it from a backup or start a new run."
-                ) from exc
             self.saved_update = self.update
         self.world.broadcast_module(self.policy)
         self.first_update = self.update

@@ -31,6 +31,7 @@ from meta_rl.checkpoint import (
     CheckpointWriteError,
     checksum,
     load_checkpoint,
+    state_leaves,
 )
 from meta_rl.cli import main
 from meta_rl.config import ConfigError, TrainConfig
@@ -134,22 +135,11 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
 
 
-def tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from tensors(v, f"{prefix}/{k}")
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            yield from tensors(v, f"{prefix}[{i}]")
-    else:
-        yield prefix, tree
-
-
 def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
     """Exact equality of counters, policy, optimizer and RNG (torch.equal on every tensor)."""
     assert a["counters"] == b["counters"]
     for part in ("policy", "optimizer", "rng"):
-        left, right = dict(tensors(a[part])), dict(tensors(b[part]))
+        left, right = dict(state_leaves(a[part])), dict(state_leaves(b[part]))
         assert left.keys() == right.keys(), part
         for key, x in left.items():
             if isinstance(x, torch.Tensor):

@@ -30,7 +30,7 @@ from meta_rl.runlock import LOCK_NAME
 from meta_rl.train import CHECKPOINT_NAME, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-from fault_injection import Fault, inject, named
+from fault_injection import CAUSES, Fault, inject, named
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -40,11 +40,6 @@ pytestmark = [
 ]
 
 UPDATES = 4
-CAUSES = {
-    errno.EROFS: ("the file system is read-only (EROFS)", "Choose a folder on a writable file system"),
-    errno.EACCES: ("permission denied (EACCES)", "writable by this user"),
-    errno.ENOSPC: ("the disk is full (ENOSPC)", "Free some space"),
-}
 
 
 def tiny(dataset: str, **changes: Any) -> TrainConfig:

@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from meta_rl.atomic import write_atomic
-from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
+from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
 from meta_rl.config import ConfigBase, ConfigError, resolve_device
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
 from meta_rl.distributed import World
@@ -513,14 +513,9 @@ class BaselineRun:
             )
         load_state(self.baseline.model, ckpt["policy"], self.ckpt_path, "policy")
         load_state(self.optimizer, ckpt["optimizer"], self.ckpt_path, "optimizer")
-        try:
+        with malformed_state(self.ckpt_path):
             self.generator.set_state(ckpt["rng"]["tasks"].cpu())
             self.update = int(ckpt["counters"]["update"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-            raise CheckpointError(
-                f"checkpoint {self.ckpt_path} has malformed counters or RNG state ({type(exc).__name__}: {exc}); "
-                "it is damaged: restore it from a backup or start a new run."
-            ) from exc
         self.saved_update = self.update
 
     def init_logging(self) -> None:
