@@ -8,7 +8,7 @@ with numpy arrays and never pass rewards; :func:`predict` keeps the previous act
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -17,8 +17,9 @@ from gymnasium import spaces
 
 from meta_rl.cores import State
 
-if TYPE_CHECKING:
-    from meta_rl.policy import MetaPolicy
+# The policy is typed Any here: meta_rl.policy imports this module (MetaPolicy.predict calls predict), and
+# this module must not import it back.
+MetaPolicy = Any
 
 __all__ = ["PREV_REWARD_KEY", "RL2ObservationWrapper", "RL2State", "predict"]
 
