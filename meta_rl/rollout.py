@@ -20,7 +20,7 @@ from meta_rl.policy import MetaPolicy
 __all__ = ["Rollout", "collect"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Rollout:
     """T steps of B tasks, time-major.
 
@@ -143,6 +143,7 @@ def collect(
         u = policy.context({k: v[None] for k, v in extras.items()}, prev_a[None], prev_r[None], starts[None])
         _, last_value, _ = policy(e, u, starts[None], state, need_state=False)
     return Rollout(
-        mains, embed, extra_buf, actions, prev_actions, prev_rewards, rewards, dones, starts_buf,
-        labels, instance, inner_episode, last_value[0], state0,
+        main=mains, embed=embed, extras=extra_buf, actions=actions, prev_actions=prev_actions,
+        prev_rewards=prev_rewards, rewards=rewards, dones=dones, starts=starts_buf, labels=labels, instance=instance,
+        inner_episode=inner_episode, last_value=last_value[0], state0=state0,
     )
