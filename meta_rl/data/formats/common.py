@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from meta_rl.data.dataset import ImageDataset
 
-__all__ = ["DatasetError", "StrPath", "require_exists", "short", "to_dataset"]
+__all__ = ["DatasetError", "StrPath", "open_binary", "require_exists", "short", "to_dataset"]
 
 StrPath = str | os.PathLike[str]
 
@@ -24,6 +25,14 @@ def short(exc: BaseException, limit: int = 200) -> str:
     """``exc`` as ``"Type: message"``, cut to at most ``limit`` characters."""
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def open_binary(path: Path) -> io.BufferedReader:
+    """``open(path, "rb")`` (the caller closes it); an OSError becomes a DatasetError naming the path."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise DatasetError(f"cannot open {path} ({short(exc)}); check the path and permissions.") from exc
 
 
 def to_dataset(

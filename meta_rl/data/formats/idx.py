@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from meta_rl.data.dataset import ImageDataset
-from meta_rl.data.formats.common import DatasetError, StrPath, require_exists, short, to_dataset
+from meta_rl.data.formats.common import DatasetError, StrPath, open_binary, require_exists, short, to_dataset
 
 __all__ = ["load_idx"]
 
@@ -118,11 +118,7 @@ def _read_idx(path: Path, what: str) -> np.ndarray:
     require_exists(path, f"an IDX {what} file (e.g. train-{what}-idx{ndim}-ubyte or its .gz)")
     if not path.is_file():
         raise DatasetError(f"{path} is a folder; pass the IDX {what} file itself.")
-    try:
-        file = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise DatasetError(f"cannot open {path} ({short(exc)}); check the path and permissions.") from exc
-    with file:
+    with open_binary(path) as file:
         file_size = os.fstat(file.fileno()).st_size
         gz = file.read(2) == b"\x1f\x8b"
         file.seek(0)

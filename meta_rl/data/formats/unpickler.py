@@ -23,7 +23,7 @@ from typing import IO, Any, ClassVar
 
 import numpy as np
 
-from meta_rl.data.formats.common import DatasetError, short
+from meta_rl.data.formats.common import DatasetError, open_binary, short
 
 __all__ = ["as_int_array", "as_text", "get_key", "load_pickle"]
 
@@ -330,11 +330,7 @@ class _BoundedReader:
 
 def load_pickle(path: Path, *, encoding: str, what: str) -> Any:
     """Unpickle ``path`` with the restricted unpickler; any failure becomes a DatasetError."""
-    try:
-        file = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise DatasetError(f"cannot open {path} ({short(exc)}); check the path and permissions.") from exc
-    with file:
+    with open_binary(path) as file:
         size = os.fstat(file.fileno()).st_size
         try:
             reader: Any = _BoundedReader(file, size)
