@@ -53,6 +53,8 @@ class ConfigBase:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             check_type(f.name, getattr(self, f.name), hints[f.name])
+            if hints[f.name] is float:  # 0 and 0.0 mean the same: save one of them
+                setattr(self, f.name, float(getattr(self, f.name)))
         rules: list[tuple[tuple[str, ...], Any, str]] = [
             (self.POSITIVE, lambda v: v >= 1, "must be >= 1"),
             (self.DEFAULTED, lambda v: v >= 0, "must be >= 0 (0 picks the default)"),
