@@ -8,7 +8,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,6 +25,9 @@ __all__ = ["ConfigBase", "ConfigError", "TrainConfig", "check_type", "load_confi
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names it and the allowed values."""
+
+
+_Config = TypeVar("_Config", bound="ConfigBase")
 
 
 class ConfigBase:
@@ -48,7 +51,7 @@ class ConfigBase:
     #: An example config file, for the message when a file is missing.
     EXAMPLE: ClassVar[str] = "experiments/default.toml"
 
-    def validate(self) -> Self:
+    def validate(self: _Config) -> _Config:
         """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
@@ -90,7 +93,7 @@ class ConfigBase:
         return source
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Self:
+    def from_dict(cls: type[_Config], data: dict[str, Any], source: str = "config") -> _Config:
         """Build and validate; an unknown key is an error that lists the valid ones."""
         valid = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - valid)
@@ -107,7 +110,7 @@ class ConfigBase:
             data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> Self:
+    def load(cls: type[_Config], path: str | Path | None = None, overrides: list[str] | None = None) -> _Config:
         """Load a TOML file (None: the defaults), apply ``key=value`` overrides and validate."""
         data: dict[str, Any] = {}
         source = "the defaults"

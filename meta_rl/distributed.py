@@ -168,6 +168,15 @@ def setup(device: torch.device) -> tuple[World, torch.device, bool]:
     return World(rank=rank, size=size, local_rank=local_rank), device, created
 
 
-def teardown(created: bool) -> None:
+def teardown(created: bool, *, synchronize: bool = False) -> None:
+    """Leave the process group this process created.
+
+    Args:
+        synchronize: wait for every rank first (after a run that ended alike on all ranks). A rank
+            that destroys its group while another still talks to it can abort the other at exit
+            ("terminate called without an active exception"); never set after an error on one rank.
+    """
     if created and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()

@@ -53,10 +53,11 @@ class TrainingInterrupted(Exception):
     """
 
     def __init__(self, signum: int, run_dir: Path, update: int, env_steps: int,
-                 resume: str = "meta-rl train --resume", checkpoint_name: str = CHECKPOINT_NAME) -> None:
+                 resume: str = "meta-rl train --resume", checkpoint_name: str = CHECKPOINT_NAME,
+                 unit: str = "env step") -> None:
         self.signum, self.run_dir, self.update, self.env_steps = signum, run_dir, update, env_steps
         super().__init__(
-            f"training interrupted by {signal.Signals(signum).name} after update {update} (env step {env_steps}); "
+            f"training interrupted by {signal.Signals(signum).name} after update {update} ({unit} {env_steps}); "
             f"checkpoint saved to {run_dir / checkpoint_name}. Resume with: {resume} {run_dir}"
         )
 
@@ -208,8 +209,9 @@ class EventWriter:
     left out: the next call raises it.
     """
 
-    def __init__(self, run_dir: Path, purge_step: int, checkpoint_name: str = CHECKPOINT_NAME) -> None:
-        self._run_dir, self._checkpoint_name = run_dir, checkpoint_name
+    def __init__(self, run_dir: Path, purge_step: int, checkpoint_name: str = CHECKPOINT_NAME,
+                 resume: str = "meta-rl train --resume") -> None:
+        self._run_dir, self._checkpoint_name, self._resume = run_dir, checkpoint_name, resume
         self._previous_hook = threading.excepthook
         threading.excepthook = self._thread_hook
         try:
@@ -230,7 +232,7 @@ class EventWriter:
             raise write_error(
                 "TensorBoard events", self._run_dir / "events.out.tfevents.*", exc,
                 kept=f"the last checkpoint {ckpt} is intact" if ckpt.is_file() else "no checkpoint was written yet",
-                then=f"resume with meta-rl train --resume {self._run_dir}" if ckpt.is_file() else "start again",
+                then=f"resume with {self._resume} {self._run_dir}" if ckpt.is_file() else "start again",
             ) from exc
 
     def close(self) -> None:

@@ -37,6 +37,10 @@ class MetricLogger:
         self._counts = torch.zeros(MAX_INSTANCE, device=device)
         self._last_time, self._last_step = time.monotonic(), start_step
 
+    def start_clock(self) -> None:
+        """Measure the first steps per second from now (the start of the loop)."""
+        self._last_time = time.monotonic()
+
     def record_mean(self, values: dict[str, torch.Tensor]) -> None:
         """Add one update's scalar tensors to the running means."""
         for key, value in values.items():

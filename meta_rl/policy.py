@@ -15,9 +15,9 @@ from meta_rl import distributions as D
 from meta_rl import sb3_adapter
 from meta_rl.cores import EpisodicMemoryCore, State, make_core
 from meta_rl.encoders import make_encoder
-from meta_rl.sb3_adapter import RL2State
+from meta_rl.sb3_adapter import PREV_REWARD_KEY, RL2ObservationWrapper, RL2State
 
-__all__ = ["MetaPolicy"]
+__all__ = ["PREV_REWARD_KEY", "MetaPolicy", "RL2ObservationWrapper", "RL2State"]  # the last three: sb3_adapter's
 
 Obs = dict[str, torch.Tensor]
 

@@ -275,9 +275,12 @@ def train(
         with locked_run_dir(run_dir, resume, world) as stop:
             trainer = Trainer(cfg, run_dir, resume=resume, stop=stop, world=world, device=device, progress=progress,
                               collector=collector, losses=losses, eager_guard=eager_guard)
-            return trainer.learn()
-    finally:
+            result = trainer.learn()
+    except BaseException:
         teardown(owns_group)
+        raise
+    teardown(owns_group, synchronize=True)
+    return result
 
 
 
@@ -532,6 +535,7 @@ class Trainer:
         self.init_logging()
         self.policy.train()
         self.stopping.started = time.monotonic()  # max_minutes counts from here, after the set-up
+        self.metrics.start_clock()
         try:
             while self.env_steps < cfg.total_env_steps and self.stopping.before_update():
                 ro = self.collect_new_training_data()
@@ -569,3 +573,8 @@ def _log_strip(writer: Any, ro: Rollout, env_steps: int) -> None:
     if ro.main is None or ro.main.ndim != 5 or not bool((ro.labels[:, 0] >= 0).all()):
         return
     writer.add_image("episode/strip", episode_strip(ro.main[:, 0], ro.labels[:, 0], ro.actions[:, 0]), env_steps)
+
+
+
+if __name__ == "__main__":  # pragma: no cover - the entry point moved: say where instead of doing nothing
+    raise SystemExit("meta_rl.train is no longer a command: use python -m meta_rl train ARGS (torchrun: -m meta_rl).")

@@ -127,3 +127,41 @@ def test_cli_resume(proto_dataset: str, tmp_path: Path, capsys: pytest.CaptureFi
     assert '"updates": 3' in capsys.readouterr().out
     assert main(["baseline", "protonet", "--resume", run_dir]) == 2
     assert "--resume DIR continues a baseline run with its saved kind and config" in capsys.readouterr().err
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+def test_a_resumed_run_logs_what_an_unbroken_one_does(proto_dataset: str, tmp_path: Path) -> None:
+    """Means over the updates actually summed, and no held-out point logged twice at one step."""
+    changes = {"log_every": 4, "eval_episodes": 6, "eval_every": 0, "max_updates": 8}
+    train_baseline(tiny(proto_dataset, **changes), build_baseline, tmp_path / "whole", progress=False)
+    train_baseline(tiny(proto_dataset, **{**changes, "max_updates": 6}), build_baseline, tmp_path / "split",
+                   progress=False)
+    train_baseline(tiny(proto_dataset, **changes), build_baseline, tmp_path / "split", resume=True, progress=False)
+    train_baseline(tiny(proto_dataset, **changes), build_baseline, tmp_path / "split", resume=True, progress=False)
+    whole, split = scalars(tmp_path / "whole", "train/loss"), scalars(tmp_path / "split", "train/loss")
+    assert [s for s, _ in split] == [s for s, _ in whole] == [4, 8]
+    assert split[0][1] == pytest.approx(whole[0][1])
+    # Update 8's mean covers updates 7-8 only (the process that logged it started at 6): the mean of
+    # those two updates' losses, read from a run that logs every update (training is the same).
+    train_baseline(tiny(proto_dataset, **{**changes, "log_every": 1}), build_baseline, tmp_path / "fine",
+                   progress=False)
+    fine = dict(scalars(tmp_path / "fine", "train/loss"))
+    assert split[1][1] == pytest.approx((fine[7] + fine[8]) / 2, rel=1e-5)
+    assert [s for s, _ in scalars(tmp_path / "split", "heldout/query_accuracy")] == [6, 8]
+
+
+def test_resume_refuses_overrides_that_cannot_change_before_loading_anything(
+    proto_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train_baseline(tiny(proto_dataset, max_updates=2), build_baseline, tmp_path / "run", progress=False)
+    assert main(["baseline", "--resume", str(tmp_path / "run"), "n_way=5"]) == 2
+    assert "n_way cannot change when a run is resumed" in capsys.readouterr().err
+    assert main(["baseline", "--resume", str(tmp_path / "run"), "--seed", "3"]) == 2
+    assert "--seed cannot change when a run is resumed" in capsys.readouterr().err

@@ -465,6 +465,8 @@ class BaselineRun:
         self.saved_update: int | None = None
         self.heldout: float | None = None
         self._sums: dict[str, float] = {}
+        self._summed = 0  # updates in the sums
+        self.first_update = 0  # the update this process started from
 
     def init_model(self) -> None:
         """Data, task samplers, the learner (from ``cfg.seed``), Adam, the task generator and the NaN guard."""
@@ -516,7 +518,7 @@ class BaselineRun:
         with malformed_state(self.ckpt_path):
             self.generator.set_state(ckpt["rng"]["tasks"].cpu())
             self.update = int(ckpt["counters"]["update"])
-        self.saved_update = self.update
+        self.saved_update = self.first_update = self.update
 
     def init_logging(self) -> None:
         """config.json and the TensorBoard writer (a resumed run drops events logged after its checkpoint)."""
@@ -524,7 +526,8 @@ class BaselineRun:
         config = json.dumps({"kind": cfg.kind, **cfg.to_dict()}, indent=2)
         write_atomic(self.run_dir / "config.json", config.encode(), what="config")
         after_existing_event_files(self.run_dir)
-        self.writer = EventWriter(self.run_dir, purge_step=self.update + 1 if self.resume else 0)
+        self.writer = EventWriter(self.run_dir, purge_step=self.update + 1 if self.resume else 0,
+                                  resume="meta-rl baseline --resume")
         if not self.resume:
             self.writer.add_text("config", "```\n" + config + "\n```", 0)
         self.bar = tqdm(total=cfg.max_updates, initial=self.update, unit="update", disable=not self.progress,
@@ -537,22 +540,27 @@ class BaselineRun:
         stats = self.baseline.compute_gradients(episode)
         if self.cfg.max_grad_norm:
             stats["grad_norm"] = float(nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
-        checked = {k: torch.tensor(v) for k, v in stats.items() if k in self.guard.guarded}
+        checked = {k: torch.tensor(v, dtype=torch.float64, device=self.device) for k, v in stats.items()
+                   if k in self.guard.guarded}
         self.guard.admit(checked, self.guard.flags(checked), self.update + 1)
         self.optimizer.step()
         self.update += 1
         self.bar.update(1)
         for key, value in stats.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
+        self._summed += 1
 
     def log(self) -> None:
-        n = self.cfg.log_every
+        """Means over the updates since the last log (of this process: a resumed run starts afresh)."""
+        n = max(self._summed, 1)
         for key, total in self._sums.items():
             self.writer.add_scalar(f"train/{key}", total / n, self.update)
         self.writer.add_scalar("charts/updates_per_second",
-                               self.update / max(self.stopping.minutes() * 60, 1e-9), self.update)
+                               (self.update - self.first_update) / max(self.stopping.minutes() * 60, 1e-9),
+                               self.update)
         self.bar.set_postfix(loss=f"{self._sums['loss'] / n:.3f}", acc=f"{self._sums['query_accuracy'] / n:.2f}")
         self._sums.clear()
+        self._summed = 0
 
     def evaluate_val(self) -> None:
         """Held-out K-shot query accuracy, logged."""
@@ -575,6 +583,10 @@ class BaselineRun:
             **self.baseline.extra_state(),
         })
         self.saved_update = self.update
+
+    def interrupted(self, signum: int) -> TrainingInterrupted:
+        return TrainingInterrupted(signum, self.run_dir, self.update, self.update * self.cfg.meta_batch,
+                                   resume="meta-rl baseline --resume", unit="episode")
 
     def learn(self) -> dict[str, Any]:
         """Set up, then train → log → evaluate → checkpoint until ``max_updates``, out of time or stopped."""
@@ -599,11 +611,12 @@ class BaselineRun:
             minutes = self.stopping.minutes()
             if self.stopping.signum is not None:
                 self.save_checkpoint()
-                raise TrainingInterrupted(self.stopping.signum, self.run_dir, self.update,
-                                          self.update * cfg.meta_batch, resume="meta-rl baseline --resume")
-            if cfg.eval_episodes:
+                raise self.interrupted(self.stopping.signum)
+            if cfg.eval_episodes and self.update > self.first_update:  # a resumed, finished run: logged already
                 self.evaluate_val()
             self.save_checkpoint()
+            if self.stopping.request.signum is not None:  # during the final evaluation: complete and saved
+                raise self.interrupted(self.stopping.request.signum)
         except BaseException:
             self.bar.close()
             with contextlib.suppress(OSError):
