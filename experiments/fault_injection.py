@@ -21,8 +21,10 @@ from typing import Any
 from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
 
 import meta_rl.atomic as atomic_module
+from meta_rl.lifecycle import CHECKPOINT_NAME
+from meta_rl.runlock import LOCK_NAME
 
-__all__ = ["CAUSES", "SITES", "Fault", "inject", "named"]
+__all__ = ["CAUSES", "SITES", "WRITE_SITES", "Fault", "inject", "named"]
 
 #: What the error message of a write failing with each errno says: its cause and the start of its fix.
 CAUSES = {
@@ -151,3 +153,27 @@ def inject(site: str, fault: Fault) -> Iterator[Fault]:
         raise ValueError(f"site = {site!r} is not one of {sorted(SITES)}; pick one of those.")
     with _replaced(owner, name, value):
         yield fault
+
+
+def _checkpoint_exists(path: str) -> bool:
+    return "tfevents" in path and (Path(path).parent / CHECKPOINT_NAME).exists()
+
+
+#: Every place a training run writes, as (site, which path, nth matching call, the file the error names
+#: inside the run directory, whether a checkpoint exists before the fault). A run directory's name ends in "run".
+WRITE_SITES: dict[str, tuple[str, Callable[[str], bool], int, str, bool]] = {
+    "run directory": ("mkdir", lambda p: os.path.basename(p).endswith("run"), 1, LOCK_NAME, False),
+    "lock create": ("open", named(LOCK_NAME), 1, LOCK_NAME, False),
+    "lock fsync": ("fsync", named(LOCK_NAME), 1, LOCK_NAME, False),
+    "config.json temp file": ("mkstemp", named(".config.json."), 1, "config.json", False),
+    "config.json write": ("write", named(".config.json."), 1, "config.json", False),
+    "config.json fsync": ("fsync", named(".config.json."), 1, "config.json", False),
+    "config.json rename": ("rename", named("config.json"), 1, "config.json", False),
+    "events file open": ("events", named("tfevents"), 1, "events.out.tfevents.*", False),
+    "events file later": ("events", _checkpoint_exists, 1, "events.out.tfevents.*", True),
+    "first checkpoint temp file": ("mkstemp", named(f".{CHECKPOINT_NAME}."), 1, CHECKPOINT_NAME, False),
+    "checkpoint temp file": ("mkstemp", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
+    "checkpoint write": ("write", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
+    "checkpoint fsync": ("fsync", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
+    "checkpoint rename": ("rename", named(CHECKPOINT_NAME), 3, CHECKPOINT_NAME, True),
+}

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from fault_injection import CAUSES, Fault, inject, named  # beside this file (python experiments/faults.py)
+from fault_injection import CAUSES, WRITE_SITES, Fault, inject  # beside this file (python experiments/faults.py)
 
 from meta_rl.atomic import WriteError
 from meta_rl.checkpoint import CheckpointError, checksum, load_checkpoint, state_leaves
@@ -543,28 +543,6 @@ def corrupt_scenario(lab: Lab, out: Outcome) -> None:
     check(silent == 0, f"{silent} damaged checkpoints loaded with changed content")
     out.detail = (f"{caught} refused with CheckpointError, {out.faults - caught} loaded unchanged (bytes or zip "
                   "entries nobody reads), 0 loaded changed")
-
-
-def _checkpoint_exists(path: str) -> bool:
-    return "tfevents" in path and (Path(path).parent / CHECKPOINT_NAME).exists()
-
-
-# name: (site, which path, nth matching call, the file the error names, a checkpoint existed before)
-WRITE_SITES: dict[str, tuple[str, Callable[[str], bool], int, str, bool]] = {
-    "run directory": ("mkdir", lambda p: p.endswith("-run"), 1, LOCK_NAME, False),
-    "lock create": ("open", named(LOCK_NAME), 1, LOCK_NAME, False),
-    "lock fsync": ("fsync", named(LOCK_NAME), 1, LOCK_NAME, False),
-    "config.json temp file": ("mkstemp", named(".config.json."), 1, "config.json", False),
-    "config.json write": ("write", named(".config.json."), 1, "config.json", False),
-    "config.json fsync": ("fsync", named(".config.json."), 1, "config.json", False),
-    "config.json rename": ("rename", named("config.json"), 1, "config.json", False),
-    "events file open": ("events", named("tfevents"), 1, "events.out.tfevents.*", False),
-    "events file later": ("events", _checkpoint_exists, 1, "events.out.tfevents.*", True),
-    "checkpoint temp file": ("mkstemp", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
-    "checkpoint write": ("write", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
-    "checkpoint fsync": ("fsync", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
-    "checkpoint rename": ("rename", named(CHECKPOINT_NAME), 3, CHECKPOINT_NAME, True),
-}
 
 
 def write_fault_scenario(lab: Lab, out: Outcome, codes: tuple[int, ...], sites: list[str]) -> None:

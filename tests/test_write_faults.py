@@ -30,7 +30,7 @@ from meta_rl.runlock import LOCK_NAME
 from meta_rl.train import CHECKPOINT_NAME, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-from fault_injection import CAUSES, Fault, inject, named
+from fault_injection import CAUSES, WRITE_SITES, Fault, inject, named
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -51,35 +51,16 @@ def tiny(dataset: str, **changes: Any) -> TrainConfig:
     return dataclasses.replace(cfg, **changes).validate()
 
 
-# (site, which path, nth matching call, the file the error names, was a checkpoint there before)
-SITES = {
-    "run directory": ("mkdir", lambda p: p.endswith("/run"), 1, LOCK_NAME, False),
-    "lock create": ("open", named(LOCK_NAME), 1, LOCK_NAME, False),
-    "lock fsync": ("fsync", named(LOCK_NAME), 1, LOCK_NAME, False),
-    "config.json temp file": ("mkstemp", named(".config.json."), 1, "config.json", False),
-    "config.json write": ("write", named(".config.json."), 1, "config.json", False),
-    "config.json rename": ("rename", named("config.json"), 1, "config.json", False),
-    "events file open": ("events", named("tfevents"), 1, "", False),
-    "events file later": ("events", lambda p: "tfevents" in p and (Path(p).parent / CHECKPOINT_NAME).exists(), 1,
-                          "", True),
-    "first checkpoint temp file": ("mkstemp", named(f".{CHECKPOINT_NAME}."), 1, CHECKPOINT_NAME, False),
-    "checkpoint temp file": ("mkstemp", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
-    "checkpoint write": ("write", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
-    "checkpoint fsync": ("fsync", named(f".{CHECKPOINT_NAME}."), 3, CHECKPOINT_NAME, True),
-    "checkpoint rename": ("rename", named(CHECKPOINT_NAME), 3, CHECKPOINT_NAME, True),
-}
-
-
 def leftovers(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.glob("*.tmp")) + ([LOCK_NAME] if (run_dir / LOCK_NAME).exists() else [])
 
 
 @pytest.mark.parametrize("code", list(CAUSES), ids=[errno.errorcode[c] for c in CAUSES])
-@pytest.mark.parametrize("where", list(SITES))
+@pytest.mark.parametrize("where", list(WRITE_SITES))
 def test_write_fault_is_one_clear_error_and_loses_nothing(
     proto_dataset: str, tmp_path: Path, where: str, code: int
 ) -> None:
-    site, matches, nth, file_name, had_checkpoint = SITES[where]
+    site, matches, nth, file_name, had_checkpoint = WRITE_SITES[where]
     run_dir = tmp_path / "run"
     fault = Fault(code, matches, nth)
     with inject(site, fault), pytest.raises(WriteError) as info:
@@ -107,7 +88,7 @@ def test_write_fault_is_one_clear_error_and_loses_nothing(
 def test_cli_reports_a_write_fault_without_a_traceback(
     proto_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
 ) -> None:
-    site, matches, nth, _, _ = SITES[where]
+    site, matches, nth, _, _ = WRITE_SITES[where]
     args = [f"env_kwargs.dataset={proto_dataset}", "env_kwargs.n_way=3", "env_kwargs.instances_per_class=3",
             "num_envs=4", "encoder=mlp", "encoder_hidden=[16]", "hidden=8", "key_dim=8",
             f"total_env_steps={UPDATES * 36}", "log_every=1", "eval_every=0", "checkpoint_every=1", "device=cpu"]
