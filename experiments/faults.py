@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 from fault_injection import CAUSES, WRITE_SITES, Fault, inject  # beside this file (python experiments/faults.py)
+from hostile_files import Reduce, black_png, cifar10, deflated_zeros, dict_pickle, laughs_dup, laughs_memo, ops
 
 from meta_rl.atomic import WriteError
 from meta_rl.checkpoint import CheckpointError, checksum, load_checkpoint, state_leaves
@@ -587,59 +588,7 @@ def write_fault_scenario(lab: Lab, out: Outcome, codes: tuple[int, ...], sites: 
 # --------------------------------------------------------------------------------------------
 
 
-def _deflated_zeros(n: int, wbits: int) -> bytes:
-    comp = zlib.compressobj(9, zlib.DEFLATED, wbits)
-    chunk = bytes(1 << 20)
-    return b"".join(comp.compress(chunk) for _ in range(n >> 20)) + comp.flush()
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _black_png(side: int) -> bytes:
-    """An all-black grey PNG of side x side pixels, a few tens of KB."""
-    comp, rows = zlib.compressobj(9), bytes(1 + side) * 100
-    idat = b"".join(comp.compress(rows) for _ in range(side // 100)) + comp.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
-
-
-class _Reduce:
-    """Pickles as ``func(*args)``."""
-
-    def __init__(self, func: Any, args: tuple[Any, ...]) -> None:
-        self.func, self.args = func, args
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return self.func, self.args
-
-
-def _ops(obj: object) -> bytes:
-    """The opcodes that push ``obj`` (its protocol-2 pickle without PROTO and STOP)."""
-    return pickle.dumps(obj, protocol=2)[2:-1]
-
-
-def _dict_pickle(*items: tuple[object, bytes]) -> bytes:
-    return b"\x80\x02}(" + b"".join(_ops(key) + value for key, value in items) + b"u."
-
-
-def _laughs(shared: str) -> bytes:
-    """A 10**8-leaf list of lists from a few KB: shared through memo gets or DUP."""
-    if shared == "memo":
-        nested: Any = [0] * 10
-        for _ in range(7):
-            nested = [nested] * 10
-        return _ops(nested)
-    return b"(" * 7 + b"](" + b"K\x00" * 10 + b"e" + (pickle.DUP * 9 + pickle.LIST) * 7
-
-
-def _cifar(folder: Path, test_batch: bytes) -> Path:
-    root = folder / "cifar-10-batches-py"
-    root.mkdir(parents=True)
-    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
-    (root / "test_batch").write_bytes(test_batch)
-    return root
+LAUGHS = {"memo": laughs_memo, "dup": laughs_dup}  # 10**8 leaves shared through memo gets or DUP
 
 
 def loader_bombs_scenario(lab: Lab, out: Outcome) -> None:
@@ -648,7 +597,7 @@ def loader_bombs_scenario(lab: Lab, out: Outcome) -> None:
     folder.mkdir()
     labels = folder / "labels-idx1-ubyte"
     labels.write_bytes(struct.pack(">II", 0x801, 2) + bytes(2))
-    gz_zeros = _deflated_zeros(BOMB_BYTES, 16 + zlib.MAX_WBITS)
+    gz_zeros = deflated_zeros(BOMB_BYTES, 16 + zlib.MAX_WBITS)
 
     def idx_bomb(dims: tuple[int, ...]) -> Callable[[], Any]:
         path = folder / f"images-{'x'.join(map(str, dims))}-idx3-ubyte.gz"
@@ -668,29 +617,32 @@ def loader_bombs_scenario(lab: Lab, out: Outcome) -> None:
     def pixel_bomb() -> Callable[[], Any]:
         root = folder / "png-folder"
         (root / "cls").mkdir(parents=True)
-        (root / "cls" / "bomb.png").write_bytes(_black_png(12000))  # 144 M pixels
+        (root / "cls" / "bomb.png").write_bytes(black_png(12000, 12000))  # 144 M pixels
         return lambda: load_image_folder(root, image_size=8)
 
     n = 100_000  # (n, 3072) uint8 = 307 MB from a file of a few bytes
     arrays = {
-        "ndarray": _ops(_Reduce(np.ndarray, ((n, 3072), "u1"))),
-        "reconstruct": _ops(_Reduce(np.zeros(1).__reduce__()[0], (np.ndarray, (n, 3072), b"B"))),
+        "ndarray": ops(Reduce(np.ndarray, ((n, 3072), "u1"))),
+        "reconstruct": ops(Reduce(np.zeros(1).__reduce__()[0], (np.ndarray, (n, 3072), b"B"))),
     }
 
     def cifar_array(kind: str) -> Callable[[], Any]:
-        root = _cifar(folder / f"cifar-{kind}", _dict_pickle((b"data", arrays[kind]), (b"labels", _ops([0] * 10))))
+        (folder / f"cifar-{kind}").mkdir()
+        root = cifar10(folder / f"cifar-{kind}",
+                       test_batch=dict_pickle((b"data", arrays[kind]), (b"labels", ops([0] * 10))))
         return lambda: load_cifar(root)
 
     def cifar_laughs(shared: str) -> Callable[[], Any]:
-        batch = _dict_pickle((b"data", _ops(np.zeros((2, 3072), np.uint8))), (b"labels", _laughs(shared)))
-        root = _cifar(folder / f"cifar-laughs-{shared}", batch)
+        batch = dict_pickle((b"data", ops(np.zeros((2, 3072), np.uint8))), (b"labels", LAUGHS[shared]()))
+        (folder / f"cifar-laughs-{shared}").mkdir()
+        root = cifar10(folder / f"cifar-laughs-{shared}", test_batch=batch)
         return lambda: load_cifar(root)
 
     def mini_imagenet_laughs(shared: str) -> Callable[[], Any]:
         path = folder / f"laughs-{shared}" / "mini-imagenet-cache-train.pkl"
         path.parent.mkdir()
-        class_dict = b"}(" + _ops("n01") + _laughs(shared) + b"u"
-        path.write_bytes(_dict_pickle(("image_data", _ops(np.zeros((2, 4, 4, 3), np.uint8))),
+        class_dict = b"}(" + ops("n01") + LAUGHS[shared]() + b"u"
+        path.write_bytes(dict_pickle(("image_data", ops(np.zeros((2, 4, 4, 3), np.uint8))),
                                       ("class_dict", class_dict)))
         return lambda: load_mini_imagenet(path)
 

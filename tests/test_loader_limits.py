@@ -13,17 +13,20 @@ import io
 import pickle
 import re
 import struct
+import sys
 import tracemalloc
 import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+from hostile_files import Reduce, black_png, cifar10, deflated_zeros, dict_pickle, laughs_dup, laughs_memo, ops
 
 from meta_rl.data.formats import (
     DatasetError,
@@ -64,12 +67,6 @@ def assert_refused(load: Callable[[], object], match: str) -> str:
     return message
 
 
-def deflated_zeros(n: int, wbits: int) -> bytes:
-    comp = zlib.compressobj(9, zlib.DEFLATED, wbits)
-    chunk = bytes(1 << 20)
-    return b"".join(comp.compress(chunk) for _ in range(n >> 20)) + comp.flush()
-
-
 @pytest.fixture(scope="module")
 def zeros_gz() -> bytes:
     """A gzip member holding BOMB_BYTES zeros (~130 KB)."""
@@ -87,19 +84,6 @@ def bomb_zip() -> bytes:
             for _ in range(BOMB_BYTES >> 20):
                 member.write(chunk)
     return buf.getvalue()
-
-
-def black_png(width: int, height: int) -> bytes:
-    """An all-black 8-bit grey PNG, deflated in row blocks (a 9000x9000 one is ~80 KB)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    comp, rows = zlib.compressobj(9), bytes(1 + width) * 100
-    idat = b"".join(comp.compress(rows) for _ in range(height // 100))
-    idat += comp.compress(bytes(1 + width) * (height % 100)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -242,41 +226,12 @@ N_HOSTILE = 100_000  # (N, 3072) uint8: 307 MB
 _RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's _reconstruct, wherever this numpy keeps it
 
 
-class _Reduce:
-    """Pickles as ``func(*args)``."""
-
-    def __init__(self, func: Any, args: tuple[Any, ...]) -> None:
-        self.func, self.args = func, args
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return self.func, self.args
-
-
-def ops(obj: object) -> bytes:
-    """The opcodes that push ``obj`` (its protocol-2 pickle without PROTO and STOP)."""
-    return pickle.dumps(obj, protocol=2)[2:-1]
-
-
-def dict_pickle(*items: tuple[object, bytes]) -> bytes:
-    """A protocol-2 pickle of a dict whose values are given as raw opcodes."""
-    return b"\x80\x02}(" + b"".join(ops(key) + value for key, value in items) + b"u."
-
-
 HOSTILE_ARRAYS = {
-    "ndarray": ops(_Reduce(np.ndarray, ((N_HOSTILE, 3072), "u1"))),
-    "reconstruct": ops(_Reduce(_RECONSTRUCT, (np.ndarray, (N_HOSTILE, 3072), b"B"))),
-    "zero_strides": ops(_Reduce(np.ndarray, ((N_HOSTILE, 3072), "u1", b"\0", 0, (0, 0)))),
+    "ndarray": ops(Reduce(np.ndarray, ((N_HOSTILE, 3072), "u1"))),
+    "reconstruct": ops(Reduce(_RECONSTRUCT, (np.ndarray, (N_HOSTILE, 3072), b"B"))),
+    "zero_strides": ops(Reduce(np.ndarray, ((N_HOSTILE, 3072), "u1", b"\0", 0, (0, 0)))),
     "newobj": b"cnumpy\nndarray\n" + ops(((N_HOSTILE, 3072), "u1")) + pickle.NEWOBJ,
 }
-
-
-def cifar10(tmp_path: Path, *, meta: bytes | None = None, test_batch: bytes | None = None) -> Path:
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    (folder / "batches.meta").write_bytes(meta or pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
-    if test_batch is not None:
-        (folder / "test_batch").write_bytes(test_batch)
-    return folder
 
 
 @pytest.mark.parametrize("variant", sorted(HOSTILE_ARRAYS))
@@ -286,19 +241,6 @@ def test_cifar_array_larger_than_its_file_is_refused_before_allocation(tmp_path:
     match = rf"test_batch declares a uint8 array of shape \({N_HOSTILE}, 3072\)"
     message = assert_refused(lambda: load_cifar(folder), match)
     assert f"file is only {len(batch):,} bytes" in message and "not a genuine CIFAR batch" in message
-
-
-def laughs_memo() -> bytes:
-    """Opcodes of [[...[0]*10...]*10]*10 with 10**8 leaves, shared through pickle memo gets."""
-    nested: Any = [0] * 10
-    for _ in range(7):
-        nested = [nested] * 10
-    return ops(nested)
-
-
-def laughs_dup() -> bytes:
-    """The same 10**8-leaf tree built with DUP instead of memo gets."""
-    return b"(" * 7 + b"](" + b"K\x00" * 10 + b"e" + (pickle.DUP * 9 + pickle.LIST) * 7
 
 
 LAUGHS = {"memo": laughs_memo, "dup": laughs_dup}

@@ -1,0 +1,79 @@
+"""Hostile dataset files crafted in the real on-disk formats, for the loader tests and the fault drills.
+
+Each builder returns a small file (or its bytes) that expands enormously when loaded naively:
+deflate streams of zeros, PNGs of huge all-black images, pickles whose opcodes build arrays larger
+than the file or share references ("billion laughs").
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Reduce", "black_png", "cifar10", "deflated_zeros", "dict_pickle", "laughs_dup", "laughs_memo", "ops"]
+
+
+def deflated_zeros(n: int, wbits: int) -> bytes:
+    """``n`` zero bytes deflated (``wbits``: 16 + MAX_WBITS for a gzip member), about n / 1000 bytes."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    chunk = bytes(1 << 20)
+    return b"".join(comp.compress(chunk) for _ in range(n >> 20)) + comp.flush()
+
+
+def black_png(width: int, height: int) -> bytes:
+    """An all-black 8-bit grey PNG, deflated in row blocks (a 9000x9000 one is ~80 KB)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp, rows = zlib.compressobj(9), bytes(1 + width) * 100
+    idat = b"".join(comp.compress(rows) for _ in range(height // 100))
+    idat += comp.compress(bytes(1 + width) * (height % 100)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+class Reduce:
+    """Pickles as ``func(*args)``."""
+
+    def __init__(self, func: Any, args: tuple[Any, ...]) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.func, self.args
+
+
+def ops(obj: object) -> bytes:
+    """The opcodes that push ``obj`` (its protocol-2 pickle without PROTO and STOP)."""
+    return pickle.dumps(obj, protocol=2)[2:-1]
+
+
+def dict_pickle(*items: tuple[object, bytes]) -> bytes:
+    """A protocol-2 pickle of a dict whose values are given as raw opcodes."""
+    return b"\x80\x02}(" + b"".join(ops(key) + value for key, value in items) + b"u."
+
+
+def laughs_memo() -> bytes:
+    """Opcodes of [[...[0]*10...]*10]*10 with 10**8 leaves, shared through pickle memo gets."""
+    nested: Any = [0] * 10
+    for _ in range(7):
+        nested = [nested] * 10
+    return ops(nested)
+
+
+def laughs_dup() -> bytes:
+    """The same 10**8-leaf tree built with DUP instead of memo gets."""
+    return b"(" * 7 + b"](" + b"K\x00" * 10 + b"e" + (pickle.DUP * 9 + pickle.LIST) * 7
+
+
+def cifar10(parent: Path, *, meta: bytes | None = None, test_batch: bytes | None = None) -> Path:
+    """A CIFAR-10 release folder under ``parent`` with a genuine ``batches.meta`` (unless given) and ``test_batch``."""
+    folder = parent / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "batches.meta").write_bytes(meta or pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
+    if test_batch is not None:
+        (folder / "test_batch").write_bytes(test_batch)
+    return folder
