@@ -12,13 +12,11 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["GRAD_NORM", "GUARDED", "LOSSES", "NonFiniteError", "NonFiniteGuard", "eager_by_default"]
+__all__ = ["GRAD_NORM", "LOSSES", "NonFiniteError", "NonFiniteGuard", "eager_by_default"]
 
 #: The agent's losses checked every update (named before the gradients when diagnosing) and its gradient norm.
 LOSSES = ("loss/policy", "loss/value", "policy/entropy")
 GRAD_NORM = "policy/grad_norm"
-#: Quantities checked every update, besides the parameters.
-GUARDED = (*LOSSES, GRAD_NORM)
 
 
 class NonFiniteError(FloatingPointError):

@@ -23,6 +23,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from meta_rl.atomic import write_error
+from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import ConfigError
 from meta_rl.distributed import World
 from meta_rl.runlock import run_lock
@@ -133,6 +134,10 @@ class StopPolicy:
         self._agreed_signum: int | None = None
         self._time_up = False
 
+    def start(self) -> None:
+        """Start the clock of ``max_minutes`` (the set-up before the loop does not count)."""
+        self.started = time.monotonic()
+
     def over_time(self) -> bool:
         """This process's clock is past ``max_minutes`` (0: no limit)."""
         return bool(self.max_minutes) and time.monotonic() - self.started >= self.max_minutes * 60
@@ -167,10 +172,13 @@ def locked_run_dir(run_dir: Path, resume: bool, world: World, checkpoint_name: s
     """Hold ``run_dir`` for this run and turn SIGINT/SIGTERM into the :class:`StopRequest` it yields.
 
     Rank 0 takes the lock and removes the temporary files of a write killed half-way; a fresh run
-    refuses a directory that already holds a checkpoint. A run that fails before writing
-    anything leaves no empty directory behind.
+    refuses a directory that already holds a checkpoint, a resumed one a directory without one
+    (before creating anything). A run that fails before writing anything leaves no empty
+    directory behind.
     """
     ckpt_path = run_dir / checkpoint_name
+    if resume and not ckpt_path.is_file():
+        load_checkpoint(ckpt_path)  # raises "does not exist" (or why it cannot be read)
     created = world.is_main and not run_dir.exists()
     try:
         with run_lock(run_dir) if world.is_main else contextlib.nullcontext():

@@ -17,7 +17,6 @@ import importlib
 import inspect
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -263,9 +262,6 @@ def train(
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    if resume and not ckpt_path.is_file():
-        load_checkpoint(ckpt_path)  # raises "does not exist" without creating the directory
     # Under torchrun (WORLD_SIZE > 1) join the process group. Every rank makes the same read-only
     # checks of run_dir, so a bad invocation fails on all ranks alike; only rank 0 holds the lock
     # and writes there. A rank that fails alone (say rank 0 finds the directory locked) ends its
@@ -534,7 +530,7 @@ class Trainer:
         self.restore()
         self.init_logging()
         self.policy.train()
-        self.stopping.started = time.monotonic()  # max_minutes counts from here, after the set-up
+        self.stopping.start()  # max_minutes counts from here, after the set-up
         self.metrics.start_clock()
         try:
             while self.env_steps < cfg.total_env_steps and self.stopping.before_update():

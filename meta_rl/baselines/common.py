@@ -25,7 +25,6 @@ import contextlib
 import json
 import math
 import sys
-import time
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -444,8 +443,6 @@ def train_baseline(
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    if resume and not (run_dir / CHECKPOINT_NAME).is_file():
-        load_checkpoint(run_dir / CHECKPOINT_NAME)  # raises "does not exist" without creating the directory
     with locked_run_dir(run_dir, resume, World(), command="meta-rl baseline") as stop:
         return BaselineRun(cfg, build, run_dir, resume=resume, progress=progress, stop=stop).learn()
 
@@ -595,7 +592,7 @@ class BaselineRun:
         self.restore()
         self.init_logging()
         self.baseline.model.train()
-        self.stopping.started = time.monotonic()
+        self.stopping.start()
         try:
             while self.update < cfg.max_updates and self.stopping.before_update():
                 self.train_step()
