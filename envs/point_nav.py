@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from meta_rl.contract import MetaVectorEnv
-from meta_rl.env_checker import check_finite_actions
+from meta_rl.envs.checker import check_finite_actions
 from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
 
 __all__ = ["PointNavEnv", "PointNavVectorEnv"]

@@ -12,7 +12,7 @@ from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
 from meta_rl.contract import task_length
-from meta_rl.env_checker import check_finite_actions
+from meta_rl.envs.checker import check_finite_actions
 
 __all__ = ["SingleTaskEnv", "check_seed", "env_device", "same_step_autoreset"]
 

@@ -127,17 +127,13 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
     sync_env.close()
 
     return {
-        "torch_steps_per_s": round(torch_sps, 1),
-        "sync_steps_per_s": round(sync_sps, 1),
-        "ratio": round(torch_sps / sync_sps, 2),
-        "env_id": args.env_id,
+        **_side_by_side("torch", torch_sps, "sync", sync_sps, args),
         "dataset": args.dataset,
         "batch": batch,
         "device": str(device),
         "n_way": int(kwargs.get("n_way", 5)),
         "feedback": kwargs.get("feedback", "label"),
         "episode_length": episode_length,
-        "seconds_each": args.seconds,
         "dataset_s": round(dataset_s, 2),
         "build_torch_s": round(build_torch_s, 2),
         "build_sync_s": round(build_sync_s, 2),
@@ -148,6 +144,12 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+
+
+def _side_by_side(name: str, rate: float, peer: str, peer_rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    """The two rates measured in one run, their ratio, and what was timed."""
+    return {f"{name}_steps_per_s": round(rate, 1), f"{peer}_steps_per_s": round(peer_rate, 1),
+            "ratio": round(rate / peer_rate, 2), "env_id": args.env_id, "seconds_each": args.seconds}
 
 
 def _versions() -> dict[str, Any]:
@@ -231,10 +233,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     env.close()
     sb3 = clock.steps_per_s()
     return {
-        "ours_steps_per_s": round(ours, 1),
-        "sb3_steps_per_s": round(sb3, 1),
-        "ratio": round(ours / sb3, 2),
-        "env_id": args.env_id,
+        **_side_by_side("ours", ours, "sb3", sb3, args),
         "ours_envs": args.ours_envs,
         "sb3_envs": args.sb3_envs,
         "sb3_n_steps": 2048 // args.sb3_envs,
@@ -243,7 +242,6 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         "encoder_hidden": list(args.encoder_hidden),
         "core": args.core,
         "hidden": args.hidden,
-        "seconds_each": args.seconds,
         "ours_env_steps": ours_steps,
         "sb3_env_steps": clock.marks[-1][1] - clock.marks[0][1],
         **_versions(),

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from fault_injection import CAUSES, WRITE_SITES, Fault, inject  # beside this file (python experiments/faults.py)
 from hostile_files import Reduce, black_png, cifar10, deflated_zeros, dict_pickle, laughs_dup, laughs_memo, ops
+from train_process import spawn_train, wait_for
 
 from meta_rl.atomic import WriteError
 from meta_rl.checkpoint import CheckpointError, checksum, load_checkpoint, state_leaves
@@ -177,47 +178,13 @@ class Lab:
 
     def spawn(self, run_dir: Path, cfg: TrainConfig | None, resume: bool, *extra: str,
               env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        """``python -m meta_rl.cli train`` on ``cfg`` (written as TOML) or ``--resume run_dir``."""
-        environ = {**os.environ, "OMP_NUM_THREADS": "1", "META_RL_PROGRESS": "0", **(env or {}),
-                   "PYTHONPATH": os.pathsep.join([str(self.plugin_dir), os.environ.get("PYTHONPATH", "")])}
-        if resume:
-            args = ["--resume", str(run_dir), "--env-module", PLUGIN]
-        else:
-            assert cfg is not None
-            toml = run_dir.parent / f"{run_dir.name}.toml"
-            toml.write_text(to_toml(cfg))
-            args = [str(toml), "--run-dir", str(run_dir)]
-        return subprocess.Popen([sys.executable, "-m", "meta_rl.cli", "train", *args, *extra, "--no-progress"],
-                                env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def to_toml(cfg: TrainConfig) -> str:
-    lines, tables = [], []
-    for key, value in cfg.to_dict().items():
-        if isinstance(value, dict):
-            tables += [f"[{key}]"] + [f"{k} = {json.dumps(v)}" for k, v in value.items()]
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines + tables) + "\n"
+        """``meta-rl train`` on ``cfg`` or ``--resume run_dir``, with the drill's plug-in on the path."""
+        return spawn_train(run_dir, cfg, *extra, resume=resume, plugin_dir=self.plugin_dir, plugin=PLUGIN, env=env)
 
 
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise AssertionError(message)
-
-
-def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 90.0,
-             poll: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(f"training exited early ({proc.returncode}): {err.strip()[-300:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.communicate()
-            raise AssertionError("timed out waiting for training to make progress")
-        time.sleep(poll)
 
 
 def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -685,7 +652,7 @@ def nonfinite_actions_scenario(lab: Lab, out: Outcome) -> None:
     import gymnasium as gym
 
     import meta_rl.envs  # noqa: F401 - registers meta_rl/PointNav-v0
-    from meta_rl.gym_tasks import register_gym_task
+    from meta_rl.envs.gym_tasks import register_gym_task
 
     def pendulum_task(env: Any, rng: np.random.Generator) -> None:
         env.unwrapped.m = rng.uniform(0.5, 2.0)

@@ -11,8 +11,8 @@ import torch
 
 from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import TrainConfig
+from meta_rl.envs.gym_tasks import register_gym_task
 from meta_rl.evaluation import trial_returns
-from meta_rl.gym_tasks import register_gym_task
 from meta_rl.train import build_policy, make_vec_env, train
 
 

@@ -13,14 +13,15 @@ from meta_rl.baselines.cli import add_baseline_parser, evaluate_baseline_run, is
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state
 from meta_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from meta_rl.contract import task_length
+from meta_rl.env_factory import make_vec_env
 from meta_rl.evaluation import evaluate, santoro_table
+from meta_rl.lifecycle import add_run_arguments
 from meta_rl.train import (
     CHECKPOINT_NAME,
     NonFiniteError,
     TrainingInterrupted,
     build_policy,
     load_run_config,
-    make_vec_env,
     resolve_device,
     train,
 )
@@ -81,13 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an agent (default: 5-way glyphs, episodic-memory core)")
-    t.add_argument("config", nargs="?", help="a TOML config, e.g. experiments/default.toml (default: the defaults)")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_envs=32 env_kwargs.n_way=20")
-    t.add_argument("--run-dir", help="where checkpoints and TensorBoard logs go")
-    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
-    t.add_argument("--seed", type=int, help="seed (overrides the config)")
-    t.add_argument("--max-minutes", type=float, help="stop after this many minutes")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(t, what="run", config="experiments/default.toml (default: the defaults)",
+                      overrides="num_envs=32 env_kwargs.n_way=20")
     t.add_argument("--env-module", metavar="NAME",
                    help="with --resume: the plug-in module that registers the run's env (never imported from a "
                         "checkpoint unless named here)")

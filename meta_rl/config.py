@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import typing
@@ -86,6 +87,17 @@ class ConfigBase:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_toml(self) -> str:
+        """The config as TOML that :meth:`load` reads back to an equal config (tables for dict fields)."""
+        lines: list[str] = []
+        tables: list[str] = []
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                tables += [f"[{key}]"] + [f"{k} = {json.dumps(v)}" for k, v in value.items()]
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+        return "\n".join(lines + tables) + "\n"
 
     @classmethod
     def describe(cls, source: str) -> str:

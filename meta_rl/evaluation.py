@@ -40,6 +40,11 @@ REFERENCE_ROWS: dict[str, tuple[float, ...]] = {
 }
 
 
+def by_number(values: list[float]) -> dict[str, float]:
+    """``values`` keyed by their 1-based position, as the JSON reports number instances and episodes."""
+    return {str(k + 1): v for k, v in enumerate(values)}
+
+
 def accuracy_by_instance(
     correct: torch.Tensor, instance: torch.Tensor, max_instance: int = MAX_INSTANCE
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,8 +79,8 @@ class EvalResult:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "accuracy_by_instance": {str(k + 1): a for k, a in enumerate(self.accuracy_by_instance)},
-            "ci95": {str(k + 1): c for k, c in enumerate(self.ci95)},
+            "accuracy_by_instance": by_number(self.accuracy_by_instance),
+            "ci95": by_number(self.ci95),
             "episodes": self.episodes,
             "accuracy": self.accuracy,
         }
@@ -198,8 +203,8 @@ class TrialReturns:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "return_by_episode": {str(k + 1): m for k, m in enumerate(self.mean)},
-            "ci95": {str(k + 1): c for k, c in enumerate(self.ci95)},
+            "return_by_episode": by_number(self.mean),
+            "ci95": by_number(self.ci95),
             "improvement": self.improvement,
             "improvement_ci95": self.improvement_ci95,
             "trials": self.trials,

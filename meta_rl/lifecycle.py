@@ -9,6 +9,7 @@ are one clear :class:`~meta_rl.atomic.WriteError` (:class:`NullWriter` for ranks
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -36,6 +37,7 @@ __all__ = [
     "StopPolicy",
     "StopRequest",
     "TrainingInterrupted",
+    "add_run_arguments",
     "after_existing_event_files",
     "locked_run_dir",
     "stop_on_signals",
@@ -43,6 +45,24 @@ __all__ = [
 
 CHECKPOINT_NAME = "checkpoint.pt"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, what: str, config: str, overrides: str) -> None:
+    """The command-line arguments of every run on this lifecycle: config, overrides, run dir, resume, limits.
+
+    Args:
+        parser: The sub-command's parser.
+        what: What a run is called in help texts (``run``, ``baseline run``).
+        config: An example config path.
+        overrides: Example ``key=value`` overrides.
+    """
+    parser.add_argument("config", nargs="?", help=f"a TOML config, e.g. {config}")
+    parser.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {overrides}")
+    parser.add_argument("--run-dir", help="where the checkpoint and TensorBoard logs go")
+    parser.add_argument("--resume", metavar="DIR", help=f"continue the {what} in DIR from its checkpoint")
+    parser.add_argument("--seed", type=int, help="seed (overrides the config)")
+    parser.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 class TrainingInterrupted(Exception):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import meta_rl.envs  # registers meta_rl/PointNav-v0
-from meta_rl.gym_tasks import register_gym_task
+from meta_rl.envs.gym_tasks import register_gym_task
 
 BAD = pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "+inf", "-inf"])
 FIX = r"finite values within the Box .*Check the policy's outputs; clip or sanitize"

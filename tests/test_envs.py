@@ -18,8 +18,8 @@ from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from meta_rl.data import ImageDataset
-from meta_rl.env_checker import EnvCheckError, check_vector_env
 from meta_rl.envs import FEEDBACK_MODES, REGISTERED_IDS, FewShotEnv, FewShotVectorEnv, SingleTaskEnv
+from meta_rl.envs.checker import EnvCheckError, check_vector_env
 
 B = 8
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]

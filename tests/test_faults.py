@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from train_process import spawn_train, wait_for
 
 import meta_rl.atomic as atomic_module
 import meta_rl.cli as cli_module
@@ -77,16 +78,6 @@ def fault_config(updates: int = 6, **changes: Any) -> TrainConfig:
     return dataclasses.replace(cfg, **changes).validate()
 
 
-def to_toml(cfg: TrainConfig) -> str:
-    lines, tables = [], []
-    for key, value in cfg.to_dict().items():
-        if isinstance(value, dict):
-            tables += [f"[{key}]"] + [f"{k} = {json.dumps(v)}" for k, v in value.items()]
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines + tables) + "\n"
-
-
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The folder holding the plug-in module, importable here and in subprocesses."""
@@ -102,29 +93,7 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def spawn(plugin: Path, run_dir: Path, cfg: TrainConfig | None, *, resume: bool) -> subprocess.Popen[str]:
     """``python -m meta_rl.cli train`` on ``cfg`` (written as TOML) or ``--resume run_dir``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "META_RL_PROGRESS": "0"}
-    if resume:
-        args = ["--resume", str(run_dir), "--env-module", PLUGIN]
-    else:
-        assert cfg is not None
-        toml = run_dir.parent / f"{run_dir.name}.toml"
-        toml.write_text(to_toml(cfg))
-        args = [str(toml), "--run-dir", str(run_dir)]
-    return subprocess.Popen([sys.executable, "-m", "meta_rl.cli", "train", *args, "--no-progress"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"training exited early ({proc.returncode}):\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("timed out waiting for training to make progress")
-        time.sleep(0.02)
+    return spawn_train(run_dir, cfg, resume=resume, plugin_dir=plugin, plugin=PLUGIN)
 
 
 def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -654,7 +623,7 @@ def test_disk_full_on_the_first_checkpoint(plugin: Path, tmp_path: Path, monkeyp
                                            capsys: pytest.CaptureFixture[str]) -> None:
     fill_disk_at(monkeypatch, 1)
     toml = tmp_path / "cfg.toml"
-    toml.write_text(to_toml(fault_config(3)))
+    toml.write_text(fault_config(3).to_toml())
     assert main(["train", str(toml), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "the disk is full" in err and "no previous checkpoint exists" in err

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from meta_rl.config import TrainConfig
-from meta_rl.env_checker import check_vector_env
-from meta_rl.gym_tasks import GymTaskVectorEnv, register_gym_task
+from meta_rl.envs.checker import check_vector_env
+from meta_rl.envs.gym_tasks import GymTaskVectorEnv, register_gym_task
 from meta_rl.rollout import collect
 from meta_rl.train import build_policy, make_vec_env, train
 

@@ -36,6 +36,7 @@ from meta_rl.checkpoint import CheckpointError, load_checkpoint
 from meta_rl.config import ConfigError, parse_overrides
 from meta_rl.data import EpisodeSampler
 from meta_rl.evaluation import santoro_table
+from meta_rl.lifecycle import add_run_arguments
 
 __all__ = [
     "BASELINES",
@@ -69,13 +70,8 @@ def add_baseline_parser(subparsers: Any) -> None:
         "baseline", help="train a supervised few-shot baseline (Prototypical Networks or MAML) on the same tasks"
     )
     b.add_argument("kind", nargs="?", help=f"which baseline: {' or '.join(sorted(BASELINES))} (not with --resume)")
-    b.add_argument("config", nargs="?", help="a TOML config, e.g. experiments/baselines/protonet-5way1shot.toml")
-    b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. n_way=20 shots=1 max_minutes=3")
-    b.add_argument("--run-dir", help="where the checkpoint and TensorBoard logs go")
-    b.add_argument("--resume", metavar="DIR", help="continue the baseline run in DIR from its checkpoint")
-    b.add_argument("--seed", type=int, help="seed (overrides the config)")
-    b.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(b, what="baseline run", config="experiments/baselines/protonet-5way1shot.toml",
+                      overrides="n_way=20 shots=1 max_minutes=3")
     b.set_defaults(func=run_baseline_command)
 
 

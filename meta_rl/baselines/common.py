@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from meta_rl import lifecycle
 from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
 from meta_rl.config import ConfigBase, ConfigError, resolve_device
@@ -48,15 +49,7 @@ from meta_rl.distributed import World
 from meta_rl.encoders import ENCODERS
 from meta_rl.evaluation import HELDOUT_SEED, MAX_INSTANCE, EvalResult, accuracy_by_instance, summarize
 from meta_rl.guard import NonFiniteGuard
-from meta_rl.lifecycle import (
-    CHECKPOINT_NAME,
-    EventWriter,
-    StopPolicy,
-    StopRequest,
-    TrainingInterrupted,
-    after_existing_event_files,
-    locked_run_dir,
-)
+from meta_rl.lifecycle import CHECKPOINT_NAME
 from meta_rl.resources import check_threads
 
 __all__ = [
@@ -443,7 +436,7 @@ def train_baseline(
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    with locked_run_dir(run_dir, resume, World(), command="meta-rl baseline") as stop:
+    with lifecycle.locked_run_dir(run_dir, resume, World(), command="meta-rl baseline") as stop:
         return BaselineRun(cfg, build, run_dir, resume=resume, progress=progress, stop=stop).learn()
 
 
@@ -453,10 +446,10 @@ class BaselineRun:
 
     def __init__(self, cfg: BaselineConfig,
                  build: typing.Callable[[BaselineConfig, tuple[int, int, int], torch.device], Baseline],
-                 run_dir: Path, *, resume: bool, progress: bool, stop: StopRequest) -> None:
+                 run_dir: Path, *, resume: bool, progress: bool, stop: lifecycle.StopRequest) -> None:
         self.cfg, self.build, self.run_dir, self.resume, self.progress = cfg, build, run_dir, resume, progress
         self.ckpt_path = run_dir / CHECKPOINT_NAME
-        self.stopping = StopPolicy(stop, World(), cfg.max_minutes)
+        self.stopping = lifecycle.StopPolicy(stop, World(), cfg.max_minutes)
         self.device = resolve_device(cfg.device)
         self.update = 0
         self.saved_update: int | None = None
@@ -522,8 +515,8 @@ class BaselineRun:
         cfg = self.cfg
         config = json.dumps({"kind": cfg.kind, **cfg.to_dict()}, indent=2)
         write_atomic(self.run_dir / "config.json", config.encode(), what="config")
-        after_existing_event_files(self.run_dir)
-        self.writer = EventWriter(self.run_dir, purge_step=self.update + 1 if self.resume else 0,
+        lifecycle.after_existing_event_files(self.run_dir)
+        self.writer = lifecycle.EventWriter(self.run_dir, purge_step=self.update + 1 if self.resume else 0,
                                   resume="meta-rl baseline --resume")
         if not self.resume:
             self.writer.add_text("config", "```\n" + config + "\n```", 0)
@@ -581,8 +574,8 @@ class BaselineRun:
         })
         self.saved_update = self.update
 
-    def interrupted(self, signum: int) -> TrainingInterrupted:
-        return TrainingInterrupted(signum, self.run_dir, self.update, self.update * self.cfg.meta_batch,
+    def interrupted(self, signum: int) -> lifecycle.TrainingInterrupted:
+        return lifecycle.TrainingInterrupted(signum, self.run_dir, self.update, self.update * self.cfg.meta_batch,
                                    resume="meta-rl baseline --resume", unit="episode")
 
     def learn(self) -> dict[str, Any]:

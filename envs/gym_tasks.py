@@ -29,7 +29,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
 from meta_rl.contract import MetaVectorEnv
-from meta_rl.env_checker import check_finite_actions
+from meta_rl.envs.checker import check_finite_actions
 
 __all__ = ["GymTaskVectorEnv", "TaskTrialEnv", "register_gym_task"]
 
