@@ -181,9 +181,8 @@ class GymTaskVectorEnv(MetaVectorEnv):
     observation in ``info["final_obs"]``); never truncates. ``episode_length = episodes_per_trial
     * max_episode_steps`` is the longest a trial can last and the trainer's default rollout
     length. Where episodes can end early (CartPole), trials have different lengths in different
-    envs: an env whose trial ended early already runs its next task for the rest of the rollout,
-    and ``meta_rl.evaluation.trial_returns`` then counts those steps in the inner episodes of the
-    next trial (exact only for fixed-length episodes such as Pendulum's).
+    envs: an env whose trial ended early already runs its next task for the rest of the rollout
+    (``meta_rl.evaluation.trial_returns`` counts each env's first trial only).
 
     ## Info
     ``"inner_episode"``: int64 (B,), the index (0, 1, ...) of the inner episode the step belonged

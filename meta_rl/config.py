@@ -162,8 +162,9 @@ class TrainConfig(ConfigBase):
     """Steps per rollout; 0 uses the env's ``episode_length`` (one whole task per rollout)."""
 
     # --- model ----------------------------------------------------------------------------
-    encoder: str = "cnn"
-    """Observation encoder: ``cnn`` (light strided conv net), ``conv4``, ``seed_cnn`` or ``mlp``."""
+    encoder: str = "auto"
+    """Observation encoder: ``auto`` (``cnn`` for images, ``mlp`` for vectors), ``cnn`` (light strided conv
+    net), ``conv4``, ``seed_cnn`` or ``mlp``."""
     encoder_hidden: list[int] = field(default_factory=lambda: [256, 256, 64])
     """Layer sizes of the MLP encoder; the last one is also the ``cnn`` encoder's output size."""
     conv_filters: int = 64
@@ -188,7 +189,11 @@ class TrainConfig(ConfigBase):
     """Discount. The default suits label feedback, where the label is revealed whatever the
     action, so an action cannot change later rewards and any γ > 0 only adds variance."""
     gae_lambda: float = 0.95
-    """λ of GAE(λ) and of the critic's TD(λ) target; 1 gives Monte-Carlo returns."""
+    """λ of the policy's GAE(λ) advantages; 1 gives Monte-Carlo returns minus the baseline, 0 the one-step
+    TD error."""
+    value_lambda: float = 0.95
+    """λ of the critic's TD(λ) target (may differ from ``gae_lambda``: a long target teaches the critic fast,
+    short advantages keep the policy gradient's variance low)."""
     learning_rate: float = 1e-3
     """Adam step size."""
     entropy_coef: float = 0.01
@@ -199,6 +204,11 @@ class TrainConfig(ConfigBase):
     """Gradient clipping by global norm."""
     normalize_advantages: bool = True
     """Normalise advantages to zero mean, unit variance per update."""
+    normalize_returns: bool = True
+    """The critic learns its λ-return targets scaled by their running mean and σ (PopArt, van Hasselt
+    et al. 2016, output-preserving), so the value loss keeps one scale whatever the task's rewards."""
+    return_norm_rate: float = 0.01
+    """Averaging rate of those running statistics (about 1 / rate updates)."""
 
     # --- run ------------------------------------------------------------------------------
     total_env_steps: int = 50_000_000
@@ -229,7 +239,7 @@ class TrainConfig(ConfigBase):
     DEFAULTED: ClassVar[tuple[str, ...]] = (
         "rollout_steps", "memory_capacity", "eval_every", "eval_episodes", "torch_threads",
     )
-    UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ("gamma", "gae_lambda")
+    UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ("gamma", "gae_lambda", "value_lambda", "return_norm_rate")
     STRICTLY_POSITIVE: ClassVar[tuple[str, ...]] = ("learning_rate", "max_grad_norm")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("entropy_coef", "value_coef", "max_minutes", "read_gain", "taken_gain")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {

@@ -6,6 +6,7 @@ class-level attributes in the manner of ``VectorEnv``'s own (``metadata``, ``num
 - ``episode_length``: the steps of one task (a whole trial), or None where tasks have no fixed length;
 - ``episodes_per_trial``: the inner episodes of a task, reported per step in ``info["inner_episode"]``,
   or None where a task is one episode;
+- ``request_action``: the action that asks for the true label (active classification), or None;
 - ``episode_images()``: every image the current tasks will show, where they are known at reset
   (None otherwise), so a rollout can encode a whole task in one batched pass.
 
@@ -21,8 +22,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from gymnasium.vector import VectorEnv
 
-__all__ = ["HasEpisodeLength", "HasTrials", "KnowsImages", "MetaVectorEnv", "known_images", "task_length",
-           "trial_episodes"]
+__all__ = ["HasEpisodeLength", "HasTrials", "KnowsImages", "MetaVectorEnv", "known_images", "label_request_action",
+           "task_length", "trial_episodes"]
 
 
 @runtime_checkable
@@ -51,6 +52,7 @@ class MetaVectorEnv(VectorEnv):
 
     episode_length: int | None = None
     episodes_per_trial: int | None = None
+    request_action: int | None = None
     device: torch.device = torch.device("cpu")
 
     def episode_images(self) -> torch.Tensor | None:
@@ -71,3 +73,9 @@ def trial_episodes(env: object) -> int:
 def known_images(env: object) -> torch.Tensor | None:
     """The images ``env``'s current tasks will show, where it knows them at reset."""
     return env.episode_images() if isinstance(env, KnowsImages) else None
+
+
+def label_request_action(env: object) -> int | None:
+    """The action with which an agent asks ``env`` for the true label (None: the env has none)."""
+    action = getattr(env, "request_action", None)
+    return None if action is None else int(action)

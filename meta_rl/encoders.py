@@ -123,17 +123,20 @@ class MLPEncoder(nn.Module):
         return self.net(x)  # (N, hidden[-1])
 
 
-ENCODERS = ("conv4", "seed_cnn", "cnn", "mlp")
+ENCODERS = ("auto", "conv4", "seed_cnn", "cnn", "mlp")
 
 
 def make_encoder(
     name: str, input_shape: Sequence[int], *, filters: int = 64, hidden: Sequence[int] = (256, 256, 64),
     norm: str = "batch",
 ) -> Conv4Encoder | SeedCNNEncoder | StridedCNNEncoder | MLPEncoder:
-    """Build an encoder by name: ``conv4``, ``seed_cnn``, ``cnn`` or ``mlp``.
+    """Build an encoder by name: ``auto``, ``conv4``, ``seed_cnn``, ``cnn`` or ``mlp``.
 
-    ``hidden`` sets the MLP's layer sizes; for ``cnn`` its last entry is the output size.
+    ``auto`` is ``cnn`` for (C, H, W) images and ``mlp`` for anything else. ``hidden`` sets the
+    MLP's layer sizes; for ``cnn`` its last entry is the output size.
     """
+    if name == "auto":
+        name = "cnn" if len(input_shape) == 3 else "mlp"
     if name == "conv4":
         if len(input_shape) != 3:
             raise ValueError(f"conv4 needs (C, H, W) inputs, got shape {tuple(input_shape)}; use encoder='mlp'.")

@@ -1,15 +1,16 @@
-"""Accuracy by instance (Santoro et al. 2016) with confidence intervals, on held-out tasks."""
+"""Held-out measures with confidence intervals: accuracy by instance (Santoro et al. 2016) for
+classification, return by inner episode of a trial for every other task."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from gymnasium.vector import VectorEnv
 
-from meta_rl.contract import task_length, trial_episodes
+from meta_rl.contract import label_request_action, task_length, trial_episodes
 from meta_rl.policy import MetaPolicy
 from meta_rl.rollout import Rollout, collect
 
@@ -22,6 +23,7 @@ __all__ = [
     "TrialReturns",
     "accuracy_by_instance",
     "evaluate",
+    "evaluate_task",
     "held_out_rollouts",
     "returns_by_inner_episode",
     "santoro_table",
@@ -70,20 +72,29 @@ class EvalResult:
     """Accuracy at the k-th instance of a class (k = 1..K) over held-out tasks.
 
     ``ci95[k]`` is the half-width of a normal 95% confidence interval, with tasks as units.
+    Where the env lets the agent ask for labels (active mode, Woodward & Finn 2017),
+    ``request_rate_by_instance`` is the fraction of the k-th instances it asked about (a request
+    is not a correct answer), with its own intervals; elsewhere both are None.
     """
 
     accuracy_by_instance: list[float]
     ci95: list[float]
     episodes: int
     accuracy: float
+    request_rate_by_instance: list[float] | None = None
+    request_ci95: list[float] | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "accuracy_by_instance": by_number(self.accuracy_by_instance),
             "ci95": by_number(self.ci95),
             "episodes": self.episodes,
             "accuracy": self.accuracy,
         }
+        if self.request_rate_by_instance is not None and self.request_ci95 is not None:
+            out["request_rate_by_instance"] = by_number(self.request_rate_by_instance)
+            out["request_ci95"] = by_number(self.request_ci95)
+        return out
 
 
 def summarize(hits: torch.Tensor, counts: torch.Tensor) -> EvalResult:
@@ -137,6 +148,38 @@ def held_out_rollouts(
         policy.train(was_training)
 
 
+def _measure(
+    env: VectorEnv, policy: MetaPolicy, tasks: int, *, seed: int, steps: int | None, deterministic: bool,
+    max_instance: int, should_stop: Callable[[], bool] | None,
+) -> tuple[EvalResult | None, TrialReturns]:
+    """One pass over held-out tasks: accuracy by instance (None where no step has an instance) and returns."""
+    if not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 1:
+        raise ValueError(f"the number of held-out tasks must be a positive int, got {tasks!r}.")
+    horizon = int(steps or task_length(env))
+    if horizon < 1:
+        raise ValueError("the env has no episode_length; pass steps= (the length of one task).")
+    episodes = max(trial_episodes(env), 1)
+    ask = label_request_action(env)
+    hits, counts, asked, returns = [], [], [], []
+    for ro in held_out_rollouts(env, policy, tasks, horizon, seed=seed, deterministic=deterministic,
+                                should_stop=should_stop):
+        h, c = accuracy_by_instance(ro.correct(), ro.instance, max_instance)
+        hits.append(h)
+        counts.append(c)
+        if ask is not None:
+            asked.append(accuracy_by_instance(ro.actions == ask, ro.instance, max_instance)[0])
+        returns.append(returns_by_inner_episode(ro.rewards, ro.inner_episode, episodes, ro.dones))
+    trial = _trial_summary(torch.cat(returns)[:tasks].double().cpu())
+    count = torch.cat(counts)[:tasks].cpu()
+    if not bool((count > 0).any()):
+        return None, trial
+    acc = summarize(torch.cat(hits)[:tasks].cpu(), count)
+    if asked:
+        req = summarize(torch.cat(asked)[:tasks].cpu(), count)
+        acc = replace(acc, request_rate_by_instance=req.accuracy_by_instance, request_ci95=req.ci95)
+    return acc, trial
+
+
 def evaluate(
     env: VectorEnv, policy: MetaPolicy, episodes: int, *, seed: int = 0, steps: int | None = None,
     deterministic: bool = True, max_instance: int = MAX_INSTANCE, should_stop: Callable[[], bool] | None = None,
@@ -147,20 +190,30 @@ def evaluate(
     for the same seed. Actions are the policy's most likely ones unless ``deterministic=False``.
 
     Raises:
+        ValueError: the env reports no ``"instance"`` (not a classification task: see :func:`evaluate_task`).
         EvaluationStopped: ``should_stop()`` returned True before the last batch.
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}.")
-    horizon = int(steps or task_length(env))
-    if horizon < 1:
-        raise ValueError("the env has no episode_length; pass steps= (the length of one task).")
-    hits, counts = [], []
-    for ro in held_out_rollouts(env, policy, episodes, horizon, seed=seed, deterministic=deterministic,
-                                should_stop=should_stop):
-        h, c = accuracy_by_instance(ro.correct(), ro.instance, max_instance)
-        hits.append(h)
-        counts.append(c)
-    return summarize(torch.cat(hits)[:episodes].cpu(), torch.cat(counts)[:episodes].cpu())
+    acc, _ = _measure(env, policy, episodes, seed=seed, steps=steps, deterministic=deterministic,
+                      max_instance=max_instance, should_stop=should_stop)
+    if acc is None:
+        raise ValueError(f"{type(env).__name__} reports no 'instance' in its info, so it has no accuracy by "
+                         "instance; use evaluate_task() or trial_returns() for the return per trial.")
+    return acc
+
+
+def evaluate_task(
+    env: VectorEnv, policy: MetaPolicy, tasks: int, *, seed: int = 0, steps: int | None = None,
+    deterministic: bool = True, max_instance: int = MAX_INSTANCE, should_stop: Callable[[], bool] | None = None,
+) -> EvalResult | TrialReturns:
+    """The measure that fits the task: accuracy by instance where the env reports instances, else returns.
+
+    A classification env (its info gives ``"instance"``) yields an :class:`EvalResult`; any other
+    (bandits, MDPs, control, a plug-in) the :class:`TrialReturns` of its inner episodes, counted
+    exactly per trial. Seeding and ``should_stop`` as in :func:`evaluate`.
+    """
+    acc, trial = _measure(env, policy, tasks, seed=seed, steps=steps, deterministic=deterministic,
+                          max_instance=max_instance, should_stop=should_stop)
+    return trial if acc is None else acc
 
 
 def santoro_table(result: EvalResult, label: str = "this agent") -> str:
@@ -181,8 +234,21 @@ def santoro_table(result: EvalResult, label: str = "this agent") -> str:
     return "\n".join(rows)
 
 
-def returns_by_inner_episode(rewards: torch.Tensor, inner_episode: torch.Tensor, episodes: int) -> torch.Tensor:
-    """(B, episodes) the return of each inner episode of each trial, from (T, B) rewards and indices."""
+def returns_by_inner_episode(
+    rewards: torch.Tensor, inner_episode: torch.Tensor, episodes: int, dones: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, episodes) the return of each inner episode of each env's first trial.
+
+    Args:
+        rewards: (T, B) rewards; inner_episode: (T, B) the inner episode of each step.
+        episodes: inner episodes per trial.
+        dones: (T, B) the last step of a trial. Where given, only the steps up to and including
+            each env's first done count: an env whose episodes ended early has already started
+            its next trial within the rollout, and those steps belong to another task.
+    """
+    if dones is not None:
+        ended_before = (dones.long().cumsum(0) - dones.long()) > 0  # (T, B) a done came before this step
+        rewards = rewards.masked_fill(ended_before, 0.0)
     onehot = torch.nn.functional.one_hot(inner_episode.clamp(0, episodes - 1), episodes)  # (T, B, E)
     return (onehot * rewards.unsqueeze(-1)).sum(0)  # (B, E)
 
@@ -192,7 +258,8 @@ class TrialReturns:
     """Mean return of the 1st, 2nd, ... episode of a trial over held-out tasks, with 95% intervals.
 
     ``improvement`` is the mean over tasks of (last episode - first episode), with its interval:
-    positive when the agent adapts to the task within the trial.
+    positive when the agent adapts to the task within the trial. ``total`` is the mean return of
+    a whole trial (the figure bandit and MDP papers report), with its interval.
     """
 
     mean: list[float]
@@ -200,6 +267,8 @@ class TrialReturns:
     improvement: float
     improvement_ci95: float
     trials: int
+    total: float = 0.0
+    total_ci95: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -207,25 +276,33 @@ class TrialReturns:
             "ci95": by_number(self.ci95),
             "improvement": self.improvement,
             "improvement_ci95": self.improvement_ci95,
+            "return_per_trial": self.total,
+            "return_per_trial_ci95": self.total_ci95,
             "trials": self.trials,
         }
+
+
+def _trial_summary(r: torch.Tensor) -> TrialReturns:
+    """(N, E) float64 returns of N trials by inner episode -> means and 95% intervals over trials."""
+    n = r.shape[0]
+    half = 1.96 * r.std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros(r.shape[1], dtype=r.dtype)
+    gain = r[:, -1] - r[:, 0]
+    gain_half = float(1.96 * gain.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
+    total = r.sum(1)
+    total_half = float(1.96 * total.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
+    return TrialReturns(r.mean(0).tolist(), half.tolist(), float(gain.mean()), gain_half, n,
+                        float(total.mean()), total_half)
 
 
 def trial_returns(
     env: VectorEnv, policy: MetaPolicy, trials: int, *, seed: int = 0, deterministic: bool = True
 ) -> TrialReturns:
-    """Return by inner episode on ``trials`` tasks of an env whose info gives ``"inner_episode"``."""
-    episodes, horizon = trial_episodes(env), task_length(env)
-    if episodes < 1 or horizon < 1:
+    """Return by inner episode on ``trials`` tasks of an env whose info gives ``"inner_episode"``.
+
+    Each env runs ``task_length(env)`` steps, the longest a trial can last; the steps after its
+    first trial ends (episodes that ended early) are not counted, so the figures are exact per trial.
+    """
+    if trial_episodes(env) < 1 or task_length(env) < 1:
         raise ValueError("the env must have episodes_per_trial and episode_length (a multi-episode trial env).")
-    parts = [
-        returns_by_inner_episode(ro.rewards, ro.inner_episode, episodes)
-        for ro in held_out_rollouts(env, policy, trials, horizon, seed=seed, deterministic=deterministic)
-    ]
-    r = torch.cat(parts)[:trials].double().cpu()  # (N, E)
-    n = r.shape[0]
-    half = 1.96 * r.std(0, unbiased=True) / math.sqrt(max(n, 1))
-    gain = r[:, -1] - r[:, 0]
-    return TrialReturns(
-        r.mean(0).tolist(), half.tolist(), float(gain.mean()), float(1.96 * gain.std(unbiased=True) / math.sqrt(n)), n
-    )
+    return _measure(env, policy, trials, seed=seed, steps=None, deterministic=deterministic,
+                    max_instance=MAX_INSTANCE, should_stop=None)[1]

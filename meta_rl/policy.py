@@ -15,6 +15,7 @@ from meta_rl import distributions as D
 from meta_rl import sb3_adapter
 from meta_rl.cores import EpisodicMemoryCore, State, make_core
 from meta_rl.encoders import make_encoder
+from meta_rl.returns import popart_preserve, popart_stats, popart_std
 from meta_rl.sb3_adapter import PREV_REWARD_KEY, RL2ObservationWrapper, RL2State
 
 __all__ = ["PREV_REWARD_KEY", "MetaPolicy", "RL2ObservationWrapper", "RL2State"]  # the last three: sb3_adapter's
@@ -57,6 +58,7 @@ class MetaPolicy(nn.Module):
 
     low: torch.Tensor
     high: torch.Tensor
+    return_stats: torch.Tensor
 
     def __init__(
         self,
@@ -124,7 +126,11 @@ class MetaPolicy(nn.Module):
             raise TypeError(f"action space {action_space} is not supported; use Discrete or a 1-D bounded Box.")
         self.action_space = action_space
 
-        context_dim = self.action_dim + 2  # previous action, previous reward, task-start flag
+        # previous action, previous reward, task-start flag; for labels also the reward credited to the
+        # previous action (one-hot(a) * r): "action j earned r" as one input, which a sum over memory
+        # slots or a GRU input cannot otherwise tell from "j was taken" and "some action earned r".
+        self.credit = isinstance(action_space, spaces.Discrete)
+        context_dim = self.action_dim * (2 if self.credit else 1) + 2
         for s in self.context_spaces.values():
             context_dim += int(s.n) if isinstance(s, spaces.Discrete) else int(np.prod(s.shape))
         self.context_dim = context_dim
@@ -133,6 +139,9 @@ class MetaPolicy(nn.Module):
         out = self.core.out_dim
         self.policy_head = nn.Linear(out, self.action_dim)
         self.value_head = nn.Linear(out, 1)
+        # The critic's output is μ + σ·value_head(f), μ and σ running statistics of its targets (PopArt):
+        # fixed at 0 and 1 unless the trainer updates them (update_return_stats).
+        self.register_buffer("return_stats", torch.tensor([0.0, 1.0, 0.0]))  # (3,): E[G], E[G²], updates
         gaussian = isinstance(self.head, D.SquashedGaussianHead)
         self.log_std = nn.Parameter(torch.full((self.action_dim,), float(init_log_std))) if gaussian else None
         memory = isinstance(self.core, EpisodicMemoryCore)
@@ -202,7 +211,10 @@ class MetaPolicy(nn.Module):
             else:
                 parts.append(v.float().reshape(*starts.shape, -1))  # (*lead, d)
         a = self.head.encode(prev_action, starts.shape)  # (*lead, A)
-        parts += [a * keep, prev_reward.float().unsqueeze(-1) * keep, starts.float().unsqueeze(-1)]
+        r = prev_reward.float().unsqueeze(-1)  # (*lead, 1)
+        parts += [a * keep, r * keep, starts.float().unsqueeze(-1)]
+        if self.credit:
+            parts.append(a * r * keep)  # (*lead, A): the reward credited to the previous action
         return torch.cat(parts, dim=-1)  # (*lead, U)
 
     # -- core and heads --------------------------------------------------------------------
@@ -215,7 +227,23 @@ class MetaPolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, State]:
         """(T, B, E), (T, B, U), (T, B) -> distribution parameters (T, B, A), values (T, B), state."""
         feats, state = self.core(embed, context, starts, state, need_state=need_state)  # (T, B, F)
-        return self.policy_head(feats), self.value_head(feats).squeeze(-1), state
+        values = self.return_stats[0] + self.return_scale() * self.value_head(feats).squeeze(-1)  # (T, B)
+        return self.policy_head(feats), values, state
+
+    def return_scale(self) -> torch.Tensor:
+        """σ of the critic's targets (1 until the trainer updates the statistics)."""
+        return popart_std(self.return_stats[0], self.return_stats[1])
+
+    @torch.no_grad()
+    def update_return_stats(self, batch_mean: torch.Tensor, batch_second: torch.Tensor, rate: float) -> None:
+        """Move the critic's target statistics towards a batch's, keeping every value it predicts unchanged."""
+        old = (self.return_stats[0].clone(), self.return_scale())
+        mean, second, count = popart_stats(self.return_stats[0], self.return_stats[1], self.return_stats[2],
+                                           batch_mean, batch_second, rate)
+        self.return_stats.copy_(torch.stack([mean, second, count]))
+        w, b = popart_preserve(self.value_head.weight, self.value_head.bias, old, (mean, self.return_scale()))
+        self.value_head.weight.copy_(w)
+        self.value_head.bias.copy_(b)
 
     # -- distribution ----------------------------------------------------------------------
 

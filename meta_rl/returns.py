@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["explained_variance", "gae", "normalize", "reinforce_losses"]
+__all__ = [
+    "explained_variance", "gae", "normalize", "popart_preserve", "popart_stats", "popart_std", "reinforce_losses",
+]
 
 
 def gae(
@@ -91,3 +93,39 @@ def reinforce_losses(
         "value": 0.5 * (((values - ret) ** 2) * w).sum() / total,
         "entropy": (entropy * w).sum() / total,
     }
+
+
+def popart_stats(
+    mean: torch.Tensor, second: torch.Tensor, count: torch.Tensor, batch_mean: torch.Tensor,
+    batch_second: torch.Tensor, rate: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Running first and second moments of the critic's targets (van Hasselt et al. 2016, PopArt).
+
+    ``m <- (1 - β) m + β x`` with ``β = max(rate, 1 / (count + 1))``, so the first update takes the
+    batch's moments as they are and later ones average over about ``1 / rate`` updates.
+
+    Args:
+        mean, second: scalar running E[G] and E[G²]; count: scalar updates so far.
+        batch_mean, batch_second: this update's E[G] and E[G²] over its (T, B) targets.
+        rate: the averaging rate once ``1 / (count + 1)`` falls below it.
+
+    Returns:
+        The new mean, second moment and count.
+    """
+    beta = torch.clamp(1.0 / (count + 1.0), min=rate)
+    return (1 - beta) * mean + beta * batch_mean, (1 - beta) * second + beta * batch_second, count + 1
+
+
+def popart_std(mean: torch.Tensor, second: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """σ = sqrt(E[G²] - E[G]²), at least ``floor`` (a task whose returns never vary)."""
+    return (second - mean**2).clamp_min(floor**2).sqrt()
+
+
+def popart_preserve(
+    weight: torch.Tensor, bias: torch.Tensor, old: tuple[torch.Tensor, torch.Tensor],
+    new: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Value-head weights after the statistics move from ``old`` to ``new`` (each (μ, σ)) such that
+    ``μ + σ (w·f + b)`` is unchanged for every feature ``f``: ``w' = w σ/σ'``, ``b' = (σ b + μ - μ')/σ'``."""
+    (mu, sigma), (mu2, sigma2) = old, new
+    return weight * sigma / sigma2, (sigma * bias + mu - mu2) / sigma2

@@ -91,6 +91,7 @@ def reinforce_update(
     """One REINFORCE step on a rollout: GAE(λ) advantages from the critic, TD(λ) critic targets."""
     stats = reinforce_gradients(policy, optimizer, ro, cfg, world=world)
     optimizer.step()
+    update_return_stats(policy, stats, cfg, world or World())
     return stats
 
 
@@ -109,11 +110,15 @@ def reinforce_gradients(
     embed = ro.embed if ro.embed is not None else policy.encode(ro.main, (steps, batch))  # (T, B, E)
     context = policy.context(ro.extras, ro.prev_actions, ro.prev_rewards, ro.starts)  # (T, B, U)
     params, values, _ = policy(embed, context, ro.starts, ro.state0, need_state=False)  # (T, B, A), (T, B)
-    advantages, returns = gae(ro.rewards, values.detach(), ro.dones.float(), ro.last_value, cfg.gamma, cfg.gae_lambda)
+    dones = ro.dones.float()
+    advantages, returns = gae(ro.rewards, values.detach(), dones, ro.last_value, cfg.gamma, cfg.gae_lambda)
+    if cfg.value_lambda != cfg.gae_lambda:  # the critic's TD(λ) target with its own λ
+        returns = gae(ro.rewards, values.detach(), dones, ro.last_value, cfg.gamma, cfg.value_lambda)[1]
     log_probs = policy.log_prob(params, ro.actions)  # (T, B)
     entropy = policy.entropy(params)  # (T, B)
     adv = normalize(advantages) if cfg.normalize_advantages else advantages
-    terms = losses(log_probs, entropy, values, adv, returns)
+    scale = policy.return_scale()  # the critic learns its targets in units of their running σ (1 when not normalised)
+    terms = losses(log_probs, entropy, values / scale, adv, returns / scale)
     loss = terms["policy"] + cfg.value_coef * terms["value"] - cfg.entropy_coef * terms["entropy"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -128,7 +133,16 @@ def reinforce_gradients(
         "policy/grad_norm": grad_norm.detach(),
         "critic/explained_variance": explained_variance(values.detach(), returns),
         "charts/return": ro.rewards.sum(0).mean(),
+        "critic/target_mean": returns.mean(),
+        "critic/target_second": returns.square().mean(),
     }
+
+
+def update_return_stats(policy: MetaPolicy, stats: dict[str, torch.Tensor], cfg: TrainConfig, world: World) -> None:
+    """After an admitted step: the critic's target statistics move towards this update's (over all ranks)."""
+    if cfg.normalize_returns:
+        moments = world.all_sum(torch.stack([stats["critic/target_mean"], stats["critic/target_second"]])) / world.size
+        policy.update_return_stats(moments[0], moments[1], cfg.return_norm_rate)
 
 
 def _task_seed(seed: int, update: int) -> int:
@@ -369,6 +383,7 @@ class Trainer:
         flags = self.world.all_min(self.guard.flags(stats))
         if self.guard.admit(stats, flags, self.update + 1):
             self.optimizer.step()
+            update_return_stats(self.policy, stats, self.cfg, self.world)
             self.metrics.record_mean(stats)
         else:
             self.optimizer.zero_grad(set_to_none=True)  # skip: no step, Adam's state untouched

@@ -13,7 +13,6 @@ import io
 import pickle
 import re
 import struct
-import sys
 import tracemalloc
 import zipfile
 import zlib
@@ -23,10 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 from hostile_files import Reduce, black_png, cifar10, deflated_zeros, dict_pickle, laughs_dup, laughs_memo, ops
+from PIL import Image
 
 from meta_rl.data.formats import (
     DatasetError,

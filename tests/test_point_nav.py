@@ -92,3 +92,4 @@ def test_returns_by_inner_episode_by_hand() -> None:
     rewards = torch.tensor([[1.0, 0.0], [2.0, 1.0], [3.0, 2.0], [4.0, 3.0]])  # (T=4, B=2)
     inner = torch.tensor([[0, 0], [0, 0], [1, 1], [1, 1]])
     assert torch.equal(returns_by_inner_episode(rewards, inner, 2), torch.tensor([[3.0, 7.0], [1.0, 5.0]]))
+

@@ -197,17 +197,28 @@ def small_policy(obs_space: spaces.Space[Any], act_space: spaces.Space[Any], **k
 def test_rl2_context_layout() -> None:
     policy = small_policy(image_space(), spaces.Discrete(N_WAY))
     assert policy.main_key == "image" and policy.context_keys == ["label"]
-    assert policy.context_dim == (N_WAY + 1) + N_WAY + 2
+    assert policy.context_dim == (N_WAY + 1) + N_WAY + 2 + N_WAY
     obs = {"label": torch.tensor([[3, 1]])}  # (T=1, B=2): nothing revealed / label 1 revealed
     prev_a = torch.tensor([[2, 0]])
     prev_r = torch.tensor([[0.5, 1.0]])
     starts = torch.tensor([[True, False]])
     ctx = policy.context(obs, prev_a, prev_r, starts)
     assert ctx.shape == (1, 2, policy.context_dim)
-    # Layout: revealed label one-hot (4), previous action one-hot (3), previous reward, start flag.
-    torch.testing.assert_close(ctx[0, 1], torch.tensor([0, 1, 0, 0, 1, 0, 0, 1.0, 0]))
+    # Layout: revealed label one-hot (4), previous action one-hot (3), previous reward, start flag,
+    # the reward credited to the previous action (3).
+    torch.testing.assert_close(ctx[0, 1], torch.tensor([0, 1, 0, 0, 1, 0, 0, 1.0, 0, 1.0, 0, 0]))
     # At a task start the previous action and reward are zeroed; the flag is set.
-    torch.testing.assert_close(ctx[0, 0], torch.tensor([0, 0, 0, 1, 0, 0, 0, 0, 1.0]))
+    torch.testing.assert_close(ctx[0, 0], torch.tensor([0, 0, 0, 1, 0, 0, 0, 0, 1.0, 0, 0, 0]))
+
+
+def test_credit_input_tells_which_action_earned_the_reward() -> None:
+    """A reward of 0.5 after action 2 is credited to action 2 only; Box actions get no credit part."""
+    policy = small_policy(image_space(), spaces.Discrete(N_WAY))
+    ctx = policy.context({"label": torch.tensor([[3]])}, torch.tensor([[2]]), torch.tensor([[0.5]]),
+                         torch.tensor([[False]]))
+    torch.testing.assert_close(ctx[0, 0, -N_WAY:], torch.tensor([0, 0, 0.5]))
+    box = small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), core="gru")
+    assert box.context_dim == 2 + 2
 
 
 def test_image_obs_encoding_and_discrete_head() -> None:
@@ -284,7 +295,7 @@ def test_discrete_and_context_only_observations() -> None:
     obs = {"pos": torch.randn(3, 2, 2), "flag": torch.tensor([[0, 1]] * 3)}
     starts = torch.zeros(3, 2, dtype=torch.bool)
     ctx = policy.context(obs, torch.zeros(3, 2), torch.zeros(3, 2), starts)
-    assert ctx.shape == (3, 2, 2 + 2 + 2 + 2)
+    assert ctx.shape == (3, 2, 2 + 2 + 2 + 2 + 2)  # flag, pos, action, reward + start, credit
     torch.testing.assert_close(ctx[:, :, 2:4], obs["pos"])
     logits, _, _ = policy(policy.encode(None, (3, 2)), ctx, starts, policy.initial_state(2, CPU))
     assert logits.shape == (3, 2, 2)

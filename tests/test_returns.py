@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,3 +140,34 @@ def test_normalize() -> None:
     # An order-preserving affine map of x.
     torch.testing.assert_close(y, (x - x.mean()) / x.std(unbiased=False), atol=1e-6, rtol=0)
     assert torch.isfinite(normalize(torch.ones(5))).all()  # constant input: zeros, not NaN
+
+
+def test_popart_first_update_takes_the_batch_moments_then_averages_at_the_rate() -> None:
+    from meta_rl.returns import popart_stats, popart_std
+
+    zero, one = torch.tensor(0.0), torch.tensor(1.0)
+    mean, second, count = popart_stats(zero, one, zero, torch.tensor(10.0), torch.tensor(104.0), rate=0.1)
+    assert (mean.item(), second.item(), count.item()) == (10.0, 104.0, 1.0)
+    assert popart_std(mean, second).item() == pytest.approx(2.0)  # sqrt(104 - 100)
+    mean, second, _ = popart_stats(mean, second, count, torch.tensor(0.0), torch.tensor(4.0), rate=0.1)
+    # beta = max(0.1, 1/2) = 0.5: the mean of the two batches
+    assert (mean.item(), second.item()) == (5.0, 54.0)
+    assert popart_std(torch.tensor(3.0), torch.tensor(9.0)).item() == pytest.approx(1e-3)  # the floor
+
+
+def test_popart_update_keeps_every_predicted_value() -> None:
+    from gymnasium import spaces
+
+    from meta_rl.policy import MetaPolicy
+
+    torch.manual_seed(0)
+    policy = MetaPolicy(spaces.Box(-1, 1, (3,), np.float32), spaces.Discrete(2), core="gru", hidden=8,
+                        encoder_hidden=(8,))
+    embed = policy.encode(torch.randn(5, 4, 3), (5, 4))
+    starts = torch.zeros(5, 4, dtype=torch.bool)
+    ctx = policy.context(None, torch.zeros(5, 4, dtype=torch.long), torch.rand(5, 4), starts)
+    before = policy(embed, ctx, starts, policy.initial_state(4, "cpu"), need_state=False)[1]
+    policy.update_return_stats(torch.tensor(30.0), torch.tensor(1000.0), rate=0.01)
+    after = policy(embed, ctx, starts, policy.initial_state(4, "cpu"), need_state=False)[1]
+    assert policy.return_scale().item() == pytest.approx(10.0)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-4)

@@ -302,7 +302,7 @@ def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
         (["learning_rate=0"], "learning_rate must be > 0"),
         (["entropy_coef=-0.01"], "entropy_coef must be >= 0"),
         (["core=transformer"], r"core = 'transformer' is not one of \['memory', 'gru', 'lstm'\]"),
-        (["encoder=resnet"], r"encoder = 'resnet' is not one of \['conv4', 'seed_cnn', 'cnn', 'mlp'\]"),
+        (["encoder=resnet"], r"encoder = 'resnet' is not one of \['auto', 'conv4', 'seed_cnn', 'cnn', 'mlp'\]"),
         (["conv_norm=layer"], "conv_norm"),
         (["device=tpu"], "device = 'tpu'"),
         (["num_envs"], "must look like key=value"),

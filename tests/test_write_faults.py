@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_injection import CAUSES, WRITE_SITES, Fault, inject, named
 
 import meta_rl.checkpoint as checkpoint_module
 from meta_rl.atomic import WriteError
@@ -28,9 +29,6 @@ from meta_rl.cli import main
 from meta_rl.config import TrainConfig
 from meta_rl.runlock import LOCK_NAME
 from meta_rl.train import CHECKPOINT_NAME, train
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-from fault_injection import CAUSES, WRITE_SITES, Fault, inject, named
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

@@ -1,0 +1,256 @@
+"""Multi-armed Bernoulli bandits as meta-RL tasks (Duan et al. 2016, RL², Table 1; Wang et al. 2016)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+from meta_rl.contract import MetaVectorEnv
+from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
+
+__all__ = [
+    "BernoulliBanditEnv",
+    "BernoulliBanditVectorEnv",
+    "DependentBanditEnv",
+    "DependentBanditVectorEnv",
+    "check_discrete_actions",
+]
+
+_SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    """Raise ValueError unless ``value`` is an int (not a bool) of at least ``minimum``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}; pass e.g. {name}={max(minimum, 1)}.")
+
+
+def check_split(split: Any) -> None:
+    """Raise ValueError unless ``split`` names one of the task streams."""
+    if split not in _SPLIT_STREAMS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_STREAMS)}.")
+
+
+def seed_generator(generator: torch.Generator, seed: Any, split: str) -> None:
+    """Seed ``generator`` from a reset seed and the split (None: leave it as it is)."""
+    if isinstance(seed, list):
+        seed = seed[0] if seed else None
+    check_seed(seed)
+    if seed is not None:
+        generator.manual_seed((int(seed) * 3 + _SPLIT_STREAMS[split]) % 2**64)
+
+
+def check_discrete_actions(
+    env: Any, actions: torch.Tensor | np.ndarray, n: int, validate: bool = True
+) -> torch.Tensor:
+    """Check B ``Discrete(n)`` actions and return them as an int64 tensor on ``env.device``.
+
+    Raises TypeError for a non-tensor or a non-integer dtype and ValueError for a wrong shape,
+    a wrong device or (when ``validate``; one host read) a label outside ``0..n-1``.
+
+    Args:
+        env: the vector env (its ``num_envs``, ``device`` and class name are used).
+        actions: (B,) integer labels, a torch tensor or a numpy array.
+        n: the number of actions.
+        validate: check the range (one ``.any()`` read per step, a host sync on CUDA).
+    """
+    name = type(env).__name__
+    if isinstance(actions, np.ndarray):
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise TypeError(
+                f"{name}: actions must be integers, got numpy dtype {actions.dtype}; cast with .astype(np.int64)."
+            )
+        if not actions.dtype.isnative:  # torch reads native byte order only
+            actions = actions.astype(actions.dtype.newbyteorder("="))
+        actions = torch.as_tensor(actions, device=env.device)
+    if not isinstance(actions, torch.Tensor):
+        raise TypeError(
+            f"{name}: actions must be a torch.Tensor (or numpy array) of shape ({env.num_envs},), got "
+            f"{type(actions).__name__}; wrap them with torch.as_tensor(actions, device=env.device)."
+        )
+    if actions.dtype.is_floating_point or actions.dtype.is_complex or actions.dtype == torch.bool:
+        raise TypeError(f"{name}: actions must have an integer dtype, got {actions.dtype}; cast with actions.long().")
+    if actions.shape != (env.num_envs,):
+        raise ValueError(
+            f"{name}: actions must have shape ({env.num_envs},), one action per task, got {tuple(actions.shape)}."
+        )
+    if actions.device != env.device:
+        raise ValueError(
+            f"{name}: actions are on {actions.device} but the env runs on {env.device}; "
+            f"move them with actions.to('{env.device}')."
+        )
+    actions = actions.long()  # before comparing: uint16/32/64 tensors have no comparison kernels
+    if validate and bool(((actions < 0) | (actions >= n)).any()):
+        bad = actions[(actions < 0) | (actions >= n)][:5].tolist()
+        raise ValueError(
+            f"{name}: actions {bad} are out of range; valid actions are 0..{n - 1}. Fix the policy's outputs."
+        )
+    return actions
+
+
+class BernoulliBanditVectorEnv(MetaVectorEnv):
+    """B multi-armed Bernoulli bandits stepped together as tensors, one trial of ``pulls`` pulls each.
+
+    ## Description
+    Every task is a bandit with ``arms`` arms whose success probabilities ``p_i`` are drawn
+    i.i.d. from Uniform(0, 1) (Duan et al. 2016, RL², Table 1). A trial is ``pulls`` pulls of
+    the same bandit; a meta-learner must balance trying arms against pulling the best one so
+    far, and the Bayes-optimal policy under the uniform prior is the target. The probabilities
+    are hidden from the agent (:meth:`probabilities` exposes them for analysis and baselines).
+
+    ## Action Space
+    ``Discrete(arms)``: the arm to pull, as an int64 tensor of shape (B,). Labels outside
+    ``0..arms-1`` raise ``ValueError`` when ``validate_actions`` is on (the CPU default).
+
+    ## Observation Space
+    ``Box(0, 1, (1,), float32)``: the fraction of the trial elapsed, ``t / pulls``. Everything
+    else the agent needs (its last action and reward) is what a recurrent meta-learner feeds
+    back to itself, as in RL².
+
+    ## Rewards
+    1.0 with probability ``p[action]``, else 0.0 (float32, shape (B,)).
+
+    ## Episode End
+    Terminates after ``pulls`` steps; never truncates. All B trials end together and restart in
+    the same step with new bandits (``SAME_STEP`` autoreset, the terminal observation in
+    ``info["final_obs"]``).
+
+    ## Info
+    Empty, except ``"final_obs"`` / ``"_final_obs"`` at the end of a trial.
+
+    Args:
+        num_envs: B.
+        arms: arms per bandit (k), at least 2.
+        pulls: pulls per trial (n).
+        split: ``"train"``, ``"val"`` or ``"test"``: separate task streams for the same seed.
+        device: where the tensors live.
+        render_mode: must be None.
+        validate_actions: check that actions are in range (one host read per step); default:
+            on for the CPU, off elsewhere.
+    """
+
+    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        arms: int = 5,
+        pulls: int = 100,
+        split: str = "train",
+        device: torch.device | str = "cpu",
+        render_mode: str | None = None,
+        validate_actions: bool | None = None,
+    ) -> None:
+        check_positive_int("num_envs", num_envs)
+        check_positive_int("arms", arms, minimum=2)
+        check_positive_int("pulls", pulls)
+        check_split(split)
+        self.device = env_device(device, render_mode)
+        self.num_envs = int(num_envs)
+        self.arms = int(arms)
+        self.pulls = int(pulls)
+        self.episode_length = self.pulls
+        self.episodes_per_trial = None
+        self.split = split
+        self.render_mode = None
+        self.validate_actions = self.device.type == "cpu" if validate_actions is None else bool(validate_actions)
+        self.single_observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.single_action_space = spaces.Discrete(self.arms)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.seed()
+        self._rows = torch.arange(self.num_envs, device=self.device)
+        self._t = 0
+        self._p = torch.zeros(self.num_envs, self.arms, device=self.device)
+        self._new_tasks()
+
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Draw B new bandits; ``seed`` (with the split) seeds the env's own torch.Generator."""
+        seed_generator(self._generator, seed, self.split)
+        if options:
+            raise ValueError(f"reset() takes no options, got {sorted(options)}; configure the task in the constructor.")
+        self._new_tasks()
+        return self._observe(), {}
+
+    def step(
+        self, actions: torch.Tensor | np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        actions = check_discrete_actions(self, actions, self.arms, self.validate_actions)
+        u = torch.rand(self.num_envs, generator=self._generator, device=self.device)  # (B,)
+        reward = (u < self._p[self._rows, actions]).float()  # (B,)
+        info: dict[str, Any] = {}
+        self._t += 1
+        done = self._t == self.episode_length  # a host int: no device read
+        obs, terminated, truncated = same_step_autoreset(
+            done, self.num_envs, self.device, self._observe, self._new_tasks, info
+        )
+        return obs, reward, terminated, truncated, info
+
+    def probabilities(self) -> torch.Tensor:
+        """(B, arms) the current success probabilities (for analysis and baselines; agents must not read them)."""
+        return self._p.clone()
+
+    def _draw_probabilities(self) -> torch.Tensor:
+        return torch.rand(self.num_envs, self.arms, generator=self._generator, device=self.device)  # (B, arms)
+
+    def _new_tasks(self) -> None:
+        self._p = self._draw_probabilities()
+        self._t = 0
+
+    def _observe(self) -> torch.Tensor:
+        return torch.full((self.num_envs, 1), self._t / self.pulls, device=self.device)  # (B, 1) float32
+
+
+class DependentBanditVectorEnv(BernoulliBanditVectorEnv):
+    """B two-armed *dependent* Bernoulli bandits: the arms pay with probabilities ``p`` and ``1 - p``.
+
+    ## Description
+    Wang et al. 2016 ("Learning to reinforcement learn"): per task ``p ~ Uniform(0, 1)``, arm 0
+    pays 1 with probability ``p`` and arm 1 with probability ``1 - p``, so a pull of either arm
+    tells about both. A trial is ``pulls`` pulls of one bandit. Everything else (spaces,
+    rewards, episode end, info, seeding) is as in :class:`BernoulliBanditVectorEnv` with
+    ``arms=2``.
+
+    Args:
+        num_envs: B.
+        pulls: pulls per trial.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        device: where the tensors live.
+        render_mode: must be None.
+        validate_actions: check that actions are in range (default: on for the CPU).
+    """
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        pulls: int = 100,
+        split: str = "train",
+        device: torch.device | str = "cpu",
+        render_mode: str | None = None,
+        validate_actions: bool | None = None,
+    ) -> None:
+        super().__init__(num_envs, 2, pulls, split, device, render_mode, validate_actions)
+
+    def _draw_probabilities(self) -> torch.Tensor:
+        p = torch.rand(self.num_envs, 1, generator=self._generator, device=self.device)  # (B, 1)
+        return torch.cat([p, 1.0 - p], dim=-1)  # (B, 2)
+
+
+class BernoulliBanditEnv(SingleTaskEnv):
+    """One Bernoulli-bandit trial at a time with numpy observations (see :class:`BernoulliBanditVectorEnv`)."""
+
+    vector_cls = BernoulliBanditVectorEnv
+
+
+class DependentBanditEnv(SingleTaskEnv):
+    """One dependent two-armed bandit trial at a time (see :class:`DependentBanditVectorEnv`)."""
+
+    vector_cls = DependentBanditVectorEnv
