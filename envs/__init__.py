@@ -16,6 +16,8 @@ Ids (all label-feedback tasks on the glyph dataset unless named otherwise):
   (Wang et al. 2016; ``DependentBanditVectorEnv``).
 * ``meta_rl/TabularMDP-n{10,25,50}-v0``: random MDPs of 10 states and 5 actions, trials of n
   episodes of 10 steps (Duan et al. 2016, Table 2; ``TabularMDPVectorEnv``).
+* ``meta_rl/CartPole-v0``: CartPole with pole length, masses, force and actuator sign (+-1) drawn
+  per task, trials of 2 episodes of at most 100 steps (``CartPoleTaskVectorEnv``).
 * ``meta_rl/FewShot-v0``: the generic task; pass ``dataset=`` (for example ``"cifar:/data"``,
   ``"omniglot:/data"``, ``"fashion_mnist"`` or an ImageDataset) and any constructor argument.
 
@@ -36,6 +38,7 @@ from meta_rl.envs.bandits import (
     DependentBanditEnv,
     DependentBanditVectorEnv,
 )
+from meta_rl.envs.cartpole import CartPoleTaskEnv, CartPoleTaskVectorEnv
 from meta_rl.envs.classification import FEEDBACK_MODES, FewShotEnv, FewShotVectorEnv
 from meta_rl.envs.point_nav import PointNavEnv, PointNavVectorEnv
 from meta_rl.envs.single import SingleTaskEnv
@@ -46,6 +49,8 @@ __all__ = [
     "REGISTERED_IDS",
     "BernoulliBanditEnv",
     "BernoulliBanditVectorEnv",
+    "CartPoleTaskEnv",
+    "CartPoleTaskVectorEnv",
     "DependentBanditEnv",
     "DependentBanditVectorEnv",
     "FewShotEnv",
@@ -62,6 +67,7 @@ _FEW_SHOT = ("meta_rl.envs.classification:FewShotEnv", "meta_rl.envs.classificat
 _POINT_NAV = ("meta_rl.envs.point_nav:PointNavEnv", "meta_rl.envs.point_nav:PointNavVectorEnv")
 _BANDIT = ("meta_rl.envs.bandits:BernoulliBanditEnv", "meta_rl.envs.bandits:BernoulliBanditVectorEnv")
 _DEPENDENT_BANDIT = ("meta_rl.envs.bandits:DependentBanditEnv", "meta_rl.envs.bandits:DependentBanditVectorEnv")
+_CARTPOLE = ("meta_rl.envs.cartpole:CartPoleTaskEnv", "meta_rl.envs.cartpole:CartPoleTaskVectorEnv")
 _TABULAR_MDP = ("meta_rl.envs.tabular_mdp:TabularMDPEnv", "meta_rl.envs.tabular_mdp:TabularMDPVectorEnv")
 
 # id -> (entry_point, vector_entry_point, kwargs)
@@ -90,6 +96,7 @@ _SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
         )
         for episodes in (10, 25, 50)
     },
+    "meta_rl/CartPole-v0": (*_CARTPOLE, {"episodes_per_trial": 2, "max_episode_steps": 100}),
 }
 REGISTERED_IDS = tuple(_SPECS)
 

@@ -194,6 +194,15 @@ class BernoulliBanditVectorEnv(MetaVectorEnv):
         )
         return obs, reward, terminated, truncated, info
 
+    def reference_returns(self, trials: int, seed: int) -> dict[str, torch.Tensor]:
+        """Every classic baseline of :mod:`meta_rl.envs.task_baselines` on these tasks: float64 (trials,) each.
+
+        Round i of B trials starts from ``reset(seed=seed + i)``, as an agent's evaluation does.
+        """
+        from meta_rl.envs.task_baselines import BANDIT_BASELINES  # the baselines import this module
+
+        return {name: play(self, seed, trials) for name, play in BANDIT_BASELINES.items()}
+
     def probabilities(self) -> torch.Tensor:
         """(B, arms) the current success probabilities (for analysis and baselines; agents must not read them)."""
         return self._p.clone()

@@ -116,6 +116,7 @@ class FewShotVectorEnv(MetaVectorEnv):
         self.num_envs = num_envs
         self.n_way = n_way
         self.feedback = feedback
+        self.request_action = n_way if feedback == "active" else None  # the action that asks for the label
         self.split = split
         self.episode_length = self.sampler.episode_length
         defaults = _DEFAULT_REWARDS[feedback]
@@ -207,6 +208,14 @@ class FewShotVectorEnv(MetaVectorEnv):
         """
         shown = self._images[self._episode.image_index]  # (B, T, C, H, W)
         return torch.cat([shown, torch.zeros_like(shown[:, :1])], dim=1)  # (B, T + 1, C, H, W)
+
+    def episode_labels(self) -> torch.Tensor:
+        """int64 (B, T): the true label of every step of the current tasks.
+
+        For oracles and analysis only: an agent that reads it is told the answers. Position t
+        is the label of the image shown at step t, in ``[0, n_way)``.
+        """
+        return self._episode.labels.clone()
 
     @property
     def step_in_episode(self) -> int:

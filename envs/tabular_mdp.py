@@ -150,6 +150,15 @@ class TabularMDPVectorEnv(MetaVectorEnv):
         )
         return obs, reward.float(), terminated, truncated, info
 
+    def reference_returns(self, trials: int, seed: int) -> dict[str, torch.Tensor]:
+        """Every classic baseline of :mod:`meta_rl.envs.task_baselines` on these tasks: float64 (trials,) each.
+
+        Round i of B trials starts from ``reset(seed=seed + i)``, as an agent's evaluation does.
+        """
+        from meta_rl.envs.task_baselines import MDP_BASELINES  # the baselines import this module
+
+        return {name: play(self, seed, trials) for name, play in MDP_BASELINES.items()}
+
     def mdp(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The current MDPs (for analysis and baselines; agents must not read them).
 

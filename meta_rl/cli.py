@@ -12,9 +12,9 @@ from meta_rl.atomic import WriteError
 from meta_rl.baselines.cli import add_baseline_parser, evaluate_baseline_run, is_baseline_run
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state
 from meta_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
-from meta_rl.contract import task_length
+from meta_rl.contract import reference_returns, task_length
 from meta_rl.env_factory import make_vec_env
-from meta_rl.evaluation import evaluate, santoro_table
+from meta_rl.evaluation import TrialReturns, evaluate_task, returns_table, santoro_table
 from meta_rl.lifecycle import add_run_arguments
 from meta_rl.train import (
     CHECKPOINT_NAME,
@@ -67,13 +67,21 @@ def _eval(args: argparse.Namespace) -> int:
     steps = cfg.rollout_steps or task_length(env)
     policy = build_policy(cfg, env, steps).to(device)
     load_state(policy, ckpt["policy"], run_dir / CHECKPOINT_NAME, "policy")
-    result = evaluate(env, policy, args.episodes, seed=args.seed, steps=steps)
+    result = evaluate_task(env, policy, args.episodes, seed=args.seed, steps=steps)
+    baselines = reference_returns(env, args.episodes, args.seed) if isinstance(result, TrialReturns) else {}
     if args.json:
-        print(json.dumps(result.to_json()))
+        out = result.to_json()
+        if baselines:
+            out["baselines"] = {name: float(r.double().mean()) for name, r in baselines.items()}
+        print(json.dumps(out))
+        return 0
+    print(f"{cfg.env_id} ({args.split} split), {cfg.core} core, {cfg.encoder} encoder, "
+          f"{int(ckpt['counters']['env_steps']):,} training steps")
+    label = f"meta-rl {cfg.core} ({args.split})"
+    if isinstance(result, TrialReturns):
+        print(returns_table(result, baselines, label=label))
     else:
-        print(f"{cfg.env_id} ({args.split} split), {cfg.core} core, {cfg.encoder} encoder, "
-              f"{int(ckpt['counters']['env_steps']):,} training steps")
-        print(santoro_table(result, label=f"meta-rl {cfg.core} ({args.split})"))
+        print(santoro_table(result, label=label))
     return 0
 
 
@@ -89,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint unless named here)")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("eval", help="evaluate a trained run on held-out classes")
+    e = sub.add_parser("eval", help="evaluate a trained run on held-out tasks (accuracy or return)")
     e.add_argument("run_dir", help="a run directory written by meta-rl train")
     e.add_argument("--episodes", type=int, default=1000, help="held-out tasks (default 1000)")
     e.add_argument("--split", default="test", help="split to evaluate on (default test)")

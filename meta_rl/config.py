@@ -180,9 +180,11 @@ class TrainConfig(ConfigBase):
     memory_capacity: int = 0
     """Memory slots; 0 uses the rollout length."""
     read_gain: float = 5.0
-    """Initial weight from the memory's read of a revealed label to the same action's logit."""
+    """Initial weight from the memory's read of a revealed label (or, where no label is revealed, of the reward
+    an action earned: the credit input) to the same action's logit."""
     taken_gain: float = 2.0
-    """Initial negative weight from the tally of a revealed label to the same action's logit."""
+    """Initial negative weight from the tally of a revealed label (or, without labels, from the read of an action
+    taken and left unrewarded) to the same action's logit."""
 
     # --- algorithm: REINFORCE with TD(λ)-learned advantages --------------------------------
     gamma: float = 0.0

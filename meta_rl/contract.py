@@ -7,6 +7,8 @@ class-level attributes in the manner of ``VectorEnv``'s own (``metadata``, ``num
 - ``episodes_per_trial``: the inner episodes of a task, reported per step in ``info["inner_episode"]``,
   or None where a task is one episode;
 - ``request_action``: the action that asks for the true label (active classification), or None;
+- ``reference_returns(trials, seed)``: the classic baselines' return per trial on the tasks an
+  agent evaluated with the same seed meets (bandit indices, PSRL, a task-knowing oracle), where the env has them;
 - ``episode_images()``: every image the current tasks will show, where they are known at reset
   (None otherwise), so a rollout can encode a whole task in one batched pass.
 
@@ -22,8 +24,10 @@ from typing import Protocol, runtime_checkable
 import torch
 from gymnasium.vector import VectorEnv
 
-__all__ = ["HasEpisodeLength", "HasTrials", "KnowsImages", "MetaVectorEnv", "known_images", "label_request_action",
-           "task_length", "trial_episodes"]
+__all__ = [
+    "HasEpisodeLength", "HasReferenceReturns", "HasTrials", "KnowsImages", "MetaVectorEnv", "known_images",
+    "label_request_action", "reference_returns", "task_length", "trial_episodes",
+]
 
 
 @runtime_checkable
@@ -45,6 +49,13 @@ class KnowsImages(Protocol):
     """Knows at reset every image its current tasks will show."""
 
     def episode_images(self) -> torch.Tensor | None: ...
+
+
+@runtime_checkable
+class HasReferenceReturns(Protocol):
+    """Plays classic baselines on its own tasks."""
+
+    def reference_returns(self, trials: int, seed: int) -> dict[str, torch.Tensor]: ...
 
 
 class MetaVectorEnv(VectorEnv):
@@ -79,3 +90,12 @@ def label_request_action(env: object) -> int | None:
     """The action with which an agent asks ``env`` for the true label (None: the env has none)."""
     action = getattr(env, "request_action", None)
     return None if action is None else int(action)
+
+
+def reference_returns(env: object, trials: int, seed: int) -> dict[str, torch.Tensor]:
+    """Baseline name -> float64 (trials,) return per trial on ``env``'s tasks for ``seed`` ({} where it has none).
+
+    The tasks are those :func:`meta_rl.evaluation.evaluate_task` meets with the same seed and
+    ``num_envs``: batch i starts from ``env.reset(seed=seed + i)``.
+    """
+    return env.reference_returns(trials, seed) if isinstance(env, HasReferenceReturns) else {}

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
+from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
 from meta_rl.contract import label_request_action, task_length, trial_episodes
@@ -25,7 +26,9 @@ __all__ = [
     "evaluate",
     "evaluate_task",
     "held_out_rollouts",
+    "reports_instances",
     "returns_by_inner_episode",
+    "returns_table",
     "santoro_table",
     "trial_returns",
 ]
@@ -148,11 +151,31 @@ def held_out_rollouts(
         policy.train(was_training)
 
 
+def reports_instances(env: VectorEnv, seed: int = 0) -> bool:
+    """Whether ``env`` is a classification task: one probe step after ``reset(seed=seed)`` reports ``"instance"``.
+
+    The probe acts with zeros (the middle of a ``Box``); the evaluation resets the env again after it.
+    """
+    env.reset(seed=seed)
+    space = env.single_action_space
+    device = getattr(env, "device", torch.device("cpu"))
+    if isinstance(space, spaces.Box):
+        middle = torch.as_tensor((space.low + space.high) / 2, dtype=torch.float32, device=device)
+        action = middle.expand(env.num_envs, *space.shape).clone()  # (B, *shape)
+    else:
+        action = torch.zeros((env.num_envs, *(space.shape or ())), dtype=torch.int64, device=device)  # (B, ...)
+    info = env.step(action)[-1]
+    return "instance" in info
+
+
 def _measure(
-    env: VectorEnv, policy: MetaPolicy, tasks: int, *, seed: int, steps: int | None, deterministic: bool,
+    env: VectorEnv, policy: MetaPolicy, tasks: int, *, seed: int, steps: int | None, deterministic: bool | None,
     max_instance: int, should_stop: Callable[[], bool] | None,
 ) -> tuple[EvalResult | None, TrialReturns]:
-    """One pass over held-out tasks: accuracy by instance (None where no step has an instance) and returns."""
+    """One pass over held-out tasks: accuracy by instance (None where no step has an instance) and returns.
+
+    ``deterministic=None``: the most likely actions on classification tasks, sampled ones elsewhere.
+    """
     if not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 1:
         raise ValueError(f"the number of held-out tasks must be a positive int, got {tasks!r}.")
     horizon = int(steps or task_length(env))
@@ -160,6 +183,8 @@ def _measure(
         raise ValueError("the env has no episode_length; pass steps= (the length of one task).")
     episodes = max(trial_episodes(env), 1)
     ask = label_request_action(env)
+    if deterministic is None:
+        deterministic = reports_instances(env, seed)
     hits, counts, asked, returns = [], [], [], []
     for ro in held_out_rollouts(env, policy, tasks, horizon, seed=seed, deterministic=deterministic,
                                 should_stop=should_stop):
@@ -203,17 +228,41 @@ def evaluate(
 
 def evaluate_task(
     env: VectorEnv, policy: MetaPolicy, tasks: int, *, seed: int = 0, steps: int | None = None,
-    deterministic: bool = True, max_instance: int = MAX_INSTANCE, should_stop: Callable[[], bool] | None = None,
+    deterministic: bool | None = None, max_instance: int = MAX_INSTANCE, should_stop: Callable[[], bool] | None = None,
 ) -> EvalResult | TrialReturns:
     """The measure that fits the task: accuracy by instance where the env reports instances, else returns.
 
     A classification env (its info gives ``"instance"``) yields an :class:`EvalResult`; any other
     (bandits, MDPs, control, a plug-in) the :class:`TrialReturns` of its inner episodes, counted
-    exactly per trial. Seeding and ``should_stop`` as in :func:`evaluate`.
+    exactly per trial. Seeding and ``should_stop`` as in :func:`evaluate`. Actions: by default the most
+    likely ones on classification tasks (as classifiers are scored) and sampled ones elsewhere,
+    where a meta-RL policy explores by sampling (as Duan et al. 2016 score RL²).
     """
     acc, trial = _measure(env, policy, tasks, seed=seed, steps=steps, deterministic=deterministic,
                           max_instance=max_instance, should_stop=should_stop)
     return trial if acc is None else acc
+
+
+def returns_table(result: TrialReturns, baselines: dict[str, torch.Tensor] | None = None,
+                  label: str = "this agent") -> str:
+    """Return per trial (and by inner episode where a trial has several) beside the task's baselines."""
+    episodes = len(result.mean)
+    cols = ["per trial"] + ([f"ep {k}" for k in range(1, episodes + 1)] if episodes > 1 else [])
+    head = f"{'learner':<26}" + "".join(f"{c:>16}" for c in cols)
+    cells = [f"{result.total:.2f} ± {result.total_ci95:.2f}"]
+    if episodes > 1:
+        cells += [f"{m:.2f} ± {c:.2f}" for m, c in zip(result.mean, result.ci95)]
+    rows = [head, "-" * len(head), f"{label:<26}" + "".join(f"{c:>16}" for c in cells)]
+    for name, totals in (baselines or {}).items():
+        t = totals.double()
+        half = 1.96 * float(t.std(unbiased=True)) / math.sqrt(len(t)) if len(t) > 1 else 0.0
+        rows.append(f"{name:<26}{float(t.mean()):>9.2f} ± {half:.2f}".ljust(26 + 16))
+    note = f"({result.trials} held-out trials; ± is the 95% confidence half-width"
+    if episodes > 1:
+        note += f"; 2nd - 1st episode {result.mean[1] - result.mean[0]:+.2f}, last - 1st {result.improvement:+.2f}"
+        note += f" ± {result.improvement_ci95:.2f}"
+    rows.append(note + "; baselines on the same tasks)" if baselines else note + ")")
+    return "\n".join(rows)
 
 
 def santoro_table(result: EvalResult, label: str = "this agent") -> str:
@@ -227,6 +276,10 @@ def santoro_table(result: EvalResult, label: str = "this agent") -> str:
         else:
             cells.append("-")
     rows.append(f"{label:<34}" + "".join(f"{c:>8}" if len(c) < 8 else f" {c}" for c in cells))
+    if result.request_rate_by_instance is not None:
+        rates = result.request_rate_by_instance
+        rows.append(f"{'  label requests (%)':<34}" + "".join(
+            f"{100 * rates[k - 1]:8.1f}" if k <= len(rates) else f"{'-':>8}" for k in TABLE_INSTANCES))
     for name, values in REFERENCE_ROWS.items():
         rows.append(f"{name:<34}" + "".join(f"{v:8.1f}" for v in values))
     rows.append(f"({result.episodes} held-out tasks; ± is the 95% confidence half-width; reference rows are on "
@@ -295,12 +348,13 @@ def _trial_summary(r: torch.Tensor) -> TrialReturns:
 
 
 def trial_returns(
-    env: VectorEnv, policy: MetaPolicy, trials: int, *, seed: int = 0, deterministic: bool = True
+    env: VectorEnv, policy: MetaPolicy, trials: int, *, seed: int = 0, deterministic: bool | None = None
 ) -> TrialReturns:
     """Return by inner episode on ``trials`` tasks of an env whose info gives ``"inner_episode"``.
 
     Each env runs ``task_length(env)`` steps, the longest a trial can last; the steps after its
     first trial ends (episodes that ended early) are not counted, so the figures are exact per trial.
+    Actions as in :func:`evaluate_task`.
     """
     if trial_episodes(env) < 1 or task_length(env) < 1:
         raise ValueError("the env must have episodes_per_trial and episode_length (a multi-episode trial env).")

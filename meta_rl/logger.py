@@ -36,6 +36,7 @@ class MetricLogger:
         self._hits = torch.zeros(MAX_INSTANCE, device=device)
         self._counts = torch.zeros(MAX_INSTANCE, device=device)
         self._last_time, self._last_step = time.monotonic(), start_step
+        self.last_return = float("nan")  # the mean training return at the last dump
 
     def start_clock(self) -> None:
         """Measure the first steps per second from now (the start of the loop)."""
@@ -61,7 +62,7 @@ class MetricLogger:
         """Write the means since the last dump (over all ranks), accuracy, throughput and ``extra``; reset.
 
         Returns:
-            the means written, and ``"train/accuracy"`` over all instances.
+            the means written, and ``"train/accuracy"`` over all instances where the task has labels.
         """
         now = time.monotonic()
         if self.world.enabled and self._sums:  # the mean over ranks of each rank's mean
@@ -81,7 +82,9 @@ class MetricLogger:
             if self._counts[k - 1] > 0:
                 self.write(f"train/accuracy_instance_{k}", acc, step)
         self.write("charts/steps_per_second", (step - self._last_step) / max(now - self._last_time, 1e-9), step)
-        means["train/accuracy"] = float(self._hits.sum() / self._counts.sum().clamp_min(1))
+        if bool(self._counts.sum() > 0):
+            means["train/accuracy"] = float(self._hits.sum() / self._counts.sum())
+        self.last_return = means.get("charts/return", self.last_return)
         self._hits.zero_()
         self._counts.zero_()
         self._sums.clear()

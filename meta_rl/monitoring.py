@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 __all__ = ["accuracy_figure", "episode_strip"]
 
 
-def accuracy_figure(curves: dict[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
+def accuracy_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
     """Accuracy against instance index, one line with a 95% band per entry of ``curves``."""
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     for name, (acc, ci) in curves.items():

@@ -51,9 +51,11 @@ class MetaPolicy(nn.Module):
         memory_capacity: memory slots (at least the steps of a task).
         init_log_std: initial log σ of the Gaussian head.
         read_gain: with the memory core and a revealed ``"label"`` observation, the initial weight
-            from the memory's read of label j to the logit of action j (0: plain random init).
+            from the memory's read of label j to the logit of action j (0: plain random init);
+            with discrete actions and no label, from the read of the reward action j earned.
         taken_gain: likewise, the initial negative weight from the tally of revealed label j
-            (label j is taken in this task) to the logit of action j.
+            (label j is taken in this task) to the logit of action j; without a label, from the
+            read of action j taken and left unrewarded.
     """
 
     low: torch.Tensor
@@ -146,8 +148,11 @@ class MetaPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((self.action_dim,), float(init_log_std))) if gaussian else None
         memory = isinstance(self.core, EpisodicMemoryCore)
         labels = isinstance(self.head, D.CategoricalHead)
-        if (read_gain or taken_gain) and memory and labels and "label" in self.context_spaces:
-            self._init_label_vote(read_gain, taken_gain)
+        if (read_gain or taken_gain) and memory and labels:
+            if "label" in self.context_spaces:
+                self._init_label_vote(read_gain, taken_gain)
+            else:
+                self._init_credit_vote(read_gain, taken_gain)
 
     def _init_label_vote(self, read_gain: float, taken_gain: float) -> None:
         """Priors for label feedback, set in the policy head's initial weights (all stay learnable).
@@ -172,6 +177,25 @@ class MetaPolicy(nn.Module):
             rows = torch.arange(n)
             self.policy_head.weight[rows, read + rows] += read_gain
             self.policy_head.weight[rows, total + rows] -= taken_gain
+
+    def _init_credit_vote(self, read_gain: float, tried_gain: float) -> None:
+        """Priors for tasks that reveal only rewards, set in the policy head's initial weights (all learnable).
+
+        The memory's read holds, over the stored steps most similar to now, the actions taken
+        (one-hot) and the reward each earned (the credit input). The read of action j's credit
+        starts as a vote for j (repeat what was rewarded in a similar situation); the read of
+        "j taken" minus its credit as a vote against j (avoid what went unrewarded there).
+        """
+        assert isinstance(self.core, EpisodicMemoryCore)
+        read = self.core.output_layout()["read"].start
+        extras = sum(int(s.n) if isinstance(s, spaces.Discrete) else int(np.prod(s.shape))
+                     for s in self.context_spaces.values())
+        a = self.action_dim
+        taken, credit = read + extras, read + extras + a + 2  # context: extras, a (A), r, start, a * r (A)
+        with torch.no_grad():
+            rows = torch.arange(a)
+            self.policy_head.weight[rows, credit + rows] += read_gain + tried_gain
+            self.policy_head.weight[rows, taken + rows] -= tried_gain
 
     # -- inputs ----------------------------------------------------------------------------
 

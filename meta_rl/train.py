@@ -29,7 +29,7 @@ from meta_rl.config import ConfigError, TrainConfig, resolve_device
 from meta_rl.contract import task_length
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.env_factory import make_vec_env
-from meta_rl.evaluation import HELDOUT_SEED, EvaluationStopped, evaluate
+from meta_rl.evaluation import HELDOUT_SEED, EvalResult, EvaluationStopped, TrialReturns, evaluate_task
 from meta_rl.guard import NonFiniteError, NonFiniteGuard, eager_by_default
 from meta_rl.lifecycle import (
     CHECKPOINT_NAME,
@@ -398,15 +398,18 @@ class Trainer:
         self.guard.check_deferred()
         extra = {"faults/skipped_updates": float(self.guard.skipped)} if self.cfg.skip_nonfinite_updates else None
         means = self.metrics.dump(self.env_steps, extra)
-        if "charts/return" in means:
-            self.bar.set_postfix(ret=f"{means['charts/return']:.1f}", acc=f"{means['train/accuracy']:.2f}")
+        if "charts/return" in means:  # accuracy only where the task has labels to be right about
+            shown = {"ret": f"{means['charts/return']:.2f}"}
+            if "train/accuracy" in means:
+                shown["acc"] = f"{means['train/accuracy']:.2f}"
+            self.bar.set_postfix(**shown)
 
     def evaluate_val(self, log: bool = True) -> bool:
         """The held-out evaluation; False if a signal or the time limit stopped it (nothing is then logged)."""
         assert self.heldout_env is not None
         try:
-            res = evaluate(self.heldout_env, self.policy, self.cfg.eval_episodes, seed=HELDOUT_SEED, steps=self.steps,
-                           should_stop=self.stopping.interrupts_evaluation)
+            res = evaluate_task(self.heldout_env, self.policy, self.cfg.eval_episodes, seed=HELDOUT_SEED,
+                                steps=self.steps, should_stop=self.stopping.interrupts_evaluation)
         except EvaluationStopped as exc:
             why = ("a signal" if self.stopping.request.signum is not None
                    else f"the time limit (max_minutes = {self.cfg.max_minutes})")
@@ -415,15 +418,27 @@ class Trainer:
                   file=sys.stderr)
             self.eval_stopped = True
             return False
+        if isinstance(res, TrialReturns):  # bandits, MDPs, control, plug-ins: return per trial and by episode
+            self.final = {"heldout/return": res.total}
+            if len(res.mean) > 1:
+                self.final.update({f"heldout/return_episode_{k}": r for k, r in enumerate(res.mean, start=1)})
+                self.final["heldout/improvement"] = res.improvement
+        else:
+            self.final = {f"heldout/accuracy_instance_{k}": a for k, a in enumerate(res.accuracy_by_instance, start=1)}
+            self.final["heldout/accuracy"] = res.accuracy
+            if res.request_rate_by_instance is not None:
+                self.final.update({f"heldout/request_rate_instance_{k}": r
+                                   for k, r in enumerate(res.request_rate_by_instance, start=1)})
         if log:
-            for k, acc in enumerate(res.accuracy_by_instance, start=1):
-                self.writer.add_scalar(f"heldout/accuracy_instance_{k}", acc, self.env_steps)
-            self.writer.add_scalar("heldout/accuracy", res.accuracy, self.env_steps)
-            self.writer.add_figure("heldout/accuracy_by_instance", accuracy_figure(
-                {"held-out": (res.accuracy_by_instance, res.ci95)}), self.env_steps)
+            for key, value in self.final.items():
+                self.writer.add_scalar(key, value, self.env_steps)
+            if isinstance(res, EvalResult):
+                curves: dict[str, tuple[list[float], list[float]]] = {"held-out": (res.accuracy_by_instance, res.ci95)}
+                if res.request_rate_by_instance is not None and res.request_ci95 is not None:
+                    curves["label requests"] = (res.request_rate_by_instance, res.request_ci95)
+                self.writer.add_figure("heldout/accuracy_by_instance", accuracy_figure(curves), self.env_steps)
             if self.last_rollout is not None:
                 _log_strip(self.writer, self.last_rollout, self.env_steps)
-        self.final = {f"heldout/accuracy_instance_{k}": a for k, a in enumerate(res.accuracy_by_instance, start=1)}
         self.evaluated_at = self.env_steps
         return True
 
@@ -472,8 +487,10 @@ class Trainer:
         if trained and self.world.is_main:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
                        for k, v in self.cfg.to_dict().items()}
-            self.writer.add_hparams(hparams, {f"hparam/{k.split('/')[-1]}": v for k, v in self.final.items()}
-                                    or {"hparam/none": 0.0}, run_name=".", global_step=self.env_steps)
+            metrics = {f"hparam/{k.split('/')[-1]}": v for k, v in self.final.items()}
+            if not metrics:  # no held-out evaluation (eval_every = 0): the training return stands in
+                metrics = {"hparam/train_return": self.metrics.last_return}
+            self.writer.add_hparams(hparams, metrics, run_name=".", global_step=self.env_steps)
         self.writer.flush()
         self.save_checkpoint()
         if self.stopping.request.signum is not None:  # during the final evaluation: the run is complete and saved

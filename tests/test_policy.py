@@ -380,4 +380,7 @@ def test_memory_read_of_a_label_starts_voting_for_that_action() -> None:
     no_label = spaces.Dict({"image": image_space()["image"]})
     a = small_policy(no_label, spaces.Discrete(N_WAY), read_gain=0.0)
     b = small_policy(no_label, spaces.Discrete(N_WAY), read_gain=2.5)
-    assert torch.equal(a.policy_head.weight, b.policy_head.weight)
+    label_read = hidden + torch.arange(N_WAY)  # without a label the read starts with the previous action instead
+    assert not torch.equal(a.policy_head.weight, b.policy_head.weight)  # the credit vote (test_task_eval.py)
+    assert not torch.equal(b.policy_head.weight[torch.arange(N_WAY), label_read] - 2.5,
+                           a.policy_head.weight[torch.arange(N_WAY), label_read])
