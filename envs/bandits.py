@@ -11,87 +11,22 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from meta_rl.contract import MetaVectorEnv
-from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
+from meta_rl.envs.single import (
+    SingleTaskEnv,
+    check_discrete_actions,
+    check_positive_int,
+    check_split,
+    env_device,
+    reseed,
+    same_step_autoreset,
+)
 
 __all__ = [
     "BernoulliBanditEnv",
     "BernoulliBanditVectorEnv",
     "DependentBanditEnv",
     "DependentBanditVectorEnv",
-    "check_discrete_actions",
 ]
-
-_SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    """Raise ValueError unless ``value`` is an int (not a bool) of at least ``minimum``."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}; pass e.g. {name}={max(minimum, 1)}.")
-
-
-def check_split(split: Any) -> None:
-    """Raise ValueError unless ``split`` names one of the task streams."""
-    if split not in _SPLIT_STREAMS:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_STREAMS)}.")
-
-
-def seed_generator(generator: torch.Generator, seed: Any, split: str) -> None:
-    """Seed ``generator`` from a reset seed and the split (None: leave it as it is)."""
-    if isinstance(seed, list):
-        seed = seed[0] if seed else None
-    check_seed(seed)
-    if seed is not None:
-        generator.manual_seed((int(seed) * 3 + _SPLIT_STREAMS[split]) % 2**64)
-
-
-def check_discrete_actions(
-    env: Any, actions: torch.Tensor | np.ndarray, n: int, validate: bool = True
-) -> torch.Tensor:
-    """Check B ``Discrete(n)`` actions and return them as an int64 tensor on ``env.device``.
-
-    Raises TypeError for a non-tensor or a non-integer dtype and ValueError for a wrong shape,
-    a wrong device or (when ``validate``; one host read) a label outside ``0..n-1``.
-
-    Args:
-        env: the vector env (its ``num_envs``, ``device`` and class name are used).
-        actions: (B,) integer labels, a torch tensor or a numpy array.
-        n: the number of actions.
-        validate: check the range (one ``.any()`` read per step, a host sync on CUDA).
-    """
-    name = type(env).__name__
-    if isinstance(actions, np.ndarray):
-        if not np.issubdtype(actions.dtype, np.integer):
-            raise TypeError(
-                f"{name}: actions must be integers, got numpy dtype {actions.dtype}; cast with .astype(np.int64)."
-            )
-        if not actions.dtype.isnative:  # torch reads native byte order only
-            actions = actions.astype(actions.dtype.newbyteorder("="))
-        actions = torch.as_tensor(actions, device=env.device)
-    if not isinstance(actions, torch.Tensor):
-        raise TypeError(
-            f"{name}: actions must be a torch.Tensor (or numpy array) of shape ({env.num_envs},), got "
-            f"{type(actions).__name__}; wrap them with torch.as_tensor(actions, device=env.device)."
-        )
-    if actions.dtype.is_floating_point or actions.dtype.is_complex or actions.dtype == torch.bool:
-        raise TypeError(f"{name}: actions must have an integer dtype, got {actions.dtype}; cast with actions.long().")
-    if actions.shape != (env.num_envs,):
-        raise ValueError(
-            f"{name}: actions must have shape ({env.num_envs},), one action per task, got {tuple(actions.shape)}."
-        )
-    if actions.device != env.device:
-        raise ValueError(
-            f"{name}: actions are on {actions.device} but the env runs on {env.device}; "
-            f"move them with actions.to('{env.device}')."
-        )
-    actions = actions.long()  # before comparing: uint16/32/64 tensors have no comparison kernels
-    if validate and bool(((actions < 0) | (actions >= n)).any()):
-        bad = actions[(actions < 0) | (actions >= n)][:5].tolist()
-        raise ValueError(
-            f"{name}: actions {bad} are out of range; valid actions are 0..{n - 1}. Fix the policy's outputs."
-        )
-    return actions
-
 
 class BernoulliBanditVectorEnv(MetaVectorEnv):
     """B multi-armed Bernoulli bandits stepped together as tensors, one trial of ``pulls`` pulls each.
@@ -174,9 +109,7 @@ class BernoulliBanditVectorEnv(MetaVectorEnv):
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Draw B new bandits; ``seed`` (with the split) seeds the env's own torch.Generator."""
-        seed_generator(self._generator, seed, self.split)
-        if options:
-            raise ValueError(f"reset() takes no options, got {sorted(options)}; configure the task in the constructor.")
+        reseed(self._generator, seed, options, self.split)
         self._new_tasks()
         return self._observe(), {}
 

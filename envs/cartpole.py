@@ -12,8 +12,14 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from meta_rl.contract import MetaVectorEnv
-from meta_rl.envs.bandits import check_discrete_actions, check_positive_int, check_split, seed_generator
-from meta_rl.envs.single import SingleTaskEnv, env_device
+from meta_rl.envs.single import (
+    SingleTaskEnv,
+    check_discrete_actions,
+    check_positive_int,
+    check_split,
+    env_device,
+    reseed,
+)
 
 __all__ = ["TASK_RANGES", "CartPoleTaskEnv", "CartPoleTaskVectorEnv"]
 
@@ -142,9 +148,7 @@ class CartPoleTaskVectorEnv(MetaVectorEnv):
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Draw B new tasks and start their trials; ``seed`` (with the split) seeds the env's own torch.Generator."""
-        seed_generator(self._generator, seed, self.split)
-        if options:
-            raise ValueError(f"reset() takes no options, got {sorted(options)}; configure the task in the constructor.")
+        reseed(self._generator, seed, options, self.split)
         self._new_trials()
         return self._observe(), {}
 

@@ -30,13 +30,13 @@ from gymnasium.vector.utils import batch_space
 
 from meta_rl.contract import MetaVectorEnv
 from meta_rl.envs.checker import check_finite_actions
+from meta_rl.envs.single import SPLIT_STREAMS, check_split
 
 __all__ = ["GymTaskVectorEnv", "TaskTrialEnv", "register_gym_task"]
 
 EnvFn = Callable[[], gym.Env]
 TaskSampler = Callable[[gym.Env, np.random.Generator], None]
 
-_SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 _TASK_STREAM = 0x7A5C  # keeps the task rng apart from the env's own np_random for the same seed
 
 
@@ -70,8 +70,7 @@ class TaskTrialEnv(gym.Wrapper):
                     "max_episode_steps is needed: the env's spec has none; pass max_episode_steps=N."
                 )
         _check_positive("max_episode_steps", max_episode_steps)
-        if split not in _SPLIT_STREAMS:
-            raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_STREAMS)}.")
+        check_split(split)
         if not callable(task_sampler):
             raise TypeError(f"task_sampler must be callable (env, rng) -> None, got {type(task_sampler).__name__}.")
         self.task_sampler = task_sampler
@@ -85,7 +84,7 @@ class TaskTrialEnv(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         if seed is not None:
-            self.task_rng = np.random.default_rng([int(seed), _TASK_STREAM, _SPLIT_STREAMS[self.split]])
+            self.task_rng = np.random.default_rng([int(seed), _TASK_STREAM, SPLIT_STREAMS[self.split]])
         self.task_sampler(self.env, self.task_rng)
         self.tasks_sampled += 1
         self._episode, self._t = 0, 0
@@ -223,8 +222,7 @@ class GymTaskVectorEnv(MetaVectorEnv):
             _check_positive("max_episode_steps", max_episode_steps)
         if vectorization not in ("sync", "async"):
             raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}.")
-        if split not in _SPLIT_STREAMS:
-            raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_STREAMS)}.")
+        check_split(split)
         if not callable(env_fn) or not callable(task_sampler):
             raise TypeError("env_fn and task_sampler must be callables: env_fn() -> gym.Env, task_sampler(env, rng).")
         self.device = torch.device(device)

@@ -13,12 +13,9 @@ from gymnasium.vector.utils import batch_space
 
 from meta_rl.contract import MetaVectorEnv
 from meta_rl.envs.checker import check_finite_actions
-from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
+from meta_rl.envs.single import SingleTaskEnv, check_split, env_device, reseed, same_step_autoreset
 
 __all__ = ["PointNavEnv", "PointNavVectorEnv"]
-
-_SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
-
 
 class PointNavVectorEnv(MetaVectorEnv):
     """B point-navigation tasks stepped together as tensors, each a trial of several episodes.
@@ -82,8 +79,7 @@ class PointNavVectorEnv(MetaVectorEnv):
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
         if not goal_radius > 0 or not max_step > 0:
             raise ValueError(f"goal_radius and max_step must be > 0, got {goal_radius} and {max_step}.")
-        if split not in _SPLIT_STREAMS:
-            raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_STREAMS)}.")
+        check_split(split)
         self.device = env_device(device, render_mode)
         self.num_envs = num_envs
         self.episodes_per_trial = episodes_per_trial
@@ -109,13 +105,7 @@ class PointNavVectorEnv(MetaVectorEnv):
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Draw B new goals; ``seed`` (with the split) seeds the env's own torch.Generator."""
-        if isinstance(seed, list):
-            seed = seed[0] if seed else None
-        check_seed(seed)
-        if seed is not None:
-            self._generator.manual_seed((int(seed) * 3 + _SPLIT_STREAMS[self.split]) % 2**64)
-        if options:
-            raise ValueError(f"reset() takes no options, got {sorted(options)}; configure the task in the constructor.")
+        reseed(self._generator, seed, options, self.split)
         self._new_tasks()
         return self._observe(), {}
 

@@ -11,8 +11,15 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from meta_rl.contract import MetaVectorEnv
-from meta_rl.envs.bandits import check_discrete_actions, check_positive_int, check_split, seed_generator
-from meta_rl.envs.single import SingleTaskEnv, env_device, same_step_autoreset
+from meta_rl.envs.single import (
+    SingleTaskEnv,
+    check_discrete_actions,
+    check_positive_int,
+    check_split,
+    env_device,
+    reseed,
+    same_step_autoreset,
+)
 
 __all__ = ["TabularMDPEnv", "TabularMDPVectorEnv", "sample_dirichlet_flat"]
 
@@ -122,9 +129,7 @@ class TabularMDPVectorEnv(MetaVectorEnv):
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Draw B new MDPs; ``seed`` (with the split) seeds the env's own torch.Generator."""
-        seed_generator(self._generator, seed, self.split)
-        if options:
-            raise ValueError(f"reset() takes no options, got {sorted(options)}; configure the task in the constructor.")
+        reseed(self._generator, seed, options, self.split)
         self._new_tasks()
         return self._observe(), {}
 
