@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import TrainConfig, parse_overrides
 from meta_rl.contract import reference_returns, task_length
 from meta_rl.env_factory import make_vec_env
-from meta_rl.evaluation import TABLE_INSTANCES, EvalResult, TrialReturns, evaluate_task
+from meta_rl.evaluation import TABLE_INSTANCES, EvalResult, TrialReturns, evaluate_task, half_width95
 from meta_rl.train import CHECKPOINT_NAME, build_policy, train
 
 __all__ = ["TASKS", "SuiteTask", "main", "run_task"]
@@ -94,7 +93,7 @@ TASKS: dict[str, SuiteTask] = {
 
 def _ci(x: torch.Tensor) -> tuple[float, float]:
     x = x.double()
-    return float(x.mean()), (1.96 * float(x.std(unbiased=True)) / math.sqrt(len(x)) if len(x) > 1 else 0.0)
+    return float(x.mean()), float(half_width95(x))
 
 
 def _oracle(env: Any, trials: int) -> EvalResult | None:

@@ -25,6 +25,7 @@ __all__ = [
     "accuracy_by_instance",
     "evaluate",
     "evaluate_task",
+    "half_width95",
     "held_out_rollouts",
     "reports_instances",
     "returns_by_inner_episode",
@@ -43,6 +44,14 @@ REFERENCE_ROWS: dict[str, tuple[float, ...]] = {
     "LSTM (Santoro 2016, Omniglot)": (24.4, 49.5, 55.3, 61.0, 63.6),
     "MANN (Santoro 2016, Omniglot)": (36.4, 82.8, 91.0, 92.6, 94.9),
 }
+
+
+def half_width95(x: torch.Tensor) -> torch.Tensor:
+    """Half-width of the normal 95% interval of the mean over axis 0 of ``x`` (zeros for fewer than 2 rows)."""
+    n = x.shape[0]
+    if n < 2:
+        return torch.zeros(x.shape[1:], dtype=x.dtype)
+    return 1.96 * x.std(0, unbiased=True) / math.sqrt(n)
 
 
 def by_number(values: list[float]) -> dict[str, float]:
@@ -255,8 +264,7 @@ def returns_table(result: TrialReturns, baselines: dict[str, torch.Tensor] | Non
     rows = [head, "-" * len(head), f"{label:<26}" + "".join(f"{c:>16}" for c in cells)]
     for name, totals in (baselines or {}).items():
         t = totals.double()
-        half = 1.96 * float(t.std(unbiased=True)) / math.sqrt(len(t)) if len(t) > 1 else 0.0
-        rows.append(f"{name:<26}{float(t.mean()):>9.2f} ± {half:.2f}".ljust(26 + 16))
+        rows.append(f"{name:<26}{float(t.mean()):>9.2f} ± {float(half_width95(t)):.2f}".ljust(26 + 16))
     note = f"({result.trials} held-out trials; ± is the 95% confidence half-width"
     if episodes > 1:
         note += f"; 2nd - 1st episode {result.mean[1] - result.mean[0]:+.2f}, last - 1st {result.improvement:+.2f}"
@@ -338,13 +346,9 @@ class TrialReturns:
 def _trial_summary(r: torch.Tensor) -> TrialReturns:
     """(N, E) float64 returns of N trials by inner episode -> means and 95% intervals over trials."""
     n = r.shape[0]
-    half = 1.96 * r.std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros(r.shape[1], dtype=r.dtype)
-    gain = r[:, -1] - r[:, 0]
-    gain_half = float(1.96 * gain.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
-    total = r.sum(1)
-    total_half = float(1.96 * total.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
-    return TrialReturns(r.mean(0).tolist(), half.tolist(), float(gain.mean()), gain_half, n,
-                        float(total.mean()), total_half)
+    gain, total = r[:, -1] - r[:, 0], r.sum(1)  # (N,) each
+    return TrialReturns(r.mean(0).tolist(), half_width95(r).tolist(), float(gain.mean()), float(half_width95(gain)), n,
+                        float(total.mean()), float(half_width95(total)))
 
 
 def trial_returns(
