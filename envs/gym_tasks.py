@@ -30,7 +30,7 @@ from gymnasium.vector.utils import batch_space
 
 from meta_rl.contract import MetaVectorEnv
 from meta_rl.envs.checker import check_finite_actions
-from meta_rl.envs.single import SPLIT_STREAMS, check_split
+from meta_rl.envs.single import SPLIT_STREAMS, check_split, env_device
 
 __all__ = ["GymTaskVectorEnv", "TaskTrialEnv", "register_gym_task"]
 
@@ -225,9 +225,7 @@ class GymTaskVectorEnv(MetaVectorEnv):
         check_split(split)
         if not callable(env_fn) or not callable(task_sampler):
             raise TypeError("env_fn and task_sampler must be callables: env_fn() -> gym.Env, task_sampler(env, rng).")
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = env_device(device)
         if max_episode_steps is None:  # read it from one env's spec (this also checks env_fn early)
             probe = _make_trial_env(env_fn, task_sampler, episodes_per_trial, None, split)
             max_episode_steps = probe.max_episode_steps

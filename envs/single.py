@@ -54,12 +54,26 @@ def same_step_autoreset(
 
 def env_device(device: torch.device | str, render_mode: str | None = None) -> torch.device:
     """The device a vector env runs on, with an index ("cuda" -> "cuda:N"), since tensors report
-    an indexed device and action checks compare devices. Rejects any ``render_mode``."""
+    an indexed device and action checks compare devices. Rejects any ``render_mode``.
+
+    Raises:
+        ValueError: not a device name, or a device this machine lacks; the message lists what it has.
+    """
     if render_mode is not None:
         raise ValueError(f"render_mode {render_mode!r} is not supported; pass render_mode=None.")
-    resolved = torch.device(device)
-    if resolved.type not in ("cpu", "meta") and resolved.index is None:
-        resolved = torch.empty(0, device=resolved).device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    here = ", ".join(["cpu", *(f"cuda:{i}" for i in range(count))])
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a device name; this machine has {here}.") from exc
+    if resolved.type == "cuda" and (count == 0 or (resolved.index or 0) >= count):
+        why = "CUDA is not available here" if count == 0 else f"this machine has {count} CUDA device(s)"
+        raise ValueError(f"device {device!r}: {why}; the devices here are {here}. Pass device='cpu' or one of those.")
+    if resolved.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"device {device!r}: the envs run on the CPU or CUDA; the devices here are {here}.")
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved
 
 

@@ -6,9 +6,11 @@ Subcommands:
   gymnasium's ``SyncVectorEnv`` of single :class:`FewShotEnv` s, on the same task.
 * ``train``: end-to-end training env steps per second (acting + learning) of
   :func:`meta_rl.train.train` against sb3-contrib's RecurrentPPO, same task, same MLP encoder
-  and LSTM width, 16 parallel tasks each.
-* ``time-to-accuracy``: training seconds each of the two needs to reach 80% at the 2nd
-  instance on held-out (val) tasks, capped.
+  and LSTM width, 16 parallel tasks each; medians of 5 alternating rounds with min and max, user
+  and system CPU time and page faults of each side, and the efficiency of our update against the
+  machine's measured dense FLOP/s.
+* ``time-to-accuracy``: training seconds each of the two needs to reach 90% at the 2nd
+  instance on held-out (val) tasks, capped at 10 minutes.
 * ``gpu``: env alone and end-to-end training steps per second on CUDA where present, else CPU.
 
 Run ``python experiments/bench.py env --json`` for one JSON line, or without ``--json`` for a
@@ -23,6 +25,8 @@ import contextlib
 import json
 import os
 import platform
+import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +38,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from meta_rl.allocator import tune_malloc
 from meta_rl.config import TrainConfig, load_config
 from meta_rl.data import ImageDataset, load_splits
 from meta_rl.data.synthetic import random_dataset
@@ -178,6 +183,103 @@ def _time_ours(cfg: TrainConfig, seconds: float) -> tuple[float, int]:
     return result["env_steps"] / (result["minutes"] * 60.0), int(result["env_steps"])
 
 
+def _usage() -> tuple[float, float, int]:
+    """(user seconds, system seconds, minor page faults) of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime, r.ru_minflt
+
+
+def _measured(run: Callable[[], float]) -> dict[str, float]:
+    """``run()``'s rate with the user and system CPU seconds and the minor page faults it cost."""
+    before, t0 = _usage(), time.perf_counter()
+    rate = run()
+    after, wall = _usage(), time.perf_counter() - t0
+    user, system, faults = (a - b for a, b in zip(after, before))
+    return {"rate": rate, "wall_s": wall, "user_s": user, "sys_s": system, "minor_faults": faults}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of repeated measurements."""
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "n": len(values)}
+
+
+def _best_seconds(fn: Callable[[], Any], repeats: int = 7) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _flops(fn: Callable[[], Any]) -> int:
+    """The FLOPs torch counts for ``fn()`` (matmuls, convolutions and their gradients)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def peak_flops() -> dict[str, float]:
+    """The machine's achievable dense float32 FLOP/s on the current threads: a large matmul and a conv."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    x, w = torch.randn(64, 64, 28, 28), torch.randn(64, 64, 3, 3)
+    matmul = _flops(lambda: a @ b) / _best_seconds(lambda: a @ b)
+    conv = _flops(lambda: torch.nn.functional.conv2d(x, w, padding=1)) / _best_seconds(
+        lambda: torch.nn.functional.conv2d(x, w, padding=1))
+    return {"matmul_flops_per_s": matmul, "conv_flops_per_s": conv, "peak_flops_per_s": max(matmul, conv)}
+
+
+def update_profile(cfg: TrainConfig) -> dict[str, float]:
+    """FLOPs and seconds of one rollout (acting) and one update of ``cfg``'s trainer, measured apart."""
+    from meta_rl.rollout import collect
+
+    env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, torch.device("cpu"))
+    steps = cfg.rollout_steps or int(env.episode_length)  # type: ignore[attr-defined]
+    torch.manual_seed(cfg.seed)
+    policy = build_policy(cfg, env, steps)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    def act() -> Any:
+        return collect(env, policy, steps, generator, reset_seed=0, embed_with_grad=True)
+
+    ro = act()
+
+    def update() -> None:
+        reinforce_gradients(policy, optimizer, ro, cfg)
+        optimizer.step()
+
+    profile = {"acting_flops": float(_flops(act)), "update_flops": float(_flops(update)),
+               "acting_s": _best_seconds(act, 5), "update_s": _best_seconds(update, 5),
+               "steps_per_update": float(steps * cfg.num_envs)}
+    env.close()
+    return profile
+
+
+def efficiency(profile: dict[str, float], peak: float, steps_per_s: float) -> dict[str, float]:
+    """The fraction of the peak achieved in the update alone and end to end, and where an update's time goes."""
+    update_rate = profile["update_flops"] / profile["update_s"]
+    updates_per_s = steps_per_s / profile["steps_per_update"]
+    per_update = 1.0 / updates_per_s  # wall seconds of one whole iteration in the training run
+    flops = profile["update_flops"] + profile["acting_flops"]
+    return {
+        "update_flops": profile["update_flops"], "acting_flops": profile["acting_flops"],
+        "update_flops_per_s": round(update_rate), "update_efficiency": round(update_rate / peak, 4),
+        "end_to_end_flops_per_s": round(flops * updates_per_s),
+        "end_to_end_efficiency": round(flops * updates_per_s / peak, 4),
+        # Of one iteration's wall time: acting (env steps + policy at batch B), the update, and the rest
+        # (logging, bookkeeping, Python between the phases).
+        "time_share_acting": round(profile["acting_s"] / per_update, 3),
+        "time_share_update": round(profile["update_s"] / per_update, 3),
+        "time_share_other": round(1 - (profile["acting_s"] + profile["update_s"]) / per_update, 3),
+    }
+
+
 class _RolloutClock(sb3_baseline.BaseCallback):
     """Times whole RecurrentPPO iterations (rollout + update): marks each rollout start after
     ``warmup`` seconds and stops once ``warmup + seconds`` have passed."""
@@ -207,45 +309,60 @@ class _RolloutClock(sb3_baseline.BaseCallback):
 
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
-    """End-to-end training throughput of our trainer against sb3-contrib's RecurrentPPO.
+    """End-to-end training throughput of our trainer against sb3-contrib's RecurrentPPO, repeated.
 
     Ours: :func:`meta_rl.train.train` (acting, REINFORCE/TD(λ) update, accuracy bookkeeping and
     TensorBoard logging; no held-out evaluation) on ``--ours-envs`` tasks. SB3: RecurrentPPO
     (MultiInputLstmPolicy with the same MLP encoder and LSTM width, n_steps * n_envs = 2048,
     n_epochs = 4) on ``--sb3-envs`` single envs in a DummyVecEnv, timed over whole iterations
-    after a warm-up.
+    after a warm-up. The two alternate for ``--repeats`` rounds in this one process; each figure is
+    the median with min and max, and the ratio is that of the medians. Each side's user and system
+    CPU seconds and minor page faults come from ``getrusage``. The efficiency fields compare the
+    FLOPs of our update (``torch.utils.flop_counter``) with the machine's measured dense peak.
     """
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    malloc_tuned = tune_malloc() if args.malloc == "tuned" else False
     with contextlib.redirect_stdout(sys.stderr):
         load_splits("glyphs")
-    cfg = _mlp_config(args, args.ours_envs)
     _time_ours(_mlp_config(args, args.ours_envs), args.warmup)  # warm-up run (allocator, kernels)
-    ours, ours_steps = _time_ours(cfg, args.seconds)
 
-    env = sb3_baseline.make_env(args.env_id, args.sb3_envs, "train", args.seed)
-    model = sb3_baseline.build_model(
-        env, encoder_hidden=args.encoder_hidden, lstm_hidden=args.hidden, n_steps=2048 // args.sb3_envs,
-        n_epochs=4, batch_size=args.sb3_batch_size, seed=args.seed,
-    )
-    clock = _RolloutClock(args.warmup, args.seconds)
-    model.learn(total_timesteps=10**12, callback=clock)
-    env.close()
-    sb3 = clock.steps_per_s()
-    return {
-        **_side_by_side("ours", ours, "sb3", sb3, args),
-        "ours_envs": args.ours_envs,
-        "sb3_envs": args.sb3_envs,
-        "sb3_n_steps": 2048 // args.sb3_envs,
-        "sb3_n_epochs": 4,
-        "sb3_batch_size": args.sb3_batch_size,
-        "encoder_hidden": list(args.encoder_hidden),
-        "core": args.core,
-        "hidden": args.hidden,
-        "ours_env_steps": ours_steps,
-        "sb3_env_steps": clock.marks[-1][1] - clock.marks[0][1],
-        **_versions(),
-    }
+    def sb3_rate() -> float:
+        env = sb3_baseline.make_env(args.env_id, args.sb3_envs, "train", args.seed)
+        model = sb3_baseline.build_model(
+            env, encoder_hidden=args.encoder_hidden, lstm_hidden=args.hidden, n_steps=2048 // args.sb3_envs,
+            n_epochs=4, batch_size=args.sb3_batch_size, seed=args.seed,
+        )
+        clock = _RolloutClock(args.warmup, args.seconds)
+        model.learn(total_timesteps=10**12, callback=clock)
+        env.close()
+        return clock.steps_per_s()
+
+    ours_runs, sb3_runs = [], []
+    for _ in range(args.repeats):
+        ours_runs.append(_measured(lambda: _time_ours(_mlp_config(args, args.ours_envs), args.seconds)[0]))
+        if args.repeats_sb3:
+            sb3_runs.append(_measured(sb3_rate))
+    ours = spread([r["rate"] for r in ours_runs])
+    out: dict[str, Any] = {"ours_steps_per_s": ours, "env_id": args.env_id, "seconds_each": args.seconds,
+                           "repeats": args.repeats, "malloc_tuned": malloc_tuned}
+    for name, runs in (("ours", ours_runs), ("sb3", sb3_runs)):
+        if runs:
+            out[f"{name}_sys_over_user"] = spread([r["sys_s"] / max(r["user_s"], 1e-9) for r in runs])
+            out[f"{name}_user_s"] = spread([r["user_s"] for r in runs])
+            out[f"{name}_sys_s"] = spread([r["sys_s"] for r in runs])
+            out[f"{name}_minor_faults_per_s"] = spread([r["minor_faults"] / r["wall_s"] for r in runs])
+    if sb3_runs:
+        sb3 = spread([r["rate"] for r in sb3_runs])
+        out.update({"sb3_steps_per_s": sb3, "ratio": round(ours["median"] / sb3["median"], 2)})
+    peak = peak_flops()
+    out.update({k: round(v) for k, v in peak.items()})
+    out.update(efficiency(update_profile(_mlp_config(args, args.ours_envs)), peak["peak_flops_per_s"],
+                          ours["median"]))
+    out.update({"ours_envs": args.ours_envs, "sb3_envs": args.sb3_envs, "sb3_n_steps": 2048 // args.sb3_envs,
+                "sb3_n_epochs": 4, "sb3_batch_size": args.sb3_batch_size, "encoder_hidden": list(args.encoder_hidden),
+                "core": args.core, "hidden": args.hidden, **_versions()})
+    return out
 
 
 def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
@@ -407,8 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="end-to-end training steps per second: ours vs sb3-contrib RecurrentPPO")
     tr.add_argument("--env-id", default=DEFAULT_ENV_ID)
-    tr.add_argument("--seconds", type=float, default=25.0, help="timed seconds per trainer")
-    tr.add_argument("--warmup", type=float, default=5.0, help="untimed warm-up seconds per trainer")
+    tr.add_argument("--seconds", type=float, default=15.0, help="timed seconds per trainer and round")
+    tr.add_argument("--warmup", type=float, default=3.0, help="untimed warm-up seconds per trainer")
     tr.add_argument("--ours-envs", type=int, default=16, help="our parallel tasks B")
     tr.add_argument("--sb3-envs", type=int, default=16, help="RecurrentPPO's n_envs (n_steps = 2048 / n_envs)")
     tr.add_argument("--sb3-batch-size", type=int, default=128, help="RecurrentPPO minibatch size")
@@ -416,13 +533,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--core", default="lstm", help="our core (lstm matches RecurrentPPO)")
     tr.add_argument("--hidden", type=int, default=256, help="LSTM width of both")
     tr.add_argument("--threads", type=int, default=1)
+    tr.add_argument("--repeats", type=int, default=5, help="rounds of ours then RecurrentPPO (medians of these)")
+    tr.add_argument("--no-sb3", dest="repeats_sb3", action="store_false", help="time ours only")
+    tr.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                    help="glibc allocator: meta-rl's start-up settings (meta_rl.allocator) or glibc's defaults")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
 
-    tta = sub.add_parser("time-to-accuracy", help="training seconds to reach 80%% at the 2nd instance")
+    tta = sub.add_parser("time-to-accuracy", help="training seconds to reach 90%% at the 2nd instance")
     tta.add_argument("--env-id", default=DEFAULT_ENV_ID, help="the SB3 baseline's task (ours: --config's)")
     tta.add_argument("--config", default=None, help="our TOML config (default: the default run)")
-    tta.add_argument("--target", type=float, default=0.8)
+    tta.add_argument("--target", type=float, default=0.9, help="accuracy at the 2nd instance to reach")
     tta.add_argument("--cap-minutes", type=float, default=10.0, help="training-time cap per trainer")
     tta.add_argument("--eval-seconds", type=float, default=20.0, help="training seconds between evaluations")
     tta.add_argument("--eval-episodes", type=int, default=200, help="val tasks per evaluation")

@@ -244,11 +244,11 @@ def signal_scenario(lab: Lab, out: Outcome, signum: int) -> None:
     check(proc.returncode == 128 + signum, f"exit code {proc.returncode}, expected {128 + signum}")
     check(f"meta-rl train --resume {run_dir}" in err, f"no resume hint on stderr: {err[-300:]}")
     done = saved_update(run_dir)
-    check(scalar_steps(run_dir, "loss/policy")[-1] == done * S, "the checkpoint is not the last completed update")
+    check(scalar_steps(run_dir, "losses/policy")[-1] == done * S, "the checkpoint is not the last completed update")
     check(clean(run_dir), "lock or temporary file left behind")
     run[1] = done + 2
     train(lab.config(done + 2, checkpoint_every=3), run_dir, resume=True, progress=False)
-    check(scalar_steps(run_dir, "loss/policy") == [S * (i + 1) for i in range(done + 2)], "TensorBoard history")
+    check(scalar_steps(run_dir, "losses/policy") == [S * (i + 1) for i in range(done + 2)], "TensorBoard history")
     out.detail = f"stopped after update {done}, exit {128 + signum}, resumed to update {done + 2}"
 
 
@@ -281,7 +281,7 @@ def evaluation_stop_scenario(lab: Lab, out: Outcome) -> None:
         assert stopped is not None
         done, total = int(stopped.group(1)), int(stopped.group(2))
         check(total == batches and 0 < done < total, f"{how}: stopped after {done} of {total} batches")
-        check(not scalar_steps(run_dir, "heldout/accuracy"), f"{how}: an interrupted evaluation was logged")
+        check(not scalar_steps(run_dir, "eval/accuracy"), f"{how}: an interrupted evaluation was logged")
         check(clean(run_dir), "lock or temporary file left behind")
         if how == "SIGTERM":
             found.append(f"SIGTERM: exit 143 {time.monotonic() - signalled:.1f} s after the signal, "
@@ -318,7 +318,8 @@ def sigkill_scenario(lab: Lab, out: Outcome, kills: int = 4, updates: int = 40) 
     _, err = proc.communicate(timeout=120)
     check(proc.returncode == 0, f"final resume failed: {err[-300:]}")
     check(seen == sorted(seen), f"checkpoints went backwards: {seen}")
-    check(scalar_steps(run_dir, "loss/policy") == [S * (i + 1) for i in range(updates)], "TensorBoard gaps/duplicates")
+    check(scalar_steps(run_dir, "losses/policy") == [S * (i + 1) for i in range(updates)],
+          "TensorBoard gaps/duplicates")
     check(clean(run_dir), "lock or temporary file left behind")
     after = ", ".join("none" if u < 0 else str(u) for u in seen)
     out.detail = f"{out.faults} kills (checkpointed update after each: {after}); resumed to the end"

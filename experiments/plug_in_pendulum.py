@@ -4,16 +4,14 @@
 """
 
 import argparse
-from pathlib import Path
 
 import gymnasium as gym
-import torch
 
-from meta_rl.checkpoint import load_checkpoint
+import meta_rl
 from meta_rl.config import TrainConfig
 from meta_rl.envs.gym_tasks import register_gym_task
 from meta_rl.evaluation import trial_returns
-from meta_rl.train import build_policy, make_vec_env, train
+from meta_rl.train import train
 
 
 def make_pendulum() -> gym.Env:
@@ -36,9 +34,7 @@ if __name__ == "__main__":
                       encoder_hidden=[64, 64], num_envs=16, gamma=0.99, max_minutes=args.minutes,
                       eval_every=0, torch_threads=1)
     result = train(cfg, args.run_dir, progress=False)
-    env = make_vec_env(cfg, "test", 64, torch.device("cpu"))  # held-out pendulums
-    policy = build_policy(cfg, env, env.episode_length)
-    policy.load_state_dict(load_checkpoint(Path(args.run_dir) / "checkpoint.pt")["policy"])
-    res = trial_returns(env, policy, trials=64)
+    agent = meta_rl.load(args.run_dir, env_module="plug_in_pendulum")  # you trust your own module
+    res = trial_returns(agent.make_env("test", 64), agent.policy, trials=64)  # held-out pendulums
     print(f"{result['updates']} updates, {result['env_steps']} steps; held-out return by episode of a trial: "
           f"{[round(m, 1) for m in res.mean]}, improvement {res.improvement:+.1f} ± {res.improvement_ci95:.1f}")

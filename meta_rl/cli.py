@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
+from meta_rl import __version__
+from meta_rl.allocator import tune_malloc
 from meta_rl.atomic import WriteError
 from meta_rl.baselines.cli import add_baseline_parser, evaluate_baseline_run, is_baseline_run
-from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state
-from meta_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
-from meta_rl.contract import reference_returns, task_length
-from meta_rl.env_factory import make_vec_env
+from meta_rl.checkpoint import CheckpointError
+from meta_rl.config import (
+    ConfigError,
+    TrainConfig,
+    config_help,
+    did_you_mean,
+    load_config,
+    named_configs,
+    parse_overrides,
+)
+from meta_rl.contract import reference_returns
 from meta_rl.evaluation import TrialReturns, evaluate_task, returns_table, santoro_table
 from meta_rl.lifecycle import add_run_arguments
+from meta_rl.loading import load
 from meta_rl.train import (
-    CHECKPOINT_NAME,
     NonFiniteError,
     TrainingInterrupted,
-    build_policy,
     load_run_config,
-    resolve_device,
     train,
 )
 
@@ -60,14 +68,10 @@ def _eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if is_baseline_run(run_dir):  # a ProtoNet/MAML run from `meta-rl baseline`
         return evaluate_baseline_run(run_dir, args.episodes, args.split, args.seed, args.json)
-    cfg = load_run_config(run_dir, env_module=args.env_module)
-    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    device = resolve_device(args.device or cfg.device)
-    env = make_vec_env(cfg, args.split, min(args.batch, args.episodes), device)
-    steps = cfg.rollout_steps or task_length(env)
-    policy = build_policy(cfg, env, steps).to(device)
-    load_state(policy, ckpt["policy"], run_dir / CHECKPOINT_NAME, "policy")
-    result = evaluate_task(env, policy, args.episodes, seed=args.seed, steps=steps)
+    agent = load(run_dir, device=args.device, env_module=args.env_module, overrides=args.overrides)
+    cfg, ckpt = agent.config, agent.checkpoint
+    env = agent.make_env(args.split, min(args.batch, args.episodes))
+    result = evaluate_task(env, agent.policy, args.episodes, seed=args.seed, steps=agent.steps)
     baselines = reference_returns(env, args.episodes, args.seed) if isinstance(result, TrialReturns) else {}
     if args.json:
         out = result.to_json()
@@ -75,8 +79,9 @@ def _eval(args: argparse.Namespace) -> int:
             out["baselines"] = {name: float(r.double().mean()) for name, r in baselines.items()}
         print(json.dumps(out))
         return 0
+    changed = f", evaluated with {' '.join(args.overrides)}" if args.overrides else ""
     print(f"{cfg.env_id} ({args.split} split), {cfg.core} core, {cfg.encoder} encoder, "
-          f"{int(ckpt['counters']['env_steps']):,} training steps")
+          f"{int(ckpt['counters']['env_steps']):,} training steps{changed}")
     label = f"meta-rl {cfg.core} ({args.split})"
     if isinstance(result, TrialReturns):
         print(returns_table(result, baselines, label=label))
@@ -87,10 +92,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meta-rl", description="Meta-reinforcement learning on vision tasks.")
+    parser.add_argument("--version", action="version", version=f"meta-rl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train an agent (default: 5-way glyphs, episodic-memory core)")
-    add_run_arguments(t, what="run", config="experiments/default.toml (default: the defaults)",
+    names = ", ".join(named_configs())
+    t = sub.add_parser("train", help="train an agent (default: 5-way glyphs, episodic-memory core)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=f"named configs: {names}\n\n{config_help(TrainConfig)}")
+    add_run_arguments(t, what="run", config=f"a shipped name ({names}) or a .toml file (default: the defaults)",
                       overrides="num_envs=32 env_kwargs.n_way=20")
     t.add_argument("--env-module", metavar="NAME",
                    help="with --resume: the plug-in module that registers the run's env (never imported from a "
@@ -99,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained run on held-out tasks (accuracy or return)")
     e.add_argument("run_dir", help="a run directory written by meta-rl train")
+    e.add_argument("overrides", nargs="*",
+                   help="key=value changes to the task it is scored on, e.g. env_kwargs.dataset=fashion_mnist "
+                        "env_kwargs.n_way=5 (the policy's architecture stays the run's)")
     e.add_argument("--episodes", type=int, default=1000, help="held-out tasks (default 1000)")
     e.add_argument("--split", default="test", help="split to evaluate on (default test)")
     e.add_argument("--seed", type=int, default=12345, help="seed of the evaluation tasks")
@@ -114,15 +126,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(extra: list[str], argv: list[str]) -> str:
+    """The argparse error for leftover arguments, with a ``key=value`` hint for each ``--flag`` that is a key."""
+    keys = [f.name for f in dataclasses.fields(TrainConfig)]
+    hints = []
+    for token in extra:
+        if token.startswith("--"):
+            name, _, value = token[2:].partition("=")
+            key = did_you_mean(name, keys)
+            if key is not None:
+                i = argv.index(token)
+                value = value or (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("-") else "...")
+                hints.append(f"{key}={value}")
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    if not hints:
+        return message
+    return f"{message}; did you mean {' '.join(hints)}? Config keys are set as key=value, without dashes."
+
+
 def main(argv: list[str] | None = None) -> int:
+    tune_malloc()  # no mmap/munmap of the loop's large tensors every step (meta_rl.allocator; META_RL_MALLOC=0: off)
     parser = build_parser()
     # Overrides may follow options ("train CONFIG --run-dir D k=v"), which argparse cannot take as
     # positionals after an option: collect them from the leftovers.
+    argv = sys.argv[1:] if argv is None else argv
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command not in ("train", "baseline") or any("=" not in x or x.startswith("-") for x in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if any("=" not in x or x.startswith("-") for x in extra):
+            parser.error(_unrecognized(extra, argv))
         args.overrides = [*args.overrides, *extra]
+    if getattr(args, "no_progress", False):  # also the glyph build's bars, wherever the dataset is built
+        os.environ["META_RL_PROGRESS"] = "0"
     # "train CONFIG k=v": argparse cannot tell a config path from an override; a token with "=" is an override.
     if args.command == "train" and args.config and "=" in args.config:
         args.overrides = [args.config, *args.overrides]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import inspect
+import itertools
 import json
 import math
 import sys
+import textwrap
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -21,7 +27,21 @@ import torch
 from meta_rl.cores import CORES
 from meta_rl.encoders import ENCODERS
 
-__all__ = ["ConfigBase", "ConfigError", "TrainConfig", "check_type", "load_config", "parse_overrides", "resolve_device"]
+__all__ = [
+    "ConfigBase",
+    "ConfigError",
+    "TrainConfig",
+    "available_devices",
+    "check_type",
+    "config_help",
+    "did_you_mean",
+    "field_docs",
+    "load_config",
+    "named_configs",
+    "parse_overrides",
+    "resolve_config",
+    "resolve_device",
+]
 
 
 class ConfigError(ValueError):
@@ -49,8 +69,10 @@ class ConfigBase:
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = ()
     #: Keys whose value must be one of the given strings.
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
-    #: An example config file, for the message when a file is missing.
-    EXAMPLE: ClassVar[str] = "experiments/default.toml"
+    #: An example config, for the message when a file is missing.
+    EXAMPLE: ClassVar[str] = "default"
+    #: The folder of ``meta_rl/configs`` that holds this kind's named configs.
+    NAMED: ClassVar[str] = ""
 
     def validate(self: _Config) -> _Config:
         """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
@@ -107,12 +129,14 @@ class ConfigBase:
     @classmethod
     def from_dict(cls: type[_Config], data: dict[str, Any], source: str = "config") -> _Config:
         """Build and validate; an unknown key is an error that lists the valid ones."""
-        valid = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - valid)
+        valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(valid))
         if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown} in {cls.describe(source)}; valid keys are: {', '.join(sorted(valid))}."
-            )
+            close = {k: did_you_mean(k, valid) for k in unknown}
+            hint = (f"did you mean {', '.join(str(c) for c in close.values() if c)}?" if all(close.values())
+                    else f"valid keys are: {', '.join(sorted(valid))}.")
+            raise ConfigError(f"unknown key(s) {unknown} in {cls.describe(source)}; {hint} `--help` lists every key "
+                              "with its type, default and meaning.")
         return cls(**data).validate()
 
     @classmethod
@@ -127,9 +151,7 @@ class ConfigBase:
         data: dict[str, Any] = {}
         source = "the defaults"
         if path is not None:
-            p = Path(path)
-            if not p.is_file():
-                raise ConfigError(f"config file {p} does not exist; pass a .toml file such as {cls.EXAMPLE}.")
+            p = resolve_config(path, cls.NAMED, cls.EXAMPLE)
             try:
                 data = tomllib.loads(p.read_text())
             except tomllib.TOMLDecodeError as exc:
@@ -260,14 +282,100 @@ class TrainConfig(ConfigBase):
             )
 
 
+def named_configs(folder: str = "") -> dict[str, Path]:
+    """The configs shipped in the package (``meta_rl/configs/FOLDER/*.toml``), by name (the file's stem)."""
+    root = Path(str(resources.files("meta_rl") / "configs" / folder))
+    return {p.stem: p for p in sorted(root.glob("*.toml"))}
+
+
+def resolve_config(path: str | Path, folder: str = "", example: str = "default") -> Path:
+    """A config file: ``path`` itself where it exists, else the shipped config of that name.
+
+    Raises:
+        ConfigError: neither a file nor a shipped name; the message lists the names.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    named = named_configs(folder)
+    name = p.name.removesuffix(".toml")
+    if name in named and (p.parent == Path(".") or p.parent.name in ("experiments", "configs", "baselines")):
+        return named[name]  # "gru", "gru.toml" (and the old experiments/gru.toml) name the shipped file
+    close = did_you_mean(name, list(named))
+    hint = f" Did you mean {close}?" if close else ""
+    what = "config file {} does not exist" if p.suffix == ".toml" or len(p.parts) > 1 else "config {!r} is not a file"
+    raise ConfigError(
+        f"{what.format(str(path))} and not a shipped config.{hint} Pass an existing .toml file or one of the "
+        f"names {', '.join(named)} (for example {example})."
+    )
+
+
+def did_you_mean(word: str, choices: list[str]) -> str | None:
+    """The choice closest to ``word`` (for "did you mean" hints), or None when none is close."""
+    close = difflib.get_close_matches(word.replace("-", "_").lower(), choices, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstrings of a dataclass's fields (the string literal under each field), by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (frozen app): no docs
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, after in itertools.pairwise(body):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def config_help(cls: type[ConfigBase]) -> str:
+    """Every key of a config with its type, default and docstring, for ``--help``."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    lines = ["config keys (set them as key=value, or in a TOML file):"]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        if typing.get_origin(hints[f.name]) is not None:
+            kind = str(hints[f.name]).replace("typing.", "")
+        lines.append(f"  {f.name} ({kind}, default {json.dumps(default)})")
+        lines += textwrap.wrap(docs.get(f.name, ""), 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
 def resolve_device(name: str) -> torch.device:
-    """The torch device a ``device`` setting names (``auto``: CUDA when present)."""
+    """The torch device a ``device`` setting names (``auto``: CUDA when present).
+
+    Raises:
+        ConfigError: the name is not a device, or names one this machine lacks; the message says what is here.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    here = available_devices()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device = {name!r} is not a device name; this machine has {', '.join(here)}.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device = {name!r} but CUDA is not available here; use device='cpu' or 'auto'.")
+        raise ConfigError(f"device = {name!r} but CUDA is not available here; this machine has {', '.join(here)} "
+                          "(use device='cpu' or 'auto').")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device = {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s): "
+                          f"{', '.join(here)}.")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device = {name!r}: meta-rl runs on the CPU or CUDA; this machine has {', '.join(here)}.")
     return device
+
+
+def available_devices() -> list[str]:
+    """The devices meta-rl can use here: ``cpu`` and each ``cuda:N``."""
+    return ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0))]
 
 
 def check_type(name: str, value: Any, hint: Any) -> None:

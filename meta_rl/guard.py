@@ -15,8 +15,8 @@ import torch
 __all__ = ["GRAD_NORM", "LOSSES", "NonFiniteError", "NonFiniteGuard", "eager_by_default"]
 
 #: The agent's losses checked every update (named before the gradients when diagnosing) and its gradient norm.
-LOSSES = ("loss/policy", "loss/value", "policy/entropy")
-GRAD_NORM = "policy/grad_norm"
+LOSSES = ("losses/policy", "losses/value", "losses/entropy")
+GRAD_NORM = "losses/grad_norm"
 
 
 class NonFiniteError(FloatingPointError):

@@ -62,7 +62,8 @@ class MetricLogger:
         """Write the means since the last dump (over all ranks), accuracy, throughput and ``extra``; reset.
 
         Returns:
-            the means written, and ``"train/accuracy"`` over all instances where the task has labels.
+            the means written, ``"charts/steps_per_second"``, and ``"charts/accuracy"`` over all instances where the
+            task has labels.
         """
         now = time.monotonic()
         if self.world.enabled and self._sums:  # the mean over ranks of each rank's mean
@@ -80,10 +81,12 @@ class MetricLogger:
         accuracy = (self._hits / self._counts.clamp_min(1)).tolist()
         for k, acc in enumerate(accuracy, start=1):
             if self._counts[k - 1] > 0:
-                self.write(f"train/accuracy_instance_{k}", acc, step)
-        self.write("charts/steps_per_second", (step - self._last_step) / max(now - self._last_time, 1e-9), step)
-        if bool(self._counts.sum() > 0):
-            means["train/accuracy"] = float(self._hits.sum() / self._counts.sum())
+                self.write(f"charts/accuracy_instance_{k}", acc, step)
+        means["charts/steps_per_second"] = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self.write("charts/steps_per_second", means["charts/steps_per_second"], step)
+        if bool(self._counts.sum() > 0):  # the accuracy over every instance, where the task has labels
+            means["charts/accuracy"] = float(self._hits.sum() / self._counts.sum())
+            self.write("charts/accuracy", means["charts/accuracy"], step)
         self.last_return = means.get("charts/return", self.last_return)
         self._hits.zero_()
         self._counts.zero_()

@@ -29,7 +29,14 @@ from meta_rl.config import ConfigError, TrainConfig, resolve_device
 from meta_rl.contract import task_length
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.env_factory import make_vec_env
-from meta_rl.evaluation import HELDOUT_SEED, EvalResult, EvaluationStopped, TrialReturns, evaluate_task
+from meta_rl.evaluation import (
+    HELDOUT_SEED,
+    REFERENCE_ROWS,
+    EvalResult,
+    EvaluationStopped,
+    TrialReturns,
+    evaluate_task,
+)
 from meta_rl.guard import NonFiniteError, NonFiniteGuard, eager_by_default
 from meta_rl.lifecycle import (
     CHECKPOINT_NAME,
@@ -47,6 +54,7 @@ from meta_rl.policy import MetaPolicy
 from meta_rl.resources import check_fits, check_threads, estimate_training_memory
 from meta_rl.returns import explained_variance, gae, normalize, reinforce_losses
 from meta_rl.rollout import Rollout, collect
+from meta_rl.spaces import space_to_dict
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -54,8 +62,10 @@ __all__ = [
     "NonFiniteError",
     "Trainer",
     "TrainingInterrupted",
+    "budget_steps",
     "build_policy",
     "make_vec_env",
+    "policy_for_spaces",
     "reinforce_update",
     "resolve_device",
     "train",
@@ -69,9 +79,15 @@ LossFn = Callable[..., dict[str, torch.Tensor]]  # meta_rl.returns.reinforce_los
 
 
 def build_policy(cfg: TrainConfig, env: VectorEnv, steps: int) -> MetaPolicy:
+    """The policy ``cfg`` describes for ``env``'s spaces, with memory for ``steps`` steps."""
+    return policy_for_spaces(cfg, env.single_observation_space, env.single_action_space, steps)
+
+
+def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: Any, steps: int) -> MetaPolicy:
+    """The policy ``cfg`` describes for one task's observation and action spaces."""
     return MetaPolicy(
-        env.single_observation_space,
-        env.single_action_space,
+        observation_space,
+        action_space,
         encoder=cfg.encoder,
         core=cfg.core,
         hidden=cfg.hidden,
@@ -126,22 +142,23 @@ def reinforce_gradients(
         world.average_gradients(list(policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
     return {
-        "loss/policy": terms["policy"].detach(),
-        "loss/value": terms["value"].detach(),
-        "loss/total": loss.detach(),
-        "policy/entropy": terms["entropy"].detach(),
-        "policy/grad_norm": grad_norm.detach(),
-        "critic/explained_variance": explained_variance(values.detach(), returns),
+        "losses/policy": terms["policy"].detach(),
+        "losses/value": terms["value"].detach(),
+        "losses/total": loss.detach(),
+        "losses/entropy": terms["entropy"].detach(),
+        "losses/grad_norm": grad_norm.detach(),
+        "losses/explained_variance": explained_variance(values.detach(), returns),
         "charts/return": ro.rewards.sum(0).mean(),
-        "critic/target_mean": returns.mean(),
-        "critic/target_second": returns.square().mean(),
+        "losses/value_target_mean": returns.mean(),
+        "losses/value_target_second": returns.square().mean(),
     }
 
 
 def update_return_stats(policy: MetaPolicy, stats: dict[str, torch.Tensor], cfg: TrainConfig, world: World) -> None:
     """After an admitted step: the critic's target statistics move towards this update's (over all ranks)."""
     if cfg.normalize_returns:
-        moments = world.all_sum(torch.stack([stats["critic/target_mean"], stats["critic/target_second"]])) / world.size
+        moments = torch.stack([stats["losses/value_target_mean"], stats["losses/value_target_second"]])
+        moments = world.all_sum(moments) / world.size
         policy.update_return_stats(moments[0], moments[1], cfg.return_norm_rate)
 
 
@@ -367,8 +384,11 @@ class Trainer:
                                     self.env_steps)
         if self.eval_envs:
             self.heldout_env = make_vec_env(cfg, cfg.heldout_split, self.eval_envs, self.device)
+        # A bar where someone watches (a terminal); otherwise (--no-progress, a log file) one line per log.
+        self.show_bar = self.progress and self.world.is_main and sys.stderr.isatty()
+        self.console = self.world.is_main and not self.show_bar
         self.bar = tqdm(total=cfg.total_env_steps, initial=self.env_steps, unit="step", unit_scale=True,
-                        disable=not self.progress or not self.world.is_main, mininterval=2.0)
+                        disable=not self.show_bar, mininterval=2.0)
 
     # --- per-update phases ----------------------------------------------------------------
     def collect_new_training_data(self) -> Rollout:
@@ -398,11 +418,33 @@ class Trainer:
         self.guard.check_deferred()
         extra = {"faults/skipped_updates": float(self.guard.skipped)} if self.cfg.skip_nonfinite_updates else None
         means = self.metrics.dump(self.env_steps, extra)
-        if "charts/return" in means:  # accuracy only where the task has labels to be right about
-            shown = {"ret": f"{means['charts/return']:.2f}"}
-            if "train/accuracy" in means:
-                shown["acc"] = f"{means['train/accuracy']:.2f}"
-            self.bar.set_postfix(**shown)
+        shown = {"return": means.get("charts/return")}
+        if "charts/accuracy" in means:  # accuracy only where the task has labels to be right about
+            shown["accuracy"] = means["charts/accuracy"]
+        if self.show_bar:
+            self.bar.total = self.budget_steps(self.bar.n, means.get("charts/steps_per_second", 0.0))
+            self.bar.set_postfix({k[:3]: f"{v:.2f}" for k, v in shown.items() if v is not None})
+        elif self.console:
+            print(self.console_line(means, shown), file=sys.stderr, flush=True)
+
+    def budget_steps(self, done: int, steps_per_second: float) -> int:
+        """The env step this run will stop at (:func:`budget_steps`)."""
+        return budget_steps(done, self.cfg.total_env_steps, self.cfg.max_minutes, self.stopping.minutes(),
+                            steps_per_second)
+
+    def console_line(self, means: dict[str, float], shown: dict[str, float | None]) -> str:
+        """One compact progress line for headless runs and log files (CleanRL / SB3 console style)."""
+        minutes = self.stopping.minutes()
+        budget = self.budget_steps(self.env_steps, means.get("charts/steps_per_second", 0.0))
+        speed = _si(means.get("charts/steps_per_second", 0.0))
+        parts = [f"update {self.update}", f"steps {_si(self.env_steps)}/{_si(budget)}", f"{speed} steps/s",
+                 f"{int(minutes)}:{minutes % 1 * 60:04.1f}"]
+        parts += [f"{name} {value:.3f}" for name, value in shown.items() if value is not None]
+        if "eval/accuracy_instance_2" in self.final:
+            parts.append(f"eval 2nd {self.final['eval/accuracy_instance_2']:.3f}")
+        elif "eval/return" in self.final:
+            parts.append(f"eval return {self.final['eval/return']:.2f}")
+        return "meta-rl | " + " | ".join(parts)
 
     def evaluate_val(self, log: bool = True) -> bool:
         """The held-out evaluation; False if a signal or the time limit stopped it (nothing is then logged)."""
@@ -419,15 +461,15 @@ class Trainer:
             self.eval_stopped = True
             return False
         if isinstance(res, TrialReturns):  # bandits, MDPs, control, plug-ins: return per trial and by episode
-            self.final = {"heldout/return": res.total}
+            self.final = {"eval/return": res.total}
             if len(res.mean) > 1:
-                self.final.update({f"heldout/return_episode_{k}": r for k, r in enumerate(res.mean, start=1)})
-                self.final["heldout/improvement"] = res.improvement
+                self.final.update({f"eval/return_episode_{k}": r for k, r in enumerate(res.mean, start=1)})
+                self.final["eval/improvement"] = res.improvement
         else:
-            self.final = {f"heldout/accuracy_instance_{k}": a for k, a in enumerate(res.accuracy_by_instance, start=1)}
-            self.final["heldout/accuracy"] = res.accuracy
+            self.final = {f"eval/accuracy_instance_{k}": a for k, a in enumerate(res.accuracy_by_instance, start=1)}
+            self.final["eval/accuracy"] = res.accuracy
             if res.request_rate_by_instance is not None:
-                self.final.update({f"heldout/request_rate_instance_{k}": r
+                self.final.update({f"eval/request_rate_instance_{k}": r
                                    for k, r in enumerate(res.request_rate_by_instance, start=1)})
         if log:
             for key, value in self.final.items():
@@ -436,7 +478,10 @@ class Trainer:
                 curves: dict[str, tuple[list[float], list[float]]] = {"held-out": (res.accuracy_by_instance, res.ci95)}
                 if res.request_rate_by_instance is not None and res.request_ci95 is not None:
                     curves["label requests"] = (res.request_rate_by_instance, res.request_ci95)
-                self.writer.add_figure("heldout/accuracy_by_instance", accuracy_figure(curves), self.env_steps)
+                n_way = getattr(self.heldout_env, "n_way", None)
+                santoro = n_way == 5 and getattr(self.heldout_env, "feedback", None) == "label"  # Table 1's task
+                figure = accuracy_figure(curves, n_way=n_way, references=REFERENCE_ROWS if santoro else None)
+                self.writer.add_figure("eval/accuracy_by_instance", figure, self.env_steps)
             if self.last_rollout is not None:
                 _log_strip(self.writer, self.last_rollout, self.env_steps)
         self.evaluated_at = self.env_steps
@@ -463,6 +508,10 @@ class Trainer:
                 "counters": {"update": self.update, "env_steps": self.env_steps},
                 "rng": {"actions": self.generator.get_state()},
             }
+            spaces = {"observation": space_to_dict(self.env.single_observation_space),
+                      "action": space_to_dict(self.env.single_action_space), "steps": self.steps}
+            if spaces["observation"] is not None and spaces["action"] is not None:
+                payload["spaces"] = spaces  # meta_rl.load rebuilds the policy from these, without an env
             if self.cfg.skip_nonfinite_updates:
                 payload["faults"] = {"skipped_updates": self.guard.skipped}
             if self.world.enabled:
@@ -547,11 +596,35 @@ class Trainer:
         return {**result, **self.final}
 
 
+def budget_steps(done: int, total_env_steps: int, max_minutes: float, minutes: float,
+                 steps_per_second: float) -> int:
+    """The env step a run will stop at: ``total_env_steps``, or sooner where ``max_minutes`` comes first,
+    projected from the current speed, so that a progress bar's total and ETA follow the budget that stops it.
+
+    Args:
+        done: env steps so far. total_env_steps, max_minutes: the run's budgets (0 minutes: none).
+        minutes: minutes trained so far. steps_per_second: the current speed.
+    """
+    total = total_env_steps
+    if max_minutes and steps_per_second > 0:
+        left = max(max_minutes - minutes, 0.0) * 60
+        total = min(total, done + int(steps_per_second * left))
+    return max(total, done)
+
+
+def _si(x: float) -> str:
+    """A count with a k / M / G suffix (``1.25M``)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
 def _log_strip(writer: Any, ro: Rollout, env_steps: int) -> None:
     """Log the first task of a rollout as a strip of its images with the true and chosen labels."""
     if ro.main is None or ro.main.ndim != 5 or not bool((ro.labels[:, 0] >= 0).all()):
         return
-    writer.add_image("episode/strip", episode_strip(ro.main[:, 0], ro.labels[:, 0], ro.actions[:, 0]), env_steps)
+    writer.add_image("images/episode_strip", episode_strip(ro.main[:, 0], ro.labels[:, 0], ro.actions[:, 0]), env_steps)
 
 
 

@@ -154,7 +154,7 @@ def test_a_resumed_run_logs_what_an_unbroken_one_does(proto_dataset: str, tmp_pa
                    progress=False)
     fine = dict(scalars(tmp_path / "fine", "train/loss"))
     assert split[1][1] == pytest.approx((fine[7] + fine[8]) / 2, rel=1e-5)
-    assert [s for s, _ in scalars(tmp_path / "split", "heldout/query_accuracy")] == [6, 8]
+    assert [s for s, _ in scalars(tmp_path / "split", "eval/query_accuracy")] == [6, 8]
 
 
 def test_resume_refuses_overrides_that_cannot_change_before_loading_anything(

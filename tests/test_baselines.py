@@ -259,7 +259,7 @@ def test_evaluate_baseline_run_json_and_table(maml_run: Path, capsys: pytest.Cap
 
 def test_bad_config_key_errors_with_the_valid_keys(proto_dataset: str, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ConfigError, match=r"unknown key.*inner_stepz.*valid keys are:.*inner_steps"):
+    with pytest.raises(ConfigError, match=r"unknown key.*inner_stepz.*did you mean inner_steps\?"):
         load_baseline_config(MAMLConfig, None, ["inner_stepz=3"])
     with pytest.raises(ConfigError, match=r"shots must be of type int"):
         load_baseline_config(ProtoNetConfig, None, ["shots=one"])

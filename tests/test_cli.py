@@ -132,7 +132,7 @@ def test_resume_continues(
     # A learning setting cannot change on resume; a config file cannot be given with --resume.
     assert main(["train", "--resume", str(run_dir), "learning_rate=0.5", "--no-progress"]) == 2
     assert "learning_rate" in capsys.readouterr().err
-    assert main(["train", "experiments/default.toml", "--resume", str(run_dir), "--no-progress"]) == 2
+    assert main(["train", "default", "--resume", str(run_dir), "--no-progress"]) == 2
     assert "--resume" in capsys.readouterr().err
     # A new run cannot start in a directory that holds one.
     assert main(["train", "--run-dir", str(run_dir), *train_args(proto_dataset, 1)]) == 2

@@ -167,7 +167,7 @@ def test_signal_checkpoints_and_exits(plugin: Path, tmp_path: Path, reference: C
     done = ckpt["counters"]["update"]
     assert done >= 3 and ckpt["counters"]["env_steps"] == done * S
     # The checkpoint is the state after the last completed update (every update logs its loss).
-    assert [step for step, _ in scalars(run_dir, "loss/policy")][-1] == done * S
+    assert [step for step, _ in scalars(run_dir, "losses/policy")][-1] == done * S
 
     # Resume (in-process) for two more updates: the same parameters as an uninterrupted run.
     result = train(dataclasses.replace(cfg, total_env_steps=(done + 2) * S), run_dir, resume=True, progress=False)
@@ -175,7 +175,7 @@ def test_signal_checkpoints_and_exits(plugin: Path, tmp_path: Path, reference: C
     ref = reference(done + 2) if done + 2 <= 40 else None
     if ref is not None:
         assert_same_state(load_checkpoint(run_dir / CHECKPOINT_NAME), ref)
-    steps = [step for step, _ in scalars(run_dir, "loss/policy")]
+    steps = [step for step, _ in scalars(run_dir, "losses/policy")]
     assert steps == [S * (i + 1) for i in range(done + 2)]
     no_leftovers(run_dir)
 
@@ -249,11 +249,11 @@ def test_sigkill_at_random_moments_loses_nothing(plugin: Path, tmp_path: Path,
     ref = reference(updates)
     assert_same_state(load_checkpoint(ckpt_path), ref)
     # TensorBoard: one point per update, in order, without duplicates or gaps, equal to the reference.
-    for tag in ("loss/policy", "charts/return", "train/accuracy_instance_1"):
+    for tag in ("losses/policy", "charts/return", "charts/accuracy_instance_1"):
         got, want = scalars(run_dir, tag), scalars(ref["run_dir"], tag)
         assert [s for s, _ in got] == [S * (i + 1) for i in range(updates)], tag
         assert got == want, tag
-    held = [s for s, _ in scalars(run_dir, "heldout/accuracy")]
+    held = [s for s, _ in scalars(run_dir, "eval/accuracy")]
     assert held == sorted(set(held)) == [S * 8 * (i + 1) for i in range(updates // 8)]
 
 
@@ -269,7 +269,7 @@ def test_fresh_restart_purges_a_killed_attempts_events(plugin: Path, tmp_path: P
     train(fault_config(3), tmp_path, progress=False)
     (tmp_path / CHECKPOINT_NAME).unlink()  # as if killed before the checkpoint was written
     train(fault_config(3), tmp_path, progress=False)
-    assert [s for s, _ in scalars(tmp_path, "loss/policy")] == [S, 2 * S, 3 * S]
+    assert [s for s, _ in scalars(tmp_path, "losses/policy")] == [S, 2 * S, 3 * S]
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,12 +317,12 @@ def test_nan_loss_stops_before_saving(plugin: Path, tmp_path: Path, monkeypatch:
     ref = reference(2)
     losses = poison_losses({3, 4}, "loss")  # the 4th call: update 3 again, after resuming
     monkeypatch.setattr(cli_module, "train", functools.partial(train, losses=losses))  # the CLI's resume below
-    with pytest.raises(NonFiniteError, match=rf"loss/policy is nan at update 3 \(env step {3 * S}\).*"
+    with pytest.raises(NonFiniteError, match=rf"losses/policy is nan at update 3 \(env step {3 * S}\).*"
                                              r"update 2\) is intact.*skip_nonfinite_updates") as info:
         train(fault_config(6), tmp_path, progress=False, losses=losses)
-    assert (info.value.quantity, info.value.update, info.value.env_steps) == ("loss/policy", 3, 3 * S)
+    assert (info.value.quantity, info.value.update, info.value.env_steps) == ("losses/policy", 3, 3 * S)
     assert_same_state(load_checkpoint(tmp_path / CHECKPOINT_NAME), ref)
-    assert [s for s, _ in scalars(tmp_path, "loss/policy")] == [S, 2 * S]
+    assert [s for s, _ in scalars(tmp_path, "losses/policy")] == [S, 2 * S]
     no_leftovers(tmp_path)
     assert main(["train", "--resume", str(tmp_path), "--no-progress"]) == 1  # the CLI: a message, exit 1
 
@@ -346,8 +346,8 @@ def test_skip_nonfinite_updates(plugin: Path, tmp_path: Path) -> None:
     assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {4}  # Adam stepped 4 times, not 6
     assert scalars(tmp_path, "faults/skipped_updates") == [(S * i, float(n)) for i, n in
                                                            zip(range(1, 7), (0, 1, 1, 2, 2, 2))]
-    assert [s for s, _ in scalars(tmp_path, "loss/policy")] == [S, 3 * S, 5 * S, 6 * S]  # skipped ones not logged
-    assert all(v == v for _, v in scalars(tmp_path, "loss/policy"))
+    assert [s for s, _ in scalars(tmp_path, "losses/policy")] == [S, 3 * S, 5 * S, 6 * S]  # skipped ones not logged
+    assert all(v == v for _, v in scalars(tmp_path, "losses/policy"))
 
 
 def test_skip_cannot_skip_a_broken_parameter(plugin: Path, tmp_path: Path) -> None:
@@ -359,7 +359,7 @@ def test_skip_cannot_skip_a_broken_parameter(plugin: Path, tmp_path: Path) -> No
 
 def test_deferred_check_on_accelerators(plugin: Path, tmp_path: Path) -> None:
     """Without a host read per update (as on CUDA) the fault is found at the next checkpoint, named by update."""
-    with pytest.raises(NonFiniteError, match=r"loss/policy.* is nan or inf at update 3 .*update 2\) is intact"):
+    with pytest.raises(NonFiniteError, match=r"losses/policy.* is nan or inf at update 3 .*update 2\) is intact"):
         train(fault_config(8, checkpoint_every=2, log_every=100), tmp_path, progress=False,
               losses=poison_losses({3}, "loss"), eager_guard=False)
     ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)

@@ -158,7 +158,7 @@ def test_held_out_evaluation_stops_at_the_time_limit(proto_dataset: str, tmp_pat
     result = train(cfg, tmp_path / "run", progress=False)
     assert counter.calls == 1  # neither the rest of that evaluation nor a final one ran
     assert result["updates"] == 2
-    assert not any(k.startswith("heldout/") for k in result)
+    assert not any(k.startswith("eval/") for k in result)
     assert "stopped by the time limit (max_minutes = 0.02) after 1 of 40 batches; not logged" in capsys.readouterr().err
     ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
     assert ckpt["counters"]["update"] == 2

@@ -74,11 +74,11 @@ def test_bandit_run_logs_returns_and_eval_prints_them_beside_the_baselines(
     cfg = TrainConfig(env_id="meta_rl/Bandit-k5-n10-v0", num_envs=8, hidden=8, key_dim=4, encoder_hidden=[8],
                       total_env_steps=8 * 10 * 4, eval_every=2, eval_episodes=16, log_every=1, device="cpu")
     result = train(cfg, tmp_path / "run", progress=False)
-    assert set(result) >= {"heldout/return"} and not any("accuracy" in k for k in result)
+    assert set(result) >= {"eval/return"} and not any("accuracy" in k for k in result)
     acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    assert "heldout/return" in scalars and "charts/return" in scalars
+    assert "eval/return" in scalars and "charts/return" in scalars
     assert not any("accuracy" in tag for tag in scalars)
     assert acc.PluginTagToContent("hparams")
     capsys.readouterr()
@@ -94,10 +94,10 @@ def test_multi_episode_tasks_log_return_by_episode(tmp_path: Path) -> None:
     cfg = TrainConfig(env_id="meta_rl/PointNav-v0", env_kwargs={"horizon": 3}, num_envs=4, hidden=8,
                       encoder_hidden=[8], total_env_steps=4 * 6 * 2, eval_every=1, eval_episodes=8, device="cpu")
     result = train(cfg, tmp_path / "run", progress=False)
-    assert {"heldout/return", "heldout/return_episode_1", "heldout/return_episode_2", "heldout/improvement"} <= set(
+    assert {"eval/return", "eval/return_episode_1", "eval/return_episode_2", "eval/improvement"} <= set(
         result)
-    assert result["heldout/return"] == pytest.approx(result["heldout/return_episode_1"]
-                                                     + result["heldout/return_episode_2"])
+    assert result["eval/return"] == pytest.approx(result["eval/return_episode_1"]
+                                                     + result["eval/return_episode_2"])
 
 
 def test_accuracy_tasks_keep_their_table(synthetic: object) -> None:

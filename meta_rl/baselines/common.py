@@ -166,7 +166,8 @@ class BaselineConfig(ConfigBase):
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "encoder": tuple(ENCODERS), "conv_norm": ("batch", "group", "none"),
     }
-    EXAMPLE: ClassVar[str] = "experiments/baselines/"
+    EXAMPLE: ClassVar[str] = "protonet-5way1shot"
+    NAMED: ClassVar[str] = "baselines"
 
     def check(self) -> None:
         if self.n_way < 2:
@@ -558,7 +559,7 @@ class BaselineRun:
         res = evaluate_kshot(self.baseline.logits, self.held_sampler, self.cfg.eval_episodes, seed=HELDOUT_SEED,
                              batch=self.cfg.eval_batch)
         self.baseline.model.train()
-        self.writer.add_scalar("heldout/query_accuracy", res.accuracy, self.update)
+        self.writer.add_scalar("eval/query_accuracy", res.accuracy, self.update)
         self.heldout = res.accuracy
 
     def save_checkpoint(self) -> None:
@@ -614,4 +615,4 @@ class BaselineRun:
             raise
         self.writer.close()
         return {"kind": cfg.kind, "updates": self.update, "episodes": self.update * cfg.meta_batch,
-                "minutes": minutes, "heldout/query_accuracy": self.heldout}
+                "minutes": minutes, "eval/query_accuracy": self.heldout}

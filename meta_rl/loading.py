@@ -1,0 +1,131 @@
+"""Load a trained run in one line: ``agent = meta_rl.load("runs/default")``.
+
+:func:`load` reads a run directory's checkpoint and returns a :class:`TrainedAgent`: the policy
+with its weights on the chosen device (in eval mode), the config it was trained with, and a
+factory for its env (:meth:`TrainedAgent.make_env`), so that scoring it is one more line::
+
+    agent = meta_rl.load("runs/default", device="cpu")
+    result = agent.evaluate(episodes=500)                      # held-out test classes
+    other = agent.evaluate(episodes=500, dataset="fashion_mnist")  # another dataset, same policy
+
+The policy is rebuilt from the spaces the checkpoint records; a checkpoint written before they
+were recorded builds a one-task env to read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from gymnasium.vector import VectorEnv
+
+from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state
+from meta_rl.config import ConfigError, TrainConfig, parse_overrides, resolve_device
+from meta_rl.contract import task_length
+from meta_rl.env_factory import make_vec_env
+from meta_rl.evaluation import EvalResult, TrialReturns, evaluate_task
+from meta_rl.lifecycle import CHECKPOINT_NAME
+from meta_rl.policy import MetaPolicy
+from meta_rl.spaces import space_from_dict
+from meta_rl.train import load_run_config, policy_for_spaces
+
+__all__ = ["TrainedAgent", "load"]
+
+#: What an evaluation may change about a run's task; everything else describes the policy it trained.
+TASK_KEYS = ("env_id", "env_module", "env_kwargs", "heldout_split", "train_split", "device")
+
+
+@dataclass
+class TrainedAgent:
+    """A trained policy with what it needs to act.
+
+    Attributes:
+        policy: the :class:`~meta_rl.policy.MetaPolicy` with the run's weights, on ``device``, in eval mode.
+        config: the run's :class:`~meta_rl.config.TrainConfig` (with any task overrides applied).
+        steps: the length of one rollout (one task) the policy was built for.
+        device: where the policy lives.
+        checkpoint: the checkpoint's counters and config (``checkpoint["counters"]["env_steps"]``).
+    """
+
+    policy: MetaPolicy
+    config: TrainConfig
+    steps: int
+    device: torch.device
+    checkpoint: dict[str, Any]
+
+    def make_env(self, split: str = "test", num_envs: int = 1, **env_kwargs: Any) -> VectorEnv:
+        """The run's env (``env_kwargs`` change its settings, e.g. ``dataset="fashion_mnist"``) on the agent's
+        device, ``num_envs`` tasks of ``split``."""
+        cfg = self.config
+        if env_kwargs:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), "env_kwargs": {**cfg.env_kwargs, **env_kwargs}},
+                                        source="make_env's keyword arguments")
+        return make_vec_env(cfg, split, num_envs, self.device)
+
+    def evaluate(self, episodes: int = 1000, *, split: str = "test", seed: int = 12345, batch: int = 250,
+                 **env_kwargs: Any) -> EvalResult | TrialReturns:
+        """Accuracy by instance (classification) or return per trial (other tasks) on ``episodes`` new tasks."""
+        env = self.make_env(split, min(batch, episodes), **env_kwargs)
+        try:
+            return evaluate_task(env, self.policy, episodes, seed=seed, steps=self.steps)
+        finally:
+            env.close()
+
+
+def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_module: str | None = None,
+         overrides: list[str] | dict[str, Any] | None = None) -> TrainedAgent:
+    """The trained agent in ``run_dir`` (written by ``meta-rl train``), ready to act on ``device``.
+
+    Args:
+        run_dir: the run directory (its ``checkpoint.pt``).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; default: the run's own setting.
+        env_module: the plug-in module that registers the run's env, if it has one (meta-rl never imports a
+            module because a checkpoint names it).
+        overrides: changes to the task (``["env_kwargs.dataset=fashion_mnist"]`` or a dict); the keys the
+            policy's architecture depends on cannot change.
+
+    Raises:
+        CheckpointError: no readable checkpoint in ``run_dir``, or its weights do not fit the task.
+        ConfigError: a bad device or override, or a plug-in module not named.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir, env_module=env_module)
+    over = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    fixed = sorted(set(over) - set(TASK_KEYS))
+    if fixed:
+        raise ConfigError(
+            f"{fixed} describe the trained policy and cannot change at evaluation; only the task may: "
+            f"{', '.join(TASK_KEYS)} (for example env_kwargs.dataset=fashion_mnist)."
+        )
+    if over:
+        data = cfg.to_dict()
+        if "env_kwargs" in over:
+            over["env_kwargs"] = {**data["env_kwargs"], **over["env_kwargs"]}
+        cfg = TrainConfig.from_dict({**data, **over}, source="the evaluation overrides")
+    torch_device = resolve_device(str(device) if device is not None else cfg.device)
+    path = run_dir / CHECKPOINT_NAME
+    ckpt = load_checkpoint(path, map_location=torch_device)
+    recorded = ckpt.get("spaces")
+    if isinstance(recorded, dict) and not over:
+        obs_space, act_space = space_from_dict(recorded["observation"]), space_from_dict(recorded["action"])
+        steps = int(recorded["steps"])
+    else:  # an older checkpoint, or a changed task: its spaces come from a one-task env
+        probe = make_vec_env(cfg, cfg.heldout_split, 1, torch_device)
+        obs_space, act_space = probe.single_observation_space, probe.single_action_space
+        steps = cfg.rollout_steps or task_length(probe)
+        probe.close()
+    policy = policy_for_spaces(cfg, obs_space, act_space, steps).to(torch_device)
+    try:
+        load_state(policy, ckpt["policy"], path, "policy")
+    except CheckpointError as exc:
+        if not over:
+            raise
+        raise CheckpointError(
+            f"the weights in {path} do not fit the task after {over}: {exc} Change only settings that keep the "
+            "observation and action spaces (e.g. the dataset, not n_way)."
+        ) from exc
+    policy.eval()
+    return TrainedAgent(policy=policy, config=cfg, steps=steps, device=torch_device,
+                        checkpoint={"counters": ckpt["counters"], "config": ckpt["config"]})
