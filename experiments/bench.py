@@ -248,14 +248,15 @@ def update_profile(cfg: TrainConfig) -> dict[str, float]:
     def act() -> Any:
         return collect(env, policy, steps, generator, reset_seed=0, embed_with_grad=True)
 
-    ro = act()
-
-    def update() -> None:
-        reinforce_gradients(policy, optimizer, ro, cfg)
+    def iteration() -> None:  # as in training: the rollout's encoder graph feeds the update's backward pass
+        reinforce_gradients(policy, optimizer, act(), cfg)
         optimizer.step()
 
-    profile = {"acting_flops": float(_flops(act)), "update_flops": float(_flops(update)),
-               "acting_s": _best_seconds(act, 5), "update_s": _best_seconds(update, 5),
+    acting_flops, iteration_flops = _flops(act), _flops(iteration)
+    acting_s, iteration_s = _best_seconds(act, 5), _best_seconds(iteration, 5)
+    # The update alone is the iteration less its rollout (FLOPs and seconds alike).
+    profile = {"acting_flops": float(acting_flops), "update_flops": float(iteration_flops - acting_flops),
+               "acting_s": acting_s, "update_s": max(iteration_s - acting_s, 1e-9),
                "steps_per_update": float(steps * cfg.num_envs)}
     env.close()
     return profile

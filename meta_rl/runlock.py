@@ -1,8 +1,10 @@
-"""One training process per run directory: a lock file holding the owner's PID and host.
+"""One training process per run directory: an ``flock`` on ``DIR/.lock`` (via ``filelock``).
 
-``DIR/.lock`` is created with ``O_CREAT | O_EXCL``. A second run pointed at ``DIR`` while the
-owner lives gets :class:`RunLockedError` naming the PID; a lock left by a process that died
-without cleaning up (SIGKILL, power loss) is taken over with a warning.
+The kernel drops the lock when its process dies, however it dies, so a crashed run never blocks
+the next one. The lock file holds the owner's PID and host as JSON, so that a second run pointed
+at ``DIR`` is told who holds it; a record left by a run that did not exit cleanly is reported
+with a warning when the next run takes the lock. A record from another host is refused, because
+``flock`` on a network file system may not reach across hosts.
 """
 
 from __future__ import annotations
@@ -10,22 +12,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import socket
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
+
 from meta_rl.atomic import write_error
 from meta_rl.config import ConfigError
 
-try:  # POSIX: serialise lock takeovers between processes
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
-__all__ = ["LOCK_NAME", "RunLockedError", "StaleLockWarning", "pid_alive", "run_lock"]
+__all__ = ["LOCK_NAME", "RunLockedError", "StaleLockWarning", "run_lock"]
 
 LOCK_NAME = ".lock"
 
@@ -35,142 +33,95 @@ class RunLockedError(ConfigError):
 
 
 class StaleLockWarning(UserWarning):
-    """A lock left by a dead process was taken over."""
+    """The lock file still held the record of a run that did not exit cleanly."""
 
 
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux ``/proc``), or None where unknown."""
+def _parse(text: str) -> dict[str, Any] | None:
+    """A lock record ``{"pid": int, "host": str}``, or None if ``text`` is not one."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        return int(fields[19])  # field 22 of stat: starttime
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2 :].split()[0] in ("Z", "X")
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID runs on this host (zombies count as dead)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by another user
-        return True
-    except OSError:
-        return False
-    return not _zombie(pid)
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    """The lock's content, or None if it is empty or unparseable (a writer died mid-write)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(text)
+    except ValueError:
         return None
     return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
 
 
-def _holder_alive(holder: dict[str, Any]) -> bool:
-    pid = int(holder["pid"])
-    if not pid_alive(pid):
-        return False
-    started = holder.get("started")
-    if isinstance(started, int):
-        now = _start_time(pid)
-        if now is not None and now != started:
-            return False  # the PID was reused by an unrelated process
-    return True
+def _read_fd(fd: int) -> str:
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 65536, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
-@contextlib.contextmanager
-def _serialised(folder: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``folder`` so two processes never take over a lock together."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
-
-
-def _acquire(run_dir: Path) -> str:
-    path = run_dir / LOCK_NAME
+def _take(path: Path, fd: int) -> None:
+    """Called with the lock just acquired: judge the record left in it, then write ours."""
     host = socket.gethostname()
-    token = secrets.token_hex(8)
-    mine = {"pid": os.getpid(), "host": host, "started": _start_time(os.getpid()), "token": token}
-    with _serialised(run_dir):
-        for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read(path)
-                if holder is not None and holder.get("host", host) != host:
-                    raise RunLockedError(
-                        f"run directory {run_dir} is locked by PID {holder['pid']} on host {holder['host']!r} "
-                        f"({path}); wait for that run to finish, or, if it is no longer running, delete {path}."
-                    ) from None
-                if holder is not None and _holder_alive(holder):
-                    raise RunLockedError(
-                        f"run directory {run_dir} is in use by PID {holder['pid']} on this host ({path}); "
-                        "two runs must not write one directory. Wait for it to finish or stop it "
-                        f"(kill {holder['pid']}), or choose another --run-dir."
-                    ) from None
-                what = f"PID {holder['pid']}, no longer running" if holder else "unreadable"
-                warnings.warn(
-                    f"taking over the stale lock {path} ({what}); the run that left it did not exit cleanly.",
-                    StaleLockWarning,
-                    stacklevel=4,
-                )
-                path.unlink(missing_ok=True)
-                continue
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(mine, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except BaseException:
-                path.unlink(missing_ok=True)  # a half-written lock would read as stale to the next run
-                raise
-            return token
-    raise RunLockedError(f"could not create the lock {path}; another process keeps re-creating it.")
+    left = _read_fd(fd)
+    holder = _parse(left)
+    if holder is not None and holder.get("host", host) != host:
+        raise RunLockedError(
+            f"run directory {path.parent} is locked by PID {holder['pid']} on host {holder['host']!r} ({path}); "
+            f"wait for that run to finish, or, if it is no longer running, delete {path}."
+        )
+    if left:  # an empty file is one filelock made; a record is from a run that did not exit cleanly
+        what = f"PID {holder['pid']}, no longer running" if holder else "unreadable"
+        warnings.warn(f"taking over the stale lock {path} ({what}); the run that left it did not exit cleanly.",
+                      StaleLockWarning, stacklevel=2)
+    record = json.dumps({"pid": os.getpid(), "host": host}).encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        os.fsync(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)  # still ours to remove: filelock releases it as this error passes
+        raise
 
 
-def _release(run_dir: Path, token: str) -> None:
-    path = run_dir / LOCK_NAME
-    holder = _read(path)
-    if holder is not None and holder.get("token") == token:
-        path.unlink(missing_ok=True)
+def _refusal(path: Path) -> RunLockedError:
+    """The error for a lock another process holds, naming it from its record."""
+    try:
+        holder = _parse(path.read_text())
+    except OSError:
+        holder = None
+    if holder is None:  # it has the lock but has not written its record yet
+        who, stop = "another process", "stop it"
+    elif holder.get("host", socket.gethostname()) != socket.gethostname():
+        who, stop = f"PID {holder['pid']} on host {holder['host']!r}", "stop it there"
+    else:
+        who, stop = f"PID {holder['pid']} on this host", f"stop it (kill {holder['pid']})"
+    return RunLockedError(
+        f"run directory {path.parent} is in use by {who} ({path}); two runs must not write one directory. "
+        f"Wait for it to finish or {stop}, or choose another --run-dir."
+    )
 
 
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[Path]:
-    """Hold ``run_dir/.lock`` for the duration of the block; release it on exit, normal or not.
+    """Hold ``run_dir/.lock`` for the duration of the block; release and remove it on exit, normal or not.
+
+    A second lock on the same directory conflicts even within one process (each ``run_lock`` opens
+    its own descriptor).
 
     Raises:
-        RunLockedError: a live process (this host) or any process on another host holds the lock.
+        RunLockedError: another process (or another ``run_lock`` in this one) holds the lock, or a
+            record from another host is in it.
         WriteError: the folder or the lock cannot be written (read-only, permission, disk full).
     """
     run_dir = Path(run_dir)
+    path = run_dir / LOCK_NAME
+    lock = filelock.FileLock(path, fallback_to_soft=False, on_acquired=lambda fd: _take(path, fd))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        token = _acquire(run_dir)
+        lock.acquire(blocking=False)
+    except filelock.Timeout:
+        raise _refusal(path) from None
     except OSError as exc:
-        raise write_error("the run lock", run_dir / LOCK_NAME, exc, kept="nothing in it was changed",
+        raise write_error("the run lock", path, exc, kept="nothing in it was changed",
                           then="start the run again") from exc
     try:
-        yield run_dir / LOCK_NAME
+        yield path
     finally:
-        _release(run_dir, token)
+        # Unlink while still holding: a contender that opened the old file sees it unlinked and retries.
+        with contextlib.suppress(OSError):
+            path.unlink()
+        lock.release()

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -528,21 +529,29 @@ def write_lock(run_dir: Path, pid: int, host: str | None = None) -> None:
     (run_dir / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname()}))
 
 
+def hold_lock(run_dir: Path) -> subprocess.Popen[str]:
+    """Another process that takes ``run_lock(run_dir)`` and sleeps holding it."""
+    code = (f"import time; from meta_rl.runlock import run_lock\nwith run_lock({str(run_dir)!r}):\n"
+            "    print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_live_lock_is_a_clear_error(plugin: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sleeper = subprocess.Popen(["sleep", "60"])
+    holder = hold_lock(tmp_path)
     try:
-        write_lock(tmp_path, sleeper.pid)
-        with pytest.raises(RunLockedError, match=rf"in use by PID {sleeper.pid} on this host.*kill {sleeper.pid}"):
+        with pytest.raises(RunLockedError, match=rf"in use by PID {holder.pid} on this host.*kill {holder.pid}"):
             train(fault_config(2), tmp_path, progress=False)
         assert main(["train", "--run-dir", str(tmp_path), "env_module=" + PLUGIN, "--no-progress"]) == 2
-        assert f"PID {sleeper.pid}" in capsys.readouterr().err
+        assert f"PID {holder.pid}" in capsys.readouterr().err
         assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # nothing else was written
-        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == sleeper.pid  # and the lock is theirs
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == holder.pid  # and the lock is theirs
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    # Once it is gone (a zombie counts as gone too), the lock is stale and is taken over.
-    with pytest.warns(StaleLockWarning, match=rf"PID {sleeper.pid}, no longer running"):
+        holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the flock, the record stays
+        holder.wait()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == holder.pid
+    with pytest.warns(StaleLockWarning, match=rf"PID {holder.pid}, no longer running"):
         train(fault_config(2), tmp_path, progress=False)
     no_leftovers(tmp_path)
 
@@ -554,9 +563,14 @@ def test_stale_lock_is_taken_over(plugin: Path, tmp_path: Path) -> None:
     with pytest.warns(StaleLockWarning, match="taking over the stale lock"):
         assert train(fault_config(2), tmp_path, progress=False)["updates"] == 2
     no_leftovers(tmp_path)
-    (tmp_path / LOCK_NAME).write_text("")  # a writer killed between creating and filling the lock
+    (tmp_path / LOCK_NAME).write_text('{"pid": 12')  # a writer killed half-way through its record
     with pytest.warns(StaleLockWarning, match="unreadable"):
         train(fault_config(3), tmp_path, resume=True, progress=False)
+    no_leftovers(tmp_path)
+    (tmp_path / LOCK_NAME).write_text("")  # an empty lock file (filelock's own) is no sign of a crash
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleLockWarning)
+        train(fault_config(4), tmp_path, resume=True, progress=False)
     no_leftovers(tmp_path)
 
 
