@@ -167,9 +167,9 @@ def _versions() -> dict[str, Any]:
 
 
 def _mlp_config(args: argparse.Namespace, num_envs: int, device: str = "cpu") -> TrainConfig:
-    """Our trainer in the MLP setting shared with the SB3 baseline."""
+    """Our trainer in the setting shared with the SB3 baseline (the MLP encoder unless ``--encoder``)."""
     return TrainConfig(
-        env_id=args.env_id, num_envs=num_envs, encoder="mlp", encoder_hidden=list(args.encoder_hidden),
+        env_id=args.env_id, num_envs=num_envs, encoder=args.encoder, encoder_hidden=list(args.encoder_hidden),
         core=args.core, hidden=args.hidden, device=device, seed=args.seed, eval_every=0, eval_episodes=0,
         log_every=20, checkpoint_every=10**9, torch_threads=args.threads,
     ).validate()
@@ -227,7 +227,9 @@ def _flops(fn: Callable[[], Any]) -> int:
 def peak_flops() -> dict[str, float]:
     """The machine's achievable dense float32 FLOP/s on the current threads: a large matmul and a conv."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    x, w = torch.randn(64, 64, 28, 28), torch.randn(64, 64, 3, 3)
+    # Channels-last, as the conv encoders run: oneDNN's fastest layout here.
+    x = torch.randn(64, 64, 28, 28).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3).contiguous(memory_format=torch.channels_last)
     matmul = _flops(lambda: a @ b) / _best_seconds(lambda: a @ b)
     conv = _flops(lambda: torch.nn.functional.conv2d(x, w, padding=1)) / _best_seconds(
         lambda: torch.nn.functional.conv2d(x, w, padding=1))
@@ -267,17 +269,20 @@ def efficiency(profile: dict[str, float], peak: float, steps_per_s: float) -> di
     update_rate = profile["update_flops"] / profile["update_s"]
     updates_per_s = steps_per_s / profile["steps_per_update"]
     per_update = 1.0 / updates_per_s  # wall seconds of one whole iteration in the training run
+    iteration_s = profile["acting_s"] + profile["update_s"]
     flops = profile["update_flops"] + profile["acting_flops"]
     return {
         "update_flops": profile["update_flops"], "acting_flops": profile["acting_flops"],
         "update_flops_per_s": round(update_rate), "update_efficiency": round(update_rate / peak, 4),
         "end_to_end_flops_per_s": round(flops * updates_per_s),
         "end_to_end_efficiency": round(flops * updates_per_s / peak, 4),
-        # Of one iteration's wall time: acting (env steps + policy at batch B), the update, and the rest
-        # (logging, bookkeeping, Python between the phases).
-        "time_share_acting": round(profile["acting_s"] / per_update, 3),
-        "time_share_update": round(profile["update_s"] / per_update, 3),
-        "time_share_other": round(1 - (profile["acting_s"] + profile["update_s"]) / per_update, 3),
+        # Of one bare iteration (rollout, then update, measured apart from the trainer): acting (env steps
+        # and the policy at batch B) and the update (losses, backward, Adam).
+        "time_share_acting": round(profile["acting_s"] / iteration_s, 3),
+        "time_share_update": round(profile["update_s"] / iteration_s, 3),
+        # The trainer's own time beyond the bare iteration (logging, the guard, bookkeeping), as a fraction
+        # of it; it is measured in two different runs, so on a noisy machine it can read slightly negative.
+        "trainer_overhead": round(per_update / iteration_s - 1, 3),
     }
 
 
@@ -361,7 +366,8 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     out.update(efficiency(update_profile(_mlp_config(args, args.ours_envs)), peak["peak_flops_per_s"],
                           ours["median"]))
     out.update({"ours_envs": args.ours_envs, "sb3_envs": args.sb3_envs, "sb3_n_steps": 2048 // args.sb3_envs,
-                "sb3_n_epochs": 4, "sb3_batch_size": args.sb3_batch_size, "encoder_hidden": list(args.encoder_hidden),
+                "sb3_n_epochs": 4, "sb3_batch_size": args.sb3_batch_size, "encoder": args.encoder,
+                "encoder_hidden": list(args.encoder_hidden),
                 "core": args.core, "hidden": args.hidden, **_versions()})
     return out
 
@@ -445,7 +451,7 @@ def bench_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.redirect_stdout(sys.stderr):
         load_splits("glyphs")
     ours = _ours_time_to_accuracy(args)
-    sb3 = _sb3_time_to_accuracy(args)
+    sb3 = _sb3_time_to_accuracy(args) if args.with_sb3 else {"seconds": None, "reached": None}
     return {
         "ours_seconds": ours["seconds"], "ours_reached": ours["reached"],
         "sb3_seconds": sb3["seconds"], "sb3_reached": sb3["reached"],
@@ -530,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ours-envs", type=int, default=16, help="our parallel tasks B")
     tr.add_argument("--sb3-envs", type=int, default=16, help="RecurrentPPO's n_envs (n_steps = 2048 / n_envs)")
     tr.add_argument("--sb3-batch-size", type=int, default=128, help="RecurrentPPO minibatch size")
+    tr.add_argument("--encoder", default="mlp", choices=["mlp", "cnn", "conv4"],
+                    help="our encoder (mlp matches RecurrentPPO's; cnn is the default run's, for --no-sb3 profiles)")
     tr.add_argument("--encoder-hidden", type=int, nargs="+", default=[256, 256, 64])
     tr.add_argument("--core", default="lstm", help="our core (lstm matches RecurrentPPO)")
     tr.add_argument("--hidden", type=int, default=256, help="LSTM width of both")
@@ -551,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     tta.add_argument("--sb3-envs", type=int, default=16)
     tta.add_argument("--threads", type=int, default=1)
     tta.add_argument("--seed", type=int, default=0)
+    tta.add_argument("--no-sb3", dest="with_sb3", action="store_false", help="time ours only")
     tta.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
 
     gpu = sub.add_parser("gpu", help="env and end-to-end training steps per second on CUDA (else CPU)")
