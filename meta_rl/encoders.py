@@ -1,9 +1,6 @@
 """Observation encoders: the Omniglot 4-block conv net, the seed CNN for 32x32x3, and an MLP.
 
-Each maps a float batch (N, *input_shape) to features (N, out_dim). The conv encoders keep their
-weights and inputs channels-last (NHWC): oneDNN's convolutions run on that layout without
-reordering, 1.4-2.1x faster forward and backward on a 2-core CPU (BENCHMARKS.md, "Training
-throughput"); the features are the same up to float rounding.
+Each maps a float batch (N, *input_shape) to features (N, out_dim).
 """
 
 from __future__ import annotations
@@ -16,22 +13,6 @@ from torch import nn
 __all__ = ["ENCODERS", "Conv4Encoder", "MLPEncoder", "SeedCNNEncoder", "StridedCNNEncoder", "make_encoder"]
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the channels-last layout where it is an image batch (N, C, H, W); else ``x`` itself."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
-def _with_channels_last_weights(net: nn.Sequential, on: bool) -> nn.Sequential:
-    """``net`` with its conv kernels (the 4-d parameters) stored channels-last (in place) when ``on``."""
-    if not on:
-        return net
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() == 4:
-                p.data = _channels_last(p.data)
-    return net
-
-
 class Conv4Encoder(nn.Module):
     """The standard few-shot conv net: 4 x [conv 3x3 (filters), batch norm, ReLU, max-pool 2].
 
@@ -39,8 +20,7 @@ class Conv4Encoder(nn.Module):
     filters x 1 x 1. ``norm="group"`` uses GroupNorm, whose output does not depend on the batch.
     """
 
-    def __init__(self, input_shape: Sequence[int], filters: int = 64, blocks: int = 4, norm: str = "batch",
-                 channels_last: bool = True) -> None:
+    def __init__(self, input_shape: Sequence[int], filters: int = 64, blocks: int = 4, norm: str = "batch") -> None:
         super().__init__()
         if norm not in ("batch", "group", "none"):
             raise ValueError(f"norm must be 'batch', 'group' or 'none', got {norm!r}.")
@@ -56,12 +36,11 @@ class Conv4Encoder(nn.Module):
             h, w = h // 2, w // 2
         if h < 1 or w < 1:
             raise ValueError(f"input {tuple(input_shape)} is too small for {blocks} pooling blocks; use fewer blocks.")
-        self.net = _with_channels_last_weights(nn.Sequential(*layers, nn.Flatten()), channels_last)
-        self.channels_last = channels_last
+        self.net = nn.Sequential(*layers, nn.Flatten())
         self.out_dim = filters * h * w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(_channels_last(x) if self.channels_last else x)  # (N, filters * h * w)
+        return self.net(x)  # (N, filters * h * w)
 
 
 class SeedCNNEncoder(nn.Module):
@@ -71,7 +50,7 @@ class SeedCNNEncoder(nn.Module):
     max-pool 2; dense 1024, ReLU.
     """
 
-    def __init__(self, input_shape: Sequence[int], hidden: int = 1024, channels_last: bool = True) -> None:
+    def __init__(self, input_shape: Sequence[int], hidden: int = 1024) -> None:
         super().__init__()
         c = input_shape[0]
         convs = nn.Sequential(
@@ -86,13 +65,11 @@ class SeedCNNEncoder(nn.Module):
             flat = 0
         if flat < 1:
             raise ValueError(f"input {tuple(input_shape)} is too small for the seed CNN (needs about 16x16).")
-        self.net = _with_channels_last_weights(
-            nn.Sequential(convs, nn.Linear(flat, hidden), nn.ReLU(inplace=True)), channels_last)
-        self.channels_last = channels_last
+        self.net = nn.Sequential(convs, nn.Linear(flat, hidden), nn.ReLU(inplace=True))
         self.out_dim = hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(_channels_last(x) if self.channels_last else x)  # (N, hidden)
+        return self.net(x)  # (N, hidden)
 
 
 class StridedCNNEncoder(nn.Module):
@@ -102,8 +79,7 @@ class StridedCNNEncoder(nn.Module):
     of conv4, and keeps the translation tolerance an MLP lacks.
     """
 
-    def __init__(self, input_shape: Sequence[int], channels: Sequence[int] = (32, 64, 64), out_dim: int = 64,
-                 channels_last: bool = True) -> None:
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int] = (32, 64, 64), out_dim: int = 64) -> None:
         super().__init__()
         if not channels:
             raise ValueError("channels must name at least one conv layer, e.g. (32, 64, 64).")
@@ -115,12 +91,11 @@ class StridedCNNEncoder(nn.Module):
         convs = nn.Sequential(*layers, nn.Flatten())
         with torch.no_grad():
             flat = convs(torch.zeros(1, *input_shape)).shape[1]
-        self.net = _with_channels_last_weights(nn.Sequential(convs, nn.Linear(flat, out_dim)), channels_last)
-        self.channels_last = channels_last
+        self.net = nn.Sequential(convs, nn.Linear(flat, out_dim))
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(_channels_last(x) if self.channels_last else x)  # (N, out_dim)
+        return self.net(x)  # (N, out_dim)
 
 
 class MLPEncoder(nn.Module):
@@ -153,29 +128,27 @@ ENCODERS = ("auto", "conv4", "seed_cnn", "cnn", "mlp")
 
 def make_encoder(
     name: str, input_shape: Sequence[int], *, filters: int = 64, hidden: Sequence[int] = (256, 256, 64),
-    norm: str = "batch", channels_last: bool = True,
+    norm: str = "batch",
 ) -> Conv4Encoder | SeedCNNEncoder | StridedCNNEncoder | MLPEncoder:
     """Build an encoder by name: ``auto``, ``conv4``, ``seed_cnn``, ``cnn`` or ``mlp``.
 
     ``auto`` is ``cnn`` for (C, H, W) images and ``mlp`` for anything else. ``hidden`` sets the
-    MLP's layer sizes; for ``cnn`` its last entry is the output size. ``channels_last`` keeps conv
-    weights and inputs NHWC; code that runs the encoder under ``torch.func`` transforms (MAML's
-    ``vmap``, where layouts cannot be queried) turns it off.
+    MLP's layer sizes; for ``cnn`` its last entry is the output size.
     """
     if name == "auto":
         name = "cnn" if len(input_shape) == 3 else "mlp"
     if name == "conv4":
         if len(input_shape) != 3:
             raise ValueError(f"conv4 needs (C, H, W) inputs, got shape {tuple(input_shape)}; use encoder='mlp'.")
-        return Conv4Encoder(input_shape, filters=filters, norm=norm, channels_last=channels_last)
+        return Conv4Encoder(input_shape, filters=filters, norm=norm)
     if name == "seed_cnn":
         if len(input_shape) != 3:
             raise ValueError(f"seed_cnn needs (C, H, W) inputs, got {tuple(input_shape)}; use encoder='mlp'.")
-        return SeedCNNEncoder(input_shape, channels_last=channels_last)
+        return SeedCNNEncoder(input_shape)
     if name == "cnn":
         if len(input_shape) != 3:
             raise ValueError(f"cnn needs (C, H, W) inputs, got {tuple(input_shape)}; use encoder='mlp'.")
-        return StridedCNNEncoder(input_shape, out_dim=int(hidden[-1]), channels_last=channels_last)
+        return StridedCNNEncoder(input_shape, out_dim=int(hidden[-1]))
     if name == "mlp":
         return MLPEncoder(input_shape, hidden=hidden)
     raise ValueError(f"unknown encoder {name!r}; expected one of {ENCODERS}.")

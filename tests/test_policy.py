@@ -53,28 +53,6 @@ def test_seed_cnn_structure() -> None:
     assert (leaves[7].in_features, leaves[7].out_features) == (256, 1024)
 
 
-@pytest.mark.parametrize(("name", "shape"), [("cnn", (1, 28, 28)), ("conv4", (1, 28, 28)), ("seed_cnn", (3, 32, 32))])
-def test_conv_encoders_run_channels_last_with_the_same_features(name: str, shape: tuple[int, int, int]) -> None:
-    torch.manual_seed(0)
-    enc = make_encoder(name, shape)
-    convs = [m for m in enc.modules() if isinstance(m, nn.Conv2d)]
-    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
-    # The same weights in the plain NCHW layout, on an NCHW input: the features agree.
-    plain = make_encoder(name, shape)
-    plain.load_state_dict(enc.state_dict())
-    plain.to(memory_format=torch.contiguous_format)
-    x = torch.rand(6, *shape)
-    with torch.no_grad():
-        want = plain.net(x)  # the nets alone: no channels-last conversion of the input
-        torch.testing.assert_close(enc(x), want, rtol=1e-4, atol=1e-5)
-    # Gradients flow to the same values too, and keep the weights' layout.
-    enc(x).square().sum().backward()
-    plain.net(x).square().sum().backward()
-    for a, b in zip(convs, [m for m in plain.modules() if isinstance(m, nn.Conv2d)]):
-        assert a.weight.grad is not None and b.weight.grad is not None
-        assert ((a.weight.grad - b.weight.grad).norm() / b.weight.grad.norm()).item() < 1e-4  # float rounding only
-
-
 def test_mlp_encoder() -> None:
     enc = make_encoder("mlp", (1, 28, 28), hidden=(64, 32))
     assert isinstance(enc, MLPEncoder) and enc.out_dim == 32

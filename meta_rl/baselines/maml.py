@@ -158,10 +158,8 @@ class MAML(Baseline):
 
     def __init__(self, cfg: MAMLConfig, input_shape: tuple[int, int, int], device: torch.device) -> None:
         self.cfg = cfg
-        # Plain NCHW: under vmap the channels-last conversion cannot run, and mixing it (outside) with
-        # NCHW (inside) stopped MAML learning in tests/test_baselines.py.
         encoder = make_encoder(cfg.encoder, input_shape, filters=cfg.conv_filters, hidden=cfg.encoder_hidden,
-                               norm=cfg.conv_norm, channels_last=False)
+                               norm=cfg.conv_norm)
         head = nn.Linear(encoder.out_dim, cfg.n_way)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
