@@ -5,7 +5,7 @@ gradients) again and again. By default glibc serves any block above its mmap thr
 raised adaptively up to 32 MiB) with a fresh ``mmap`` and returns it with ``munmap`` when freed,
 and trims the heap top whenever 128 KiB are free. Each of those is a system call and, on first
 touch, one page fault per 4 KiB page: measured here, half of a default training run's CPU time
-was kernel time (BENCHMARKS.md, "Allocator").
+was kernel time (BENCHMARKS.md, "Allocator: kernel time in the default run").
 
 :func:`tune_malloc` sets, through ``mallopt``:
 
