@@ -227,9 +227,7 @@ def _flops(fn: Callable[[], Any]) -> int:
 def peak_flops() -> dict[str, float]:
     """The machine's achievable dense float32 FLOP/s on the current threads: a large matmul and a conv."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    # Channels-last, as the conv encoders run: oneDNN's fastest layout here.
-    x = torch.randn(64, 64, 28, 28).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(64, 64, 3, 3).contiguous(memory_format=torch.channels_last)
+    x, w = torch.randn(64, 64, 28, 28), torch.randn(64, 64, 3, 3)  # NCHW, as the conv encoders run
     matmul = _flops(lambda: a @ b) / _best_seconds(lambda: a @ b)
     conv = _flops(lambda: torch.nn.functional.conv2d(x, w, padding=1)) / _best_seconds(
         lambda: torch.nn.functional.conv2d(x, w, padding=1))
@@ -281,7 +279,7 @@ def efficiency(profile: dict[str, float], peak: float, steps_per_s: float) -> di
         "time_share_acting": round(profile["acting_s"] / iteration_s, 3),
         "time_share_update": round(profile["update_s"] / iteration_s, 3),
         # The trainer's own time beyond the bare iteration (logging, the guard, bookkeeping), as a fraction
-        # of it; it is measured in two different runs, so on a noisy machine it can read slightly negative.
+        # of it; the two are timed apart, so on a noisy machine it can read negative (−27% was seen here).
         "trainer_overhead": round(per_update / iteration_s - 1, 3),
     }
 
