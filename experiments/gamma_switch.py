@@ -15,28 +15,12 @@ import argparse
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
-import meta_rl
+from suite import score_run  # beside this file (python experiments/gamma_switch.py)
+
 from meta_rl.config import TrainConfig, parse_overrides
-from meta_rl.contract import reference_returns
-from meta_rl.evaluation import TrialReturns, evaluate_task
 from meta_rl.train import train
-
-EVAL_SEED = 7_000_000  # the suite's held-out seed
-
-
-def score(run_dir: Path, trials: int) -> dict[str, Any]:
-    """Held-out (test split) result of the run's checkpoint, with the task's baselines for return tasks."""
-    agent = meta_rl.load(run_dir)
-    env = agent.make_env("test", min(trials, 500))
-    res = evaluate_task(env, agent.policy, trials, seed=EVAL_SEED, steps=agent.steps)
-    out = res.to_json()
-    if isinstance(res, TrialReturns):
-        out["baselines"] = {k: float(v.double().mean()) for k, v in reference_returns(env, trials, EVAL_SEED).items()}
-    env.close()
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     with mock.patch("meta_rl.train._check_resumable"):  # the one guard this experiment lifts
         train(cfg2, second, resume=True, progress=False)
     print(json.dumps({"switch_steps": args.switch_steps, "total_steps": args.total_steps, "phase2": args.phase2,
-                      "at_switch": score(first, args.trials), "after": score(second, args.trials)}))
+                      "at_switch": score_run(cfg, first, args.trials), "after": score_run(cfg2, second, args.trials)}))
     return 0
 
 

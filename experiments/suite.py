@@ -106,6 +106,27 @@ def _oracle(env: Any, trials: int) -> EvalResult | None:
     return elimination_oracle(env, trials, seed=EVAL_SEED)
 
 
+def score_run(cfg: TrainConfig, run_dir: Path, trials: int) -> dict[str, Any]:
+    """The checkpoint in ``run_dir`` scored on ``trials`` test tasks (seed ``EVAL_SEED``), beside the task's
+    baselines (return tasks) or the elimination oracle (reward-only classification)."""
+    env = make_vec_env(cfg, "test", min(trials, 500), torch.device("cpu"))
+    length = cfg.rollout_steps or task_length(env)
+    policy = build_policy(cfg, env, length)
+    policy.load_state_dict(load_checkpoint(run_dir / CHECKPOINT_NAME)["policy"])
+    res = evaluate_task(env, policy, trials, seed=EVAL_SEED, steps=length)
+    scored: dict[str, Any] = res.to_json()
+    if isinstance(res, TrialReturns):
+        scored["baselines"] = {k: _ci(v) for k, v in reference_returns(env, trials, EVAL_SEED).items()}
+    else:
+        oracle = _oracle(env, trials)
+        if oracle is not None:
+            scored["oracle_by_instance"] = oracle.accuracy_by_instance
+            scored["share_of_oracle"] = [a / o if o > 0 else float("nan")
+                                         for a, o in zip(res.accuracy_by_instance, oracle.accuracy_by_instance)]
+    env.close()
+    return scored
+
+
 def run_task(name: str, task: SuiteTask, out: Path, *, minutes: float, steps: int, trials: int, seed: int,
              overrides: dict[str, Any]) -> dict[str, Any]:
     """Train ``task`` with the default config (plus ``overrides``), evaluate it on test tasks; one JSON row."""
@@ -116,24 +137,9 @@ def run_task(name: str, task: SuiteTask, out: Path, *, minutes: float, steps: in
     start = time.monotonic()
     result = train(cfg, run_dir, progress=False)
     seconds = time.monotonic() - start
-    env = make_vec_env(cfg, "test", min(trials, 500), torch.device("cpu"))
-    length = cfg.rollout_steps or task_length(env)
-    policy = build_policy(cfg, env, length)
-    policy.load_state_dict(load_checkpoint(run_dir / CHECKPOINT_NAME)["policy"])
-    res = evaluate_task(env, policy, trials, seed=EVAL_SEED, steps=length)
-    row: dict[str, Any] = {"task": name, "env_id": task.env_id, "minutes": round(seconds / 60, 2),
-                           "env_steps": result["env_steps"], "updates": result["updates"], **res.to_json(),
-                           "reference": task.reference, "target": task.target}
-    if isinstance(res, TrialReturns):
-        row["baselines"] = {k: _ci(v) for k, v in reference_returns(env, trials, EVAL_SEED).items()}
-    else:
-        oracle = _oracle(env, trials)
-        if oracle is not None:
-            row["oracle_by_instance"] = oracle.accuracy_by_instance
-            row["share_of_oracle"] = [a / o if o > 0 else float("nan")
-                                      for a, o in zip(res.accuracy_by_instance, oracle.accuracy_by_instance)]
-    env.close()
-    return row
+    return {"task": name, "env_id": task.env_id, "minutes": round(seconds / 60, 2), "env_steps": result["env_steps"],
+            "updates": result["updates"], **score_run(cfg, run_dir, trials), "reference": task.reference,
+            "target": task.target}
 
 
 def _cell(row: dict[str, Any]) -> str:
