@@ -28,6 +28,7 @@ from meta_rl.cores import CORES
 from meta_rl.encoders import ENCODERS
 
 __all__ = [
+    "LEGACY_DEFAULTS",
     "ConfigBase",
     "ConfigError",
     "TrainConfig",
@@ -163,6 +164,11 @@ class ConfigBase:
         return cls.from_dict(data, source=source)
 
 
+LEGACY_DEFAULTS: dict[str, Any] = {"value_read": False}
+"""Config keys added after checkpoints were written, with the value that rebuilds those checkpoints'
+policies: a saved config without the key is read with this value, not the new default."""
+
+
 @dataclass
 class TrainConfig(ConfigBase):
     """Everything a training run needs. Every field can be set in a TOML file or as ``key=value``."""
@@ -207,6 +213,10 @@ class TrainConfig(ConfigBase):
     taken_gain: float = 2.0
     """Initial negative weight from the tally of a revealed label (or, without labels, from the read of an action
     taken and left unrewarded) to the same action's logit."""
+    value_read: bool = False
+    """With the memory core and discrete actions, also give the heads each action's mean reward over the
+    similar stored steps (the read of its credit over the read of its being taken) and whether it was
+    taken there: a per-action value estimate that the softmax read's fractions give only as a ratio."""
 
     # --- algorithm: REINFORCE with TD(λ)-learned advantages --------------------------------
     gamma: float = 0.0

@@ -27,6 +27,32 @@ def _is_image(space: spaces.Space[Any]) -> bool:
     return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
 
 
+VALUE_READ_EPS = 1e-3
+"""Read weight below which an action counts as not taken among the similar stored steps."""
+
+
+def action_value_read(taken: torch.Tensor, credit: torch.Tensor, eps: float = VALUE_READ_EPS) -> torch.Tensor:
+    """Each action's mean reward over the stored steps a memory read weighs, and whether it was taken there.
+
+    A softmax read returns weighted fractions: ``taken[j]`` = Σ_s w_s [a_s = j] and ``credit[j]`` =
+    Σ_s w_s [a_s = j] r_s. Their ratio is action j's mean reward among the similar steps, the
+    estimate a greedy or episodic-control agent acts on, which a linear head cannot form from
+    the fractions. Both outputs are detached: they are statistics of the read, and the ratio's
+    gradient is unbounded where ``taken`` is small.
+
+    Args:
+        taken: (..., A) read of the one-hot actions.
+        credit: (..., A) read of one-hot(a) · r.
+        eps: read weight under which an action counts as untaken (mean 0, tried 0).
+
+    Returns:
+        (..., 2A): the mean rewards, then ``taken / (taken + eps)`` (1 where taken, 0 where not).
+    """
+    taken, credit = taken.detach(), credit.detach()
+    denom = taken.clamp(min=0.0) + eps  # (..., A)
+    return torch.cat([credit / denom, taken.clamp(min=0.0) / denom], dim=-1)  # (..., 2A)
+
+
 class MetaPolicy(nn.Module):
     """An RL² actor-critic for any ``gymnasium`` observation and action space.
 
@@ -56,6 +82,9 @@ class MetaPolicy(nn.Module):
         taken_gain: likewise, the initial negative weight from the tally of revealed label j
             (label j is taken in this task) to the logit of action j; without a label, from the
             read of action j taken and left unrewarded.
+        value_read: with the memory core and discrete actions, append to the heads' features each
+            action's mean reward over the similar stored steps and whether it was taken there
+            (see :func:`action_value_read`).
     """
 
     low: torch.Tensor
@@ -78,6 +107,7 @@ class MetaPolicy(nn.Module):
         init_log_std: float = -0.5,
         read_gain: float = 5.0,
         taken_gain: float = 2.0,
+        value_read: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(observation_space, spaces.Dict):
@@ -138,7 +168,8 @@ class MetaPolicy(nn.Module):
         self.context_dim = context_dim
         self.embed_dim = embed_dim
         self.core = make_core(core, embed_dim, context_dim, hidden=hidden, key_dim=key_dim, capacity=memory_capacity)
-        out = self.core.out_dim
+        self.value_read = bool(value_read) and self.credit and isinstance(self.core, EpisodicMemoryCore)
+        out = self.core.out_dim + (2 * self.action_dim if self.value_read else 0)
         self.policy_head = nn.Linear(out, self.action_dim)
         self.value_head = nn.Linear(out, 1)
         # The critic's output is μ + σ·value_head(f), μ and σ running statistics of its targets (PopArt):
@@ -186,16 +217,25 @@ class MetaPolicy(nn.Module):
         starts as a vote for j (repeat what was rewarded in a similar situation); the read of
         "j taken" minus its credit as a vote against j (avoid what went unrewarded there).
         """
+        taken, credit = self._read_slices()
+        rows = torch.arange(self.action_dim)
+        with torch.no_grad():
+            self.policy_head.weight[rows, credit.start + rows] += read_gain + tried_gain
+            self.policy_head.weight[rows, taken.start + rows] -= tried_gain
+            if self.value_read:  # the value read follows the core's features: mean reward (A), then taken (A)
+                mean, tried = self.core.out_dim, self.core.out_dim + self.action_dim
+                self.policy_head.weight[rows, mean + rows] += read_gain
+                self.policy_head.weight[rows, tried + rows] -= read_gain / 2
+
+    def _read_slices(self) -> tuple[slice, slice]:
+        """Where the memory's read of "action j taken" (A) and of the reward it earned (A) lie in the core's output."""
         assert isinstance(self.core, EpisodicMemoryCore)
         read = self.core.output_layout()["read"].start
         extras = sum(int(s.n) if isinstance(s, spaces.Discrete) else int(np.prod(s.shape))
                      for s in self.context_spaces.values())
         a = self.action_dim
         taken, credit = read + extras, read + extras + a + 2  # context: extras, a (A), r, start, a * r (A)
-        with torch.no_grad():
-            rows = torch.arange(a)
-            self.policy_head.weight[rows, credit + rows] += read_gain + tried_gain
-            self.policy_head.weight[rows, taken + rows] -= tried_gain
+        return slice(taken, taken + a), slice(credit, credit + a)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -251,6 +291,9 @@ class MetaPolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, State]:
         """(T, B, E), (T, B, U), (T, B) -> distribution parameters (T, B, A), values (T, B), state."""
         feats, state = self.core(embed, context, starts, state, need_state=need_state)  # (T, B, F)
+        if self.value_read:
+            taken, credit = self._read_slices()
+            feats = torch.cat([feats, action_value_read(feats[..., taken], feats[..., credit])], dim=-1)  # (T, B, F+2A)
         values = self.return_stats[0] + self.return_scale() * self.value_head(feats).squeeze(-1)  # (T, B)
         return self.policy_head(feats), values, state
 

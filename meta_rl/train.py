@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
-from meta_rl.config import ConfigError, TrainConfig, resolve_device
+from meta_rl.config import LEGACY_DEFAULTS, ConfigError, TrainConfig, resolve_device
 from meta_rl.contract import task_length
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.env_factory import make_vec_env
@@ -98,6 +98,7 @@ def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: An
         memory_capacity=cfg.memory_capacity or steps,
         read_gain=cfg.read_gain,
         taken_gain=cfg.taken_gain,
+        value_read=cfg.value_read,
     )
 
 
@@ -167,6 +168,7 @@ def _task_seed(seed: int, update: int) -> int:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    saved = {**LEGACY_DEFAULTS, **saved}
     changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS and saved.get(k) != v]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
@@ -208,7 +210,7 @@ def load_run_config(run_dir: str | Path, *, env_module: str | None = None,
         ConfigError: the run's env needs a module the user did not name.
     """
     path = Path(run_dir) / CHECKPOINT_NAME
-    saved = dict(load_checkpoint(path)["config"])
+    saved = {**LEGACY_DEFAULTS, **load_checkpoint(path)["config"]}
     if env_module is not None:
         saved["env_module"] = env_module
     cfg = TrainConfig.from_dict(saved, source=str(path))

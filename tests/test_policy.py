@@ -14,7 +14,7 @@ from meta_rl.cores import EpisodicMemoryCore, RNNCore, make_core
 from meta_rl.data import ImageDataset
 from meta_rl.encoders import Conv4Encoder, MLPEncoder, SeedCNNEncoder, make_encoder
 from meta_rl.envs import FewShotVectorEnv
-from meta_rl.policy import MetaPolicy
+from meta_rl.policy import VALUE_READ_EPS, MetaPolicy, action_value_read
 from meta_rl.rollout import collect
 
 CPU = torch.device("cpu")
@@ -384,3 +384,44 @@ def test_memory_read_of_a_label_starts_voting_for_that_action() -> None:
     assert not torch.equal(a.policy_head.weight, b.policy_head.weight)  # the credit vote (test_task_eval.py)
     assert not torch.equal(b.policy_head.weight[torch.arange(N_WAY), label_read] - 2.5,
                            a.policy_head.weight[torch.arange(N_WAY), label_read])
+
+
+def test_action_value_read_is_each_actions_mean_reward() -> None:
+    """Four stored steps read with weight 1/4 each: actions 0, 0, 1, 0 earning 1, 0, 1, 1."""
+    taken = torch.tensor([0.75, 0.25, 0.0])  # Σ w [a = j]
+    credit = torch.tensor([0.5, 0.25, 0.0])  # Σ w [a = j] r
+    eps = VALUE_READ_EPS
+    expected = torch.tensor([0.5 / (0.75 + eps), 0.25 / (0.25 + eps), 0.0,  # mean rewards: 2/3 → 0.666, 1, untaken 0
+                             0.75 / (0.75 + eps), 0.25 / (0.25 + eps), 0.0])  # taken there: 1, 1, 0
+    torch.testing.assert_close(action_value_read(taken, credit), expected)
+    assert abs(float(action_value_read(taken, credit)[0]) - 2 / 3) < 2e-3
+    grad_in = taken.clone().requires_grad_()
+    assert not action_value_read(grad_in, credit).requires_grad  # statistics of the read: no gradient
+
+
+def test_value_read_feeds_the_heads_only_with_memory_and_discrete_actions() -> None:
+    no_label = spaces.Dict({"image": image_space()["image"]})
+    on = small_policy(no_label, spaces.Discrete(N_WAY), value_read=True)
+    off = small_policy(no_label, spaces.Discrete(N_WAY))
+    assert on.value_read and not off.value_read
+    assert on.policy_head.in_features == off.policy_head.in_features + 2 * N_WAY
+    assert on.value_head.in_features == on.policy_head.in_features
+    # The vote prior: mean reward of action j for j's logit, "taken" against it (an untaken action sits between).
+    mean = on.core.out_dim + torch.arange(N_WAY)
+    tried = mean + N_WAY
+    rows = torch.arange(N_WAY)
+    plain = small_policy(no_label, spaces.Discrete(N_WAY), read_gain=0.0, taken_gain=0.0, value_read=True)
+    delta = on.policy_head.weight - plain.policy_head.weight
+    torch.testing.assert_close(delta[rows, mean], torch.full((N_WAY,), 5.0))
+    torch.testing.assert_close(delta[rows, tried], torch.full((N_WAY,), -2.5))
+    for core in ("gru", "lstm"):
+        assert not small_policy(no_label, spaces.Discrete(N_WAY), core=core, value_read=True).value_read
+    box = small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), value_read=True)
+    assert not box.value_read
+    # Forward on a short sequence gives heads of the right shapes.
+    t, b = 3, 2
+    img = torch.randint(0, 256, (t, b, *no_label["image"].shape), dtype=torch.uint8)
+    embed = on.encode(img, (t, b))
+    ctx = on.context({}, torch.zeros(t, b, dtype=torch.long), torch.ones(t, b), torch.zeros(t, b, dtype=torch.bool))
+    logits, values, _ = on(embed, ctx, torch.zeros(t, b, dtype=torch.bool), on.initial_state(b, "cpu"))
+    assert logits.shape == (t, b, N_WAY) and values.shape == (t, b)

@@ -402,3 +402,24 @@ def test_new_run_refuses_a_directory_with_a_checkpoint(tiny_run: Run) -> None:
     with pytest.raises(ConfigError, match=r"already holds a checkpoint.*--resume"):
         train(cfg, run_dir, progress=False)
     assert (run_dir / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_checkpoint_from_before_value_read_loads_and_resumes_as_it_was_trained(
+    proto_dataset: str, tmp_path: Path
+) -> None:
+    """A checkpoint whose config predates ``value_read`` rebuilds the policy it was trained with (no value read)."""
+    from meta_rl.loading import load
+    from meta_rl.train import load_run_config
+
+    cfg = tiny_config(proto_dataset, value_read=False, total_env_steps=2 * STEPS_PER_UPDATE, eval_every=0)
+    train(cfg, tmp_path, progress=False)
+    path = tmp_path / CHECKPOINT_NAME
+    ckpt = load_checkpoint(path)
+    del ckpt["config"]["value_read"]  # as written before the key existed
+    save_checkpoint(path, ckpt)
+    assert load_run_config(tmp_path).value_read is False
+    assert not load(tmp_path).policy.value_read
+    with pytest.raises(CheckpointError, match=r"value_read: False -> True"):
+        train(tiny_config(proto_dataset, value_read=True, total_env_steps=4 * STEPS_PER_UPDATE, eval_every=0), tmp_path,
+              progress=False, resume=True)
+    train(dataclasses.replace(cfg, total_env_steps=4 * STEPS_PER_UPDATE), tmp_path, progress=False, resume=True)
