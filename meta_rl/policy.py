@@ -48,9 +48,9 @@ def action_value_read(taken: torch.Tensor, credit: torch.Tensor, eps: float = VA
     Returns:
         (..., 2A): the mean rewards, then ``taken / (taken + eps)`` (1 where taken, 0 where not).
     """
-    taken, credit = taken.detach(), credit.detach()
-    denom = taken.clamp(min=0.0) + eps  # (..., A)
-    return torch.cat([credit / denom, taken.clamp(min=0.0) / denom], dim=-1)  # (..., 2A)
+    taken, credit = taken.detach().clamp(min=0.0), credit.detach()
+    denom = taken + eps  # (..., A)
+    return torch.cat([credit / denom, taken / denom], dim=-1)  # (..., 2A)
 
 
 class MetaPolicy(nn.Module):
@@ -169,6 +169,7 @@ class MetaPolicy(nn.Module):
         self.embed_dim = embed_dim
         self.core = make_core(core, embed_dim, context_dim, hidden=hidden, key_dim=key_dim, capacity=memory_capacity)
         self.value_read = bool(value_read) and self.credit and isinstance(self.core, EpisodicMemoryCore)
+        self._value_slices = self._read_slices() if self.value_read else None  # fixed by the spaces: once, not per step
         out = self.core.out_dim + (2 * self.action_dim if self.value_read else 0)
         self.policy_head = nn.Linear(out, self.action_dim)
         self.value_head = nn.Linear(out, 1)
@@ -291,8 +292,8 @@ class MetaPolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, State]:
         """(T, B, E), (T, B, U), (T, B) -> distribution parameters (T, B, A), values (T, B), state."""
         feats, state = self.core(embed, context, starts, state, need_state=need_state)  # (T, B, F)
-        if self.value_read:
-            taken, credit = self._read_slices()
+        if self._value_slices is not None:
+            taken, credit = self._value_slices
             feats = torch.cat([feats, action_value_read(feats[..., taken], feats[..., credit])], dim=-1)  # (T, B, F+2A)
         values = self.return_stats[0] + self.return_scale() * self.value_head(feats).squeeze(-1)  # (T, B)
         return self.policy_head(feats), values, state
