@@ -164,7 +164,7 @@ class ConfigBase:
         return cls.from_dict(data, source=source)
 
 
-LEGACY_DEFAULTS: dict[str, Any] = {"value_read": False}
+LEGACY_DEFAULTS: dict[str, Any] = {"value_read": False, "value_read_gain": 5.0}
 """Config keys added after checkpoints were written, with the value that rebuilds those checkpoints'
 policies: a saved config without the key is read with this value, not the new default."""
 
@@ -217,6 +217,9 @@ class TrainConfig(ConfigBase):
     """With the memory core and discrete actions, also give the heads each action's mean reward over the
     similar stored steps (the read of its credit over the read of its being taken) and whether it was
     taken there: a per-action value estimate that the softmax read's fractions give only as a ratio."""
+    value_read_gain: float = 5.0
+    """With ``value_read``, the initial weight from an action's mean reward to its logit, and half of it against
+    the action having been tried among the similar steps; 0 leaves the heads' use of the value read to learning."""
 
     # --- algorithm: REINFORCE with TD(λ)-learned advantages --------------------------------
     gamma: float = 0.0
@@ -275,7 +278,8 @@ class TrainConfig(ConfigBase):
     )
     UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ("gamma", "gae_lambda", "value_lambda", "return_norm_rate")
     STRICTLY_POSITIVE: ClassVar[tuple[str, ...]] = ("learning_rate", "max_grad_norm")
-    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("entropy_coef", "value_coef", "max_minutes", "read_gain", "taken_gain")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("entropy_coef", "value_coef", "max_minutes", "read_gain", "taken_gain",
+                                               "value_read_gain")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "encoder": tuple(ENCODERS), "core": tuple(CORES), "conv_norm": ("batch", "group", "none"),
     }

@@ -85,6 +85,9 @@ class MetaPolicy(nn.Module):
         value_read: with the memory core and discrete actions, append to the heads' features each
             action's mean reward over the similar stored steps and whether it was taken there
             (see :func:`action_value_read`).
+        value_read_gain: with ``value_read``, the initial weight from action j's mean reward to
+            its logit, and half of it against "j was tried" (0: the heads learn the value read's
+            use from a plain init).
     """
 
     low: torch.Tensor
@@ -108,6 +111,7 @@ class MetaPolicy(nn.Module):
         read_gain: float = 5.0,
         taken_gain: float = 2.0,
         value_read: bool = False,
+        value_read_gain: float = 5.0,
     ) -> None:
         super().__init__()
         if isinstance(observation_space, spaces.Dict):
@@ -184,7 +188,7 @@ class MetaPolicy(nn.Module):
             if "label" in self.context_spaces:
                 self._init_label_vote(read_gain, taken_gain)
             else:
-                self._init_credit_vote(read_gain, taken_gain)
+                self._init_credit_vote(read_gain, taken_gain, value_read_gain)
 
     def _init_label_vote(self, read_gain: float, taken_gain: float) -> None:
         """Priors for label feedback, set in the policy head's initial weights (all stay learnable).
@@ -210,7 +214,7 @@ class MetaPolicy(nn.Module):
             self.policy_head.weight[rows, read + rows] += read_gain
             self.policy_head.weight[rows, total + rows] -= taken_gain
 
-    def _init_credit_vote(self, read_gain: float, tried_gain: float) -> None:
+    def _init_credit_vote(self, read_gain: float, tried_gain: float, value_gain: float) -> None:
         """Priors for tasks that reveal only rewards, set in the policy head's initial weights (all learnable).
 
         The memory's read holds, over the stored steps most similar to now, the actions taken
@@ -225,8 +229,8 @@ class MetaPolicy(nn.Module):
             self.policy_head.weight[rows, taken.start + rows] -= tried_gain
             if self.value_read:  # the value read follows the core's features: mean reward (A), then taken (A)
                 mean, tried = self.core.out_dim, self.core.out_dim + self.action_dim
-                self.policy_head.weight[rows, mean + rows] += read_gain
-                self.policy_head.weight[rows, tried + rows] -= read_gain / 2
+                self.policy_head.weight[rows, mean + rows] += value_gain
+                self.policy_head.weight[rows, tried + rows] -= value_gain / 2
 
     def _read_slices(self) -> tuple[slice, slice]:
         """Where the memory's read of "action j taken" (A) and of the reward it earned (A) lie in the core's output."""

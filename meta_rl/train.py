@@ -99,6 +99,7 @@ def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: An
         read_gain=cfg.read_gain,
         taken_gain=cfg.taken_gain,
         value_read=cfg.value_read,
+        value_read_gain=cfg.value_read_gain,
     )
 
 

@@ -411,9 +411,13 @@ def test_value_read_feeds_the_heads_only_with_memory_and_discrete_actions() -> N
     tried = mean + N_WAY
     rows = torch.arange(N_WAY)
     plain = small_policy(no_label, spaces.Discrete(N_WAY), read_gain=0.0, taken_gain=0.0, value_read=True)
-    delta = on.policy_head.weight - plain.policy_head.weight
-    torch.testing.assert_close(delta[rows, mean], torch.full((N_WAY,), 5.0))
-    torch.testing.assert_close(delta[rows, tried], torch.full((N_WAY,), -2.5))
+    for gain in (0.0, 3.0):
+        voted = small_policy(no_label, spaces.Discrete(N_WAY), value_read=True, value_read_gain=gain)
+        delta = voted.policy_head.weight - plain.policy_head.weight
+        torch.testing.assert_close(delta[rows, mean], torch.full((N_WAY,), gain))
+        torch.testing.assert_close(delta[rows, tried], torch.full((N_WAY,), -gain / 2))
+        core = slice(0, on.core.out_dim)  # the credit vote on the memory's read is the same whatever this gain
+        torch.testing.assert_close(voted.policy_head.weight[:, core], on.policy_head.weight[:, core])
     for core in ("gru", "lstm"):
         assert not small_policy(no_label, spaces.Discrete(N_WAY), core=core, value_read=True).value_read
     box = small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), value_read=True)
