@@ -416,8 +416,8 @@ def test_value_read_feeds_the_heads_only_with_memory_and_discrete_actions() -> N
         delta = voted.policy_head.weight - plain.policy_head.weight
         torch.testing.assert_close(delta[rows, mean], torch.full((N_WAY,), gain))
         torch.testing.assert_close(delta[rows, tried], torch.full((N_WAY,), -gain / 2))
-        core = slice(0, on.core.out_dim)  # the credit vote on the memory's read is the same whatever this gain
-        torch.testing.assert_close(voted.policy_head.weight[:, core], on.policy_head.weight[:, core])
+        core_part = slice(0, on.core.out_dim)  # the credit vote on the memory's read is the same whatever this gain
+        torch.testing.assert_close(voted.policy_head.weight[:, core_part], on.policy_head.weight[:, core_part])
     for core in ("gru", "lstm"):
         assert not small_policy(no_label, spaces.Discrete(N_WAY), core=core, value_read=True).value_read
     box = small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), value_read=True)
