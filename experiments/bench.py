@@ -44,7 +44,7 @@ from meta_rl.data import ImageDataset, load_splits
 from meta_rl.data.synthetic import random_dataset
 from meta_rl.envs import FewShotEnv, FewShotVectorEnv
 from meta_rl.evaluation import evaluate
-from meta_rl.train import build_policy, make_vec_env, reinforce_gradients, train
+from meta_rl.train import build_policy, make_vec_env, reinforce_gradients, reinforce_update, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sb3_baseline
@@ -378,7 +378,7 @@ def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     overrides = [f"seed={args.seed}", f"device={args.device}", f"torch_threads={args.threads}"]
     if args.num_envs:
         overrides.append(f"num_envs={args.num_envs}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides + list(args.overrides))
     device = torch.device(args.device)
     env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, device)
     heldout = make_vec_env(cfg, cfg.heldout_split, min(args.eval_episodes, 256), device)
@@ -394,20 +394,19 @@ def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < args.eval_seconds and trained_s + time.perf_counter() - t0 < cap:
             ro = collect(env, policy, steps, generator, reset_seed=update, embed_with_grad=True)
-            reinforce_gradients(policy, optimizer, ro, cfg)
-            optimizer.step()
+            reinforce_update(policy, optimizer, ro, cfg)  # the trainer's step, its PopArt statistics included
             update += 1
             env_steps += steps * cfg.num_envs
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # count the queued GPU work in the training time
         trained_s += time.perf_counter() - t0
         acc2 = evaluate(heldout, policy, args.eval_episodes, seed=10_000, steps=steps).accuracy_by_instance[1]
-        curve.append([round(trained_s, 1), round(acc2, 3)])
+        curve.append([round(trained_s, 1), env_steps, round(acc2, 3)])
         if acc2 >= args.target:
             reached = True
             break
     return {"seconds": round(trained_s, 1) if reached else None, "reached": reached, "env_steps": env_steps,
-            "device": str(device), "num_envs": cfg.num_envs, "curve": curve}
+            "device": str(device), "num_envs": cfg.num_envs, "overrides": list(args.overrides), "curve": curve}
 
 
 def _sb3_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
@@ -427,7 +426,7 @@ def _sb3_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
                 state["since"] = 0.0
                 res = sb3_baseline.evaluate_sb3(model, args.env_id, args.eval_episodes, split="val")
                 acc2 = res.accuracy_by_instance[1]
-                state["curve"].append([round(state["trained_s"], 1), round(acc2, 3)])
+                state["curve"].append([round(state["trained_s"], 1), int(model.num_timesteps), round(acc2, 3)])
                 state["reached"] = acc2 >= args.target
             self.t0 = time.perf_counter()  # evaluation time is not counted
 
@@ -447,7 +446,8 @@ def bench_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     Ours trains ``--config`` (default: the default run); SB3 trains RecurrentPPO as in
     ``train``. Both evaluate on ``--eval-episodes`` val tasks every ``--eval-seconds`` of
     training, and evaluation time is not counted. ``seconds`` is null and ``reached`` false
-    where the cap came first; ``curve`` lists [training seconds, accuracy at the 2nd instance].
+    where the cap came first; ``curve`` lists [training seconds, env steps, accuracy at the 2nd instance].
+    ``key=value`` arguments change our config as ``meta-rl train`` does.
     """
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -566,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     tta.add_argument("--seed", type=int, default=0)
     tta.add_argument("--no-sb3", dest="with_sb3", action="store_false", help="time ours only")
     tta.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    tta.add_argument("overrides", nargs="*", metavar="key=value", help="changes to our config, as for meta-rl train")
 
     gpu = sub.add_parser("gpu", help="env and end-to-end training steps per second on CUDA (else CPU)")
     gpu.add_argument("--env-id", default=DEFAULT_ENV_ID)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,21 @@ Obs = dict[str, torch.Tensor]
 
 def _is_image(space: spaces.Space[Any]) -> bool:
     return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+@functools.cache
+def _cpu_has_amx() -> bool:
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return probe is not None and bool(probe())
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 convolutions and matmuls in hardware where meta-rl measured them to pay:
+    CPUs with AMX tiles (Intel Sapphire Rapids and later). CUDA is not included until it is measured."""
+    return device.type == "cpu" and _cpu_has_amx()
 
 
 VALUE_READ_EPS = 1e-3
@@ -88,6 +105,9 @@ class MetaPolicy(nn.Module):
         value_read_gain: with ``value_read``, the initial weight from action j's mean reward to
             its logit, and half of it against "j was tried" (0: the heads learn the value read's
             use from a plain init).
+        encoder_precision: the arithmetic of the image encoder: ``"float32"``, ``"bfloat16"``
+            (autocast; parameters, gradients and the features it returns stay float32) or
+            ``"auto"`` (bfloat16 for image inputs where :func:`native_bfloat16`, else float32).
     """
 
     low: torch.Tensor
@@ -112,8 +132,11 @@ class MetaPolicy(nn.Module):
         taken_gain: float = 2.0,
         value_read: bool = False,
         value_read_gain: float = 5.0,
+        encoder_precision: str = "float32",
     ) -> None:
         super().__init__()
+        if encoder_precision not in PRECISIONS:
+            raise ValueError(f"encoder_precision must be one of {PRECISIONS}, got {encoder_precision!r}.")
         if isinstance(observation_space, spaces.Dict):
             keys = sorted(observation_space.spaces)
             self.main_key: str | None = "image" if "image" in keys else None
@@ -141,6 +164,7 @@ class MetaPolicy(nn.Module):
         else:
             raise TypeError(f"observation space {main_space} is not supported; use Box, Discrete or a Dict of them.")
         self.main_space = main_space
+        self.encoder_precision = encoder_precision
 
         self.head: D.ActionHead
         if isinstance(action_space, spaces.Discrete):
@@ -262,7 +286,16 @@ class MetaPolicy(nn.Module):
             flat = flat.float() / 255.0  # (N, C, H, W)
         else:
             flat = flat.float()
-        return self.encoder(flat).reshape(*lead, -1)  # (*lead, E)
+        precision = (torch.autocast(flat.device.type, dtype=torch.bfloat16) if self._bfloat16(flat.device)
+                     else contextlib.nullcontext())
+        with precision:
+            out = self.encoder(flat)  # (N, E)
+        return out.float().reshape(*lead, -1)  # (*lead, E)
+
+    def _bfloat16(self, device: torch.device) -> bool:
+        if self.encoder_precision == "auto":
+            return self.image_input and native_bfloat16(device)
+        return self.encoder_precision == "bfloat16"
 
     def context(
         self, obs: Obs | torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor, starts: torch.Tensor

@@ -73,7 +73,8 @@ __all__ = [
 ]
 
 # Keys that may differ between a run and its resumption: how long it runs, not what it learns.
-RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates")
+RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates",
+                  "encoder_precision")
 Collector = Callable[..., Rollout]  # meta_rl.rollout.collect's signature
 LossFn = Callable[..., dict[str, torch.Tensor]]  # meta_rl.returns.reinforce_losses's signature
 
@@ -100,6 +101,7 @@ def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: An
         taken_gain=cfg.taken_gain,
         value_read=cfg.value_read,
         value_read_gain=cfg.value_read_gain,
+        encoder_precision=cfg.encoder_precision,
     )
 
 

@@ -14,7 +14,7 @@ from meta_rl.cores import EpisodicMemoryCore, RNNCore, make_core
 from meta_rl.data import ImageDataset
 from meta_rl.encoders import Conv4Encoder, MLPEncoder, SeedCNNEncoder, make_encoder
 from meta_rl.envs import FewShotVectorEnv
-from meta_rl.policy import VALUE_READ_EPS, MetaPolicy, action_value_read
+from meta_rl.policy import VALUE_READ_EPS, MetaPolicy, action_value_read, native_bfloat16
 from meta_rl.rollout import collect
 
 CPU = torch.device("cpu")
@@ -238,6 +238,33 @@ def test_image_obs_encoding_and_discrete_head() -> None:
     assert actions.shape == (5, 2) and ((actions >= 0) & (actions < N_WAY)).all()
     torch.testing.assert_close(policy.sample(logits, None, deterministic=True), logits.argmax(-1))
     assert policy.log_prob(logits, actions).shape == (5, 2) and policy.entropy(logits).shape == (5, 2)
+
+
+def test_bfloat16_encoder_keeps_float32_parameters_and_features() -> None:
+    """Under ``encoder_precision="bfloat16"`` the conv net computes in bfloat16 (autocast) but returns
+    float32 features near the float32 ones, and its gradients land on float32 parameters."""
+    exact = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn")
+    half = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn", encoder_precision="bfloat16")
+    images = torch.randint(0, 256, (4, 3, 1, 28, 28), dtype=torch.uint8)
+    want, got = exact.encode(images, (4, 3)), half.encode(images, (4, 3))  # same seed, same weights
+    assert got.dtype == torch.float32 and got.shape == want.shape == (4, 3, 16)
+    assert not torch.equal(got, want)  # it did run in bfloat16 ...
+    torch.testing.assert_close(got, want, atol=0.05 * want.abs().max().item(), rtol=0.05)  # ... to its precision
+    got.square().sum().backward()
+    grads = [p.grad for p in half.encoder.parameters()]  # type: ignore[union-attr]
+    assert all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
+
+
+def test_auto_precision_is_bfloat16_only_for_images_on_native_hardware() -> None:
+    vector = small_policy(spaces.Box(-1, 1, (5,), np.float32), spaces.Discrete(2), core="gru", encoder_precision="auto")
+    plain = small_policy(spaces.Box(-1, 1, (5,), np.float32), spaces.Discrete(2), core="gru")
+    x = torch.randn(3, 2, 5)
+    assert torch.equal(vector.encode(x, (3, 2)), plain.encode(x, (3, 2)))  # vectors: float32 everywhere
+    images = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn", encoder_precision="auto")
+    assert images._bfloat16(CPU) == native_bfloat16(CPU)
+    assert not images._bfloat16(torch.device("meta"))  # no device but a measured CPU
+    with pytest.raises(ValueError, match="encoder_precision must be one of"):
+        small_policy(image_space(), spaces.Discrete(N_WAY), encoder_precision="fp16")
 
 
 def test_box_actions_get_a_bounded_gaussian_head() -> None:

@@ -423,3 +423,24 @@ def test_checkpoint_from_before_value_read_loads_and_resumes_as_it_was_trained(
         train(tiny_config(proto_dataset, value_read=True, total_env_steps=4 * STEPS_PER_UPDATE, eval_every=0), tmp_path,
               progress=False, resume=True)
     train(dataclasses.replace(cfg, total_env_steps=4 * STEPS_PER_UPDATE), tmp_path, progress=False, resume=True)
+
+
+def test_encoder_precision_is_a_compute_setting_that_a_resume_may_change(tiny_run: Run, tmp_path: Path) -> None:
+    """A checkpoint from before ``encoder_precision`` reads as float32 (how it was trained), and a resume may
+    switch the encoder's arithmetic (like ``device``): the parameters and optimizer carry over unchanged."""
+    from meta_rl.train import load_run_config
+
+    cfg, run_dir, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ckpt = load_checkpoint(run / CHECKPOINT_NAME)
+    del ckpt["config"]["encoder_precision"]  # as written before the key existed
+    save_checkpoint(run / CHECKPOINT_NAME, ckpt)
+    assert load_run_config(run).encoder_precision == "float32"
+    for precision in ("bfloat16", "float32"):
+        more = dataclasses.replace(cfg, encoder_precision=precision,
+                                   total_env_steps=load_checkpoint(run / CHECKPOINT_NAME)["counters"]["env_steps"]
+                                   + STEPS_PER_UPDATE)
+        result = train(more, run, resume=True, progress=False)
+        assert result["env_steps"] == more.total_env_steps
+        assert load_checkpoint(run / CHECKPOINT_NAME)["config"]["encoder_precision"] == precision
