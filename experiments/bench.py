@@ -44,6 +44,7 @@ from meta_rl.data import ImageDataset, load_splits
 from meta_rl.data.synthetic import random_dataset
 from meta_rl.envs import FewShotEnv, FewShotVectorEnv
 from meta_rl.evaluation import evaluate
+from meta_rl.policy import PRECISIONS, native_bfloat16
 from meta_rl.train import build_policy, make_vec_env, reinforce_gradients, reinforce_update, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -172,6 +173,7 @@ def _mlp_config(args: argparse.Namespace, num_envs: int, device: str = "cpu") ->
         env_id=args.env_id, num_envs=num_envs, encoder=args.encoder, encoder_hidden=list(args.encoder_hidden),
         core=args.core, hidden=args.hidden, device=device, seed=args.seed, eval_every=0, eval_episodes=0,
         log_every=20, checkpoint_every=10**9, torch_threads=args.threads,
+        encoder_precision=args.encoder_precision,
     ).validate()
 
 
@@ -366,7 +368,8 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     out.update({"ours_envs": args.ours_envs, "sb3_envs": args.sb3_envs, "sb3_n_steps": 2048 // args.sb3_envs,
                 "sb3_n_epochs": 4, "sb3_batch_size": args.sb3_batch_size, "encoder": args.encoder,
                 "encoder_hidden": list(args.encoder_hidden),
-                "core": args.core, "hidden": args.hidden, **_versions()})
+                "core": args.core, "hidden": args.hidden, "encoder_precision": args.encoder_precision,
+                "amx": native_bfloat16(torch.device("cpu")), **_versions()})
     return out
 
 
@@ -485,7 +488,7 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
     vec.close()
     cfg = TrainConfig(env_id=args.env_id, num_envs=args.batch, encoder=args.encoder, device=str(device),
                       seed=args.seed, eval_every=0, eval_episodes=0, checkpoint_every=10**9,
-                      torch_threads=args.threads).validate()
+                      torch_threads=args.threads, encoder_precision=args.encoder_precision).validate()
     _time_ours(TrainConfig(**{**cfg.to_dict(), "max_minutes": 0.0}), args.warmup)  # warm-up
     train_sps, train_steps = _time_ours(cfg, args.seconds)
     return {
@@ -496,6 +499,7 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "core": cfg.core,
+        "encoder_precision": args.encoder_precision,
         "env_id": args.env_id,
         "seconds_each": args.seconds,
         "train_env_steps": train_steps,
@@ -545,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--core", default="lstm", help="our core (lstm matches RecurrentPPO)")
     tr.add_argument("--hidden", type=int, default=256, help="LSTM width of both")
     tr.add_argument("--threads", type=int, default=1)
+    tr.add_argument("--encoder-precision", default="auto", choices=list(PRECISIONS),
+                    help="our image encoder's arithmetic (auto: bfloat16 on CPUs with AMX)")
     tr.add_argument("--repeats", type=int, default=5, help="rounds of ours then RecurrentPPO (medians of these)")
     tr.add_argument("--no-sb3", dest="repeats_sb3", action="store_false", help="time ours only")
     tr.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
@@ -572,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--env-id", default=DEFAULT_ENV_ID)
     gpu.add_argument("--encoder", default="cnn", choices=["mlp", "conv4", "cnn"])
     gpu.add_argument("--batch", type=int, default=1024, help="parallel tasks B")
+    gpu.add_argument("--encoder-precision", default="auto", choices=list(PRECISIONS),
+                     help="the encoder's arithmetic (bfloat16 on CUDA is a switch still to be measured)")
     gpu.add_argument("--seconds", type=float, default=20.0, help="timed seconds for the env and for training")
     gpu.add_argument("--warmup", type=float, default=3.0)
     gpu.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
