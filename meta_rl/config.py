@@ -200,8 +200,9 @@ class TrainConfig(ConfigBase):
     conv_norm: str = "batch"
     """conv4 normalisation: ``batch``, ``group`` or ``none``."""
     encoder_precision: str = "auto"
-    """Arithmetic of the image encoder: ``float32``, ``bfloat16`` (autocast: weights, gradients and features
-    stay float32) or ``auto`` (bfloat16 on CPUs with AMX, where it was measured to pay; float32 elsewhere)."""
+    """Arithmetic of the encoder: ``float32``, ``bfloat16`` (autocast, any input: weights, gradients and
+    features stay float32) or ``auto`` (bfloat16 for images on CPUs with AMX, where it was measured to pay;
+    float32 elsewhere)."""
     core: str = "memory"
     """Recurrent core: ``memory`` (episodic key-value memory), ``gru`` or ``lstm``."""
     hidden: int = 128

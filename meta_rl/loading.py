@@ -33,8 +33,9 @@ from meta_rl.train import load_run_config, policy_for_spaces
 
 __all__ = ["TrainedAgent", "load"]
 
-#: What an evaluation may change about a run's task; everything else describes the policy it trained.
-TASK_KEYS = ("env_id", "env_module", "env_kwargs", "heldout_split", "train_split", "device")
+#: What an evaluation may change: the run's task, and where and in what arithmetic the policy computes;
+#: everything else describes the policy it trained.
+TASK_KEYS = ("env_id", "env_module", "env_kwargs", "heldout_split", "train_split", "device", "encoder_precision")
 
 
 @dataclass

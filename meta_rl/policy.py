@@ -105,9 +105,10 @@ class MetaPolicy(nn.Module):
         value_read_gain: with ``value_read``, the initial weight from action j's mean reward to
             its logit, and half of it against "j was tried" (0: the heads learn the value read's
             use from a plain init).
-        encoder_precision: the arithmetic of the image encoder: ``"float32"``, ``"bfloat16"``
-            (autocast; parameters, gradients and the features it returns stay float32) or
-            ``"auto"`` (bfloat16 for image inputs where :func:`native_bfloat16`, else float32).
+        encoder_precision: the arithmetic of the encoder: ``"float32"`` (the default here),
+            ``"bfloat16"`` (autocast, whatever the input; parameters, gradients and the features it
+            returns stay float32) or ``"auto"`` (bfloat16 for image inputs where
+            :func:`native_bfloat16`, else float32; :class:`~meta_rl.config.TrainConfig`'s default).
     """
 
     low: torch.Tensor
@@ -136,7 +137,8 @@ class MetaPolicy(nn.Module):
     ) -> None:
         super().__init__()
         if encoder_precision not in PRECISIONS:
-            raise ValueError(f"encoder_precision must be one of {PRECISIONS}, got {encoder_precision!r}.")
+            raise ValueError(f"encoder_precision must be one of {PRECISIONS}, got {encoder_precision!r}; use 'auto' to "
+                             "let the hardware decide or 'float32' for exact arithmetic.")
         if isinstance(observation_space, spaces.Dict):
             keys = sorted(observation_space.spaces)
             self.main_key: str | None = "image" if "image" in keys else None
@@ -293,6 +295,10 @@ class MetaPolicy(nn.Module):
         return out.float().reshape(*lead, -1)  # (*lead, E)
 
     def _bfloat16(self, device: torch.device) -> bool:
+        """Whether :meth:`encode` autocasts to bfloat16 on ``device`` (never where autocast is unavailable,
+        such as the meta tensors of memory estimates, which then count float32: the larger bound)."""
+        if not torch.amp.is_autocast_available(device.type):
+            return False
         if self.encoder_precision == "auto":
             return self.image_input and native_bfloat16(device)
         return self.encoder_precision == "bfloat16"

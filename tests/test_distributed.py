@@ -208,11 +208,11 @@ def test_cuda_update_matches_cpu(proto_dataset: str, monkeypatch: pytest.MonkeyP
     tasks; the comparison is of the training math on identical data, over 3 updates. cuDNN runs
     fp32 convolutions in TF32 by default on Ampere and later (10-bit mantissa): measured on an
     H200, the first conv's weights then differ by more than 1e-4 after 3 updates, so the test
-    compares in full fp32.
+    compares in full fp32, on the CPU too (``encoder_precision="auto"`` is bfloat16 on CPUs with AMX).
     """
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    cfg = tiny_config(proto_dataset)
+    cfg = tiny_config(proto_dataset, encoder_precision="float32")
     cuda = torch.device("cuda")
     vec = make_vec_env(cfg, cfg.train_split, NUM_ENVS, CPU)
     steps = vec.episode_length

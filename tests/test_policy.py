@@ -14,7 +14,7 @@ from meta_rl.cores import EpisodicMemoryCore, RNNCore, make_core
 from meta_rl.data import ImageDataset
 from meta_rl.encoders import Conv4Encoder, MLPEncoder, SeedCNNEncoder, make_encoder
 from meta_rl.envs import FewShotVectorEnv
-from meta_rl.policy import VALUE_READ_EPS, MetaPolicy, action_value_read, native_bfloat16
+from meta_rl.policy import VALUE_READ_EPS, MetaPolicy, action_value_read
 from meta_rl.rollout import collect
 
 CPU = torch.device("cpu")
@@ -255,15 +255,24 @@ def test_bfloat16_encoder_keeps_float32_parameters_and_features() -> None:
     assert all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
 
 
-def test_auto_precision_is_bfloat16_only_for_images_on_native_hardware() -> None:
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bfloat16_only_for_images_on_native_hardware(native: bool, monkeypatch: Any) -> None:
+    monkeypatch.setattr("meta_rl.policy.native_bfloat16", lambda device: native)
+    exact = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn")
+    auto = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn", encoder_precision="auto")
+    images = torch.randint(0, 256, (3, 2, 1, 28, 28), dtype=torch.uint8)
+    assert torch.equal(auto.encode(images, (3, 2)), exact.encode(images, (3, 2))) is not native
     vector = small_policy(spaces.Box(-1, 1, (5,), np.float32), spaces.Discrete(2), core="gru", encoder_precision="auto")
     plain = small_policy(spaces.Box(-1, 1, (5,), np.float32), spaces.Discrete(2), core="gru")
     x = torch.randn(3, 2, 5)
     assert torch.equal(vector.encode(x, (3, 2)), plain.encode(x, (3, 2)))  # vectors: float32 everywhere
-    images = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn", encoder_precision="auto")
-    assert images._bfloat16(CPU) == native_bfloat16(CPU)
-    assert not images._bfloat16(torch.device("meta"))  # no device but a measured CPU
-    with pytest.raises(ValueError, match="encoder_precision must be one of"):
+    # Meta tensors (memory estimates) have no autocast: float32, the larger bound, even when asked for bfloat16.
+    forced = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn", encoder_precision="bfloat16")
+    assert not forced._bfloat16(torch.device("meta")) and forced._bfloat16(CPU)
+
+
+def test_bad_encoder_precision_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"encoder_precision must be one of .*'fp16'.*use 'auto'"):
         small_policy(image_space(), spaces.Discrete(N_WAY), encoder_precision="fp16")
 
 

@@ -426,8 +426,9 @@ def test_checkpoint_from_before_value_read_loads_and_resumes_as_it_was_trained(
 
 
 def test_encoder_precision_is_a_compute_setting_that_a_resume_may_change(tiny_run: Run, tmp_path: Path) -> None:
-    """A checkpoint from before ``encoder_precision`` reads as float32 (how it was trained), and a resume may
-    switch the encoder's arithmetic (like ``device``): the parameters and optimizer carry over unchanged."""
+    """A checkpoint from before ``encoder_precision`` reads as float32 (how it was trained); a resume may switch
+    the encoder's arithmetic (like ``device``) and records the new setting, and an evaluation may choose it."""
+    from meta_rl.loading import load
     from meta_rl.train import load_run_config
 
     cfg, run_dir, _ = tiny_run
@@ -444,3 +445,5 @@ def test_encoder_precision_is_a_compute_setting_that_a_resume_may_change(tiny_ru
         result = train(more, run, resume=True, progress=False)
         assert result["env_steps"] == more.total_env_steps
         assert load_checkpoint(run / CHECKPOINT_NAME)["config"]["encoder_precision"] == precision
+    assert load(run).policy.encoder_precision == "float32"
+    assert load(run, overrides=["encoder_precision=bfloat16"]).policy.encoder_precision == "bfloat16"
