@@ -1,4 +1,4 @@
-"""``python experiments/bench.py time-to-accuracy`` end to end on a tiny budget (our side only; speed is never asserted)."""
+"""`experiments/bench.py time-to-accuracy` end to end on a tiny budget (our side only; no speed is asserted)."""
 
 from __future__ import annotations
 
