@@ -42,9 +42,9 @@ from meta_rl.allocator import tune_malloc
 from meta_rl.config import TrainConfig, load_config
 from meta_rl.data import ImageDataset, load_splits
 from meta_rl.data.synthetic import random_dataset
+from meta_rl.encoders import PRECISIONS, native_bfloat16
 from meta_rl.envs import FewShotEnv, FewShotVectorEnv
 from meta_rl.evaluation import evaluate
-from meta_rl.policy import PRECISIONS, native_bfloat16
 from meta_rl.train import build_policy, make_vec_env, reinforce_gradients, reinforce_update, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -25,7 +25,7 @@ else:  # pragma: no cover
 import torch
 
 from meta_rl.cores import CORES
-from meta_rl.encoders import ENCODERS
+from meta_rl.encoders import ENCODERS, PRECISIONS
 
 __all__ = [
     "LEGACY_DEFAULTS",
@@ -286,7 +286,7 @@ class TrainConfig(ConfigBase):
                                                "value_read_gain")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "encoder": tuple(ENCODERS), "core": tuple(CORES), "conv_norm": ("batch", "group", "none"),
-        "encoder_precision": ("auto", "float32", "bfloat16"),
+        "encoder_precision": tuple(PRECISIONS),
     }
 
     def check(self) -> None:

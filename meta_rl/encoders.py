@@ -1,16 +1,20 @@
-"""Observation encoders: the Omniglot 4-block conv net, the seed CNN for 32x32x3, and an MLP.
+"""Observation encoders: the Omniglot 4-block conv net, the seed CNN for 32x32x3, and an MLP; and their arithmetic.
 
 Each maps a float batch (N, *input_shape) to features (N, out_dim).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ENCODERS", "Conv4Encoder", "MLPEncoder", "SeedCNNEncoder", "StridedCNNEncoder", "make_encoder"]
+__all__ = [
+    "ENCODERS", "PRECISIONS", "Conv4Encoder", "MLPEncoder", "SeedCNNEncoder", "StridedCNNEncoder", "make_encoder",
+    "native_bfloat16",
+]
 
 
 class Conv4Encoder(nn.Module):
@@ -124,6 +128,20 @@ class MLPEncoder(nn.Module):
 
 
 ENCODERS = ("auto", "conv4", "seed_cnn", "cnn", "mlp")
+PRECISIONS = ("auto", "float32", "bfloat16")
+"""The encoder's arithmetic (``encoder_precision``); :meth:`meta_rl.policy.MetaPolicy.encode` applies it."""
+
+
+@functools.cache
+def _cpu_has_amx() -> bool:
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return probe is not None and bool(probe())
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 convolutions and matmuls in hardware where meta-rl measured them to pay:
+    CPUs with AMX tiles (Intel Sapphire Rapids and later). CUDA is not included until it is measured."""
+    return device.type == "cpu" and _cpu_has_amx()
 
 
 def make_encoder(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ from torch import nn
 from meta_rl import distributions as D
 from meta_rl import sb3_adapter
 from meta_rl.cores import EpisodicMemoryCore, State, make_core
-from meta_rl.encoders import make_encoder
+from meta_rl.encoders import PRECISIONS, make_encoder, native_bfloat16
 from meta_rl.returns import popart_preserve, popart_stats, popart_std
 from meta_rl.sb3_adapter import PREV_REWARD_KEY, RL2ObservationWrapper, RL2State
 
@@ -27,21 +26,6 @@ Obs = dict[str, torch.Tensor]
 
 def _is_image(space: spaces.Space[Any]) -> bool:
     return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
-
-
-PRECISIONS = ("auto", "float32", "bfloat16")
-
-
-@functools.cache
-def _cpu_has_amx() -> bool:
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return probe is not None and bool(probe())
-
-
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 convolutions and matmuls in hardware where meta-rl measured them to pay:
-    CPUs with AMX tiles (Intel Sapphire Rapids and later). CUDA is not included until it is measured."""
-    return device.type == "cpu" and _cpu_has_amx()
 
 
 VALUE_READ_EPS = 1e-3
