@@ -148,9 +148,12 @@ def _cell(row: dict[str, Any]) -> str:
         text = f"{row['return_per_trial']:.2f} ± {row['return_per_trial_ci95']:.2f}"
         by_ep = list(row["return_by_episode"].values())
         if len(by_ep) > 1:
-            ci = list(row["ci95"].values())
-            gain = by_ep[1] - by_ep[0]
-            text += f"; by episode {' / '.join(f'{m:.1f}' for m in by_ep)} (ep 2 - ep 1 {gain:+.2f}, ±{ci[1]:.2f})"
+            # The interval is the paired one (task by task) of last - 1st, which for two episodes is 2nd - 1st;
+            # episode k's own interval ("ci95") would overstate it, the two episodes of a task being correlated.
+            change = f"{row['improvement']:+.2f} ± {row['improvement_ci95']:.2f}"
+            text += f"; by episode {' / '.join(f'{m:.1f}' for m in by_ep)} "
+            text += (f"(ep 2 - ep 1 {change})" if len(by_ep) == 2
+                     else f"(ep 2 - ep 1 {by_ep[1] - by_ep[0]:+.2f}; last - 1st {change})")
         return text
     acc = list(row["accuracy_by_instance"].values())
     text = " / ".join(f"{100 * acc[k - 1]:.1f}" if k <= len(acc) else "-" for k in TABLE_INSTANCES)

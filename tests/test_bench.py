@@ -24,13 +24,13 @@ def test_time_to_accuracy_trains_with_the_trainers_update_and_the_overrides(
 
     monkeypatch.setattr(bench, "reinforce_update", spy)
     bench.main(["time-to-accuracy", "--json", "--no-sb3", "--cap-minutes", "0.01", "--eval-seconds", "0.2",
-                "--eval-episodes", "4", "--num-envs", "2", "--target", "1.01", "hidden=8", "learning_rate=0.002"])
+                "--eval-episodes", "4", "--num-envs", "2", "--target", "1.01", "hidden=8", "learning_rate=0.003"])
     out = json.loads(capsys.readouterr().out)
     ours = out["ours"]
     assert out["ours_reached"] is False and out["ours_seconds"] is None  # a target above 1 is never reached
-    assert ours["overrides"] == ["hidden=8", "learning_rate=0.002"] and ours["num_envs"] == 2
+    assert ours["overrides"] == ["hidden=8", "learning_rate=0.003"] and ours["num_envs"] == 2
     # The trainer's own update (PopArt statistics included) ran every update, with the overridden config.
-    assert calls and all(c.hidden == 8 and c.learning_rate == 0.002 and c.num_envs == 2 for c in calls)
+    assert calls and all(c.hidden == 8 and c.learning_rate == 0.003 and c.num_envs == 2 for c in calls)
     assert ours["env_steps"] == len(calls) * 2 * 50
     # The curve: [training seconds, env steps, accuracy at the 2nd instance], in order, up to the cap.
     curve = ours["curve"]

@@ -31,3 +31,15 @@ def test_suite_runs_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys: pytest.C
         suite.main(["--tasks", "nope", "--steps", "10"])
     with pytest.raises(SystemExit, match="exists"):
         suite.main(["--tasks", "bandit-k5-n10", "--steps", "10", "--out", str(tmp_path / "s")])
+
+
+def test_episode_change_is_reported_with_its_paired_interval() -> None:
+    """ep 2 - ep 1 carries the paired interval of the per-task change, not episode 2's own interval."""
+    import suite
+
+    two = {"return_per_trial": 3.0, "return_per_trial_ci95": 0.5, "return_by_episode": {"1": 1.0, "2": 2.0},
+           "ci95": {"1": 0.4, "2": 0.9}, "improvement": 1.0, "improvement_ci95": 0.12}
+    assert suite._cell(two) == "3.00 ± 0.50; by episode 1.0 / 2.0 (ep 2 - ep 1 +1.00 ± 0.12)"
+    three = {**two, "return_by_episode": {"1": 1.0, "2": 1.5, "3": 2.5}, "ci95": {"1": 0.4, "2": 0.9, "3": 1.0},
+             "improvement": 1.5, "improvement_ci95": 0.2}
+    assert suite._cell(three).endswith("(ep 2 - ep 1 +0.50; last - 1st +1.50 ± 0.20)")

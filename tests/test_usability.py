@@ -151,7 +151,7 @@ def test_train_help_lists_every_key(capsys: pytest.CaptureFixture[str]) -> None:
     for f in dataclasses.fields(TrainConfig):
         assert f"{f.name} (" in text, f.name
         assert " ".join(docs[f.name].split())[:40] in text, f.name
-    assert "learning_rate (float, default 0.001)" in text and "num_envs (int, default 64)" in text
+    assert "learning_rate (float, default 0.002)" in text and "num_envs (int, default 64)" in text
     assert "named configs: active, conv4, default, gru" in text
 
 
