@@ -1,9 +1,17 @@
 """Action distributions as pure functions of their parameters (no state on objects).
 
 Categorical: parameters are logits (..., A). Squashed Gaussian for ``Box`` actions: a
-state-dependent mean ``mu`` (..., D) and a learned ``log_std`` (D,) define ``z ~ N(mu, σ)``;
-the action is ``low + (tanh(z) + 1) / 2 * (high - low)``, so it always lies within the bounds,
-and the log-probability includes the change of variables.
+state-dependent output ``mu`` (..., D) and a learned ``log_std`` (D,) define ``z ~ N(m, σ)`` with
+the mean ``m = MEAN_BOUND · tanh(mu / MEAN_BOUND)``; the action is
+``low + (tanh(z) + 1) / 2 * (high - low)``, so it always lies within the bounds, and the
+log-probability includes the change of variables.
+
+Why the mean is bounded: the rollout keeps the squashed action, and the update recovers ``z``
+as atanh of it. Where float32 ``tanh(z)`` rounds to ±1 (|z| beyond about 7) that recovery is
+clamped and no longer ``z``, so the score function is evaluated at the wrong point and has a
+nonzero mean. An unbounded mean drifts there and runs away: PointNav runs were seen with
+|mu| ≈ 200, 41% of actions pinned to a bound and gradient norms of 1e7 before clipping. With
+``|m| < 3`` (``tanh(3)`` is 99.5% of the half-range) the samples stay where atanh recovers them.
 """
 
 from __future__ import annotations
@@ -13,9 +21,11 @@ import math
 import torch
 
 __all__ = [
+    "MEAN_BOUND",
     "ActionHead",
     "CategoricalHead",
     "SquashedGaussianHead",
+    "bounded_mean",
     "categorical_entropy",
     "categorical_log_prob",
     "categorical_mode",
@@ -27,6 +37,8 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+#: Largest |mean| of the pre-squash Gaussian (see the module docstring).
+MEAN_BOUND = 3.0
 
 
 def categorical_sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -59,25 +71,30 @@ def _unsquash(a: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.T
     return torch.atanh(y)
 
 
+def bounded_mean(mu: torch.Tensor) -> torch.Tensor:
+    """The pre-squash Gaussian's mean for the head's output ``mu``: ``MEAN_BOUND · tanh(mu / MEAN_BOUND)``."""
+    return MEAN_BOUND * torch.tanh(mu / MEAN_BOUND)
+
+
 def squashed_gaussian_sample(
     mu: torch.Tensor, log_std: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    return _squash(mu + log_std.exp() * noise, low, high)
+    return _squash(bounded_mean(mu) + log_std.exp() * noise, low, high)
 
 
 def squashed_gaussian_mode(mu: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    return _squash(mu, low, high)
+    return _squash(bounded_mean(mu), low, high)
 
 
 def squashed_gaussian_log_prob(
     mu: torch.Tensor, log_std: torch.Tensor, low: torch.Tensor, high: torch.Tensor, actions: torch.Tensor
 ) -> torch.Tensor:
-    """log π(a) = log N(z; μ, σ) - Σ log|da/dz|, with z = atanh of the rescaled action."""
+    """log π(a) = log N(z; m, σ) - Σ log|da/dz|, with z = atanh of the rescaled action and m = bounded_mean(mu)."""
     z = _unsquash(actions, low, high)
     std = log_std.exp()
-    normal = -0.5 * (((z - mu) / std) ** 2 + 2.0 * log_std + _LOG_2PI)
+    normal = -0.5 * (((z - bounded_mean(mu)) / std) ** 2 + 2.0 * log_std + _LOG_2PI)
     # da/dz = (high - low) / 2 * (1 - tanh(z)^2); log(1 - tanh^2) = 2 (log 2 - z - softplus(-2z)).
     log_det = torch.log((high - low) * 0.5) + 2.0 * (math.log(2.0) - z - torch.nn.functional.softplus(-2.0 * z))
     return (normal - log_det).sum(-1)

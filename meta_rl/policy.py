@@ -63,7 +63,8 @@ class MetaPolicy(nn.Module):
     reward and a task-start flag. The core's state is cleared only where a task starts.
 
     Heads: categorical logits for ``Discrete`` actions; for ``Box`` actions a state-dependent
-    mean μ and a learned log σ of a Gaussian squashed into the bounds; a value head.
+    mean μ (kept within ±3 before the squash: :func:`~meta_rl.distributions.bounded_mean`) and a learned
+    log σ of a Gaussian squashed into the bounds; a value head.
 
     Args:
         observation_space: the single-env observation space.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.distributions import AffineTransform, Categorical, Normal, TanhTransform, TransformedDistribution
@@ -75,9 +77,35 @@ def test_squashed_gaussian_log_prob_matches_transformed_distribution() -> None:
     frac = 0.02 + 0.96 * torch.rand(64, 3, generator=g, dtype=torch.float64)
     actions = low + frac * (high - low)
     ours = D.squashed_gaussian_log_prob(mu, log_std, low, high, actions)
-    ref = _reference(mu, log_std, low, high).log_prob(actions).sum(-1)
+    ref = _reference(D.bounded_mean(mu), log_std, low, high).log_prob(actions).sum(-1)
     assert ours.shape == (64,)
     torch.testing.assert_close(ours, ref, atol=1e-8, rtol=1e-8)
+
+
+def test_bounded_mean_is_near_the_identity_and_bounded() -> None:
+    mu = torch.tensor([-1e4, -3.0, -0.5, 0.0, 0.5, 3.0, 1e4], dtype=torch.float64)
+    m = D.bounded_mean(mu)
+    assert (m.abs() <= D.MEAN_BOUND).all() and m[0] == -D.MEAN_BOUND and m[-1] == D.MEAN_BOUND
+    torch.testing.assert_close(m[2:5], mu[2:5], atol=0.02, rtol=0)  # near the origin the head's output is the mean
+    assert (torch.diff(m) >= 0).all()  # monotone
+
+
+def test_score_has_no_drift_where_the_head_output_saturates() -> None:
+    """The expected score E[d log π(a) / d m] is 0 under the policy's own float32 samples, also for a head
+    output far out (mean m within 0.1% of MEAN_BOUND): the squashed actions are recovered where they were
+    drawn. With an unbounded mean of 11.4 every action would round to the bound in float32, atanh would
+    recover about 7.25 instead, and the score would average (7.25 - 11.4) / σ² ≈ -11: the runaway."""
+    g = torch.Generator().manual_seed(5)
+    low, high = torch.tensor([-1.0]), torch.tensor([1.0])
+    log_std = torch.tensor([-0.5])
+    for out in (0.0, 2.0, D.MEAN_BOUND * math.atanh(0.999)):
+        mu = torch.full((200_000, 1), out, requires_grad=True)
+        a = D.squashed_gaussian_sample(mu.detach(), log_std, low, high, g)  # float32, as in a rollout
+        D.squashed_gaussian_log_prob(mu, log_std, low, high, a).mean().backward()
+        assert mu.grad is not None
+        slope = 1.0 - math.tanh(out / D.MEAN_BOUND) ** 2  # dm / dmu
+        score = float(mu.grad.sum()) / slope  # mean over samples of d log π / d m
+        assert abs(score) < 0.02 / math.exp(-0.5), (out, score)  # about 9 standard errors
 
 
 def test_squashed_gaussian_samples_stay_within_bounds() -> None:
