@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "explained_variance", "gae", "normalize", "popart_preserve", "popart_stats", "popart_std", "reinforce_losses",
+    "explained_variance", "first_trial_returns", "gae", "normalize", "popart_preserve", "popart_stats", "popart_std",
+    "reinforce_losses",
 ]
 
 
@@ -53,6 +54,24 @@ def gae(
         running = deltas[t] + gamma * lam * not_done[t] * running
         advantages[t] = running
     return advantages, advantages + values
+
+
+def first_trial_returns(rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+    """Each task's return over its first trial in the rollout: the rewards up to and including its first done.
+
+    A rollout starts a new task in every env, and an env whose trial ends early (a pole fallen twice)
+    starts the next task within the same rollout; summing all T rewards would add that next task's
+    steps. Where an env has no done, its whole rollout is counted (a trial cut by the rollout).
+
+    Args:
+        rewards: (T, B) rewards. dones: (T, B) bool or 0/1, the last step of a task.
+
+    Returns:
+        (B,) the first trial's return of each env.
+    """
+    ended = dones.to(torch.int64)  # (T, B)
+    before_first_end = ended.cumsum(0) - ended == 0  # (T, B): no done before step t (step t itself may be one)
+    return (rewards * before_first_end).sum(0)
 
 
 def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -52,7 +52,7 @@ from meta_rl.logger import MetricLogger
 from meta_rl.monitoring import accuracy_figure, episode_strip
 from meta_rl.policy import MetaPolicy
 from meta_rl.resources import check_fits, check_threads, estimate_training_memory
-from meta_rl.returns import explained_variance, gae, normalize, reinforce_losses
+from meta_rl.returns import explained_variance, first_trial_returns, gae, normalize, reinforce_losses
 from meta_rl.rollout import Rollout, collect
 from meta_rl.spaces import space_to_dict
 
@@ -152,7 +152,7 @@ def reinforce_gradients(
         "losses/entropy": terms["entropy"].detach(),
         "losses/grad_norm": grad_norm.detach(),
         "losses/explained_variance": explained_variance(values.detach(), returns),
-        "charts/return": ro.rewards.sum(0).mean(),
+        "charts/return": first_trial_returns(ro.rewards, ro.dones).mean(),
         "losses/value_target_mean": returns.mean(),
         "losses/value_target_second": returns.square().mean(),
     }

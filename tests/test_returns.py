@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from meta_rl.returns import explained_variance, gae, normalize, reinforce_losses
+from meta_rl.returns import explained_variance, first_trial_returns, gae, normalize, reinforce_losses
 
 
 def col(*xs: float) -> torch.Tensor:
@@ -171,3 +171,15 @@ def test_popart_update_keeps_every_predicted_value() -> None:
     after = policy(embed, ctx, starts, policy.initial_state(4, "cpu"), need_state=False)[1]
     assert policy.return_scale().item() == pytest.approx(10.0)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-4)
+
+
+def test_first_trial_returns_stop_at_each_tasks_first_done() -> None:
+    # Three envs, T = 5, a reward of 1 per step (CartPole's survival reward): env 0 ends its trial at
+    # step 1 and starts another, env 1 at step 4, env 2 never (cut by the rollout): 2, 5 and 5 steps.
+    rewards = torch.ones(5, 3)
+    dones = torch.zeros(5, 3, dtype=torch.bool)
+    dones[1, 0] = dones[3, 0] = dones[4, 1] = True
+    torch.testing.assert_close(first_trial_returns(rewards, dones), torch.tensor([2.0, 5.0, 5.0]))
+    # Varying rewards, done at step 2: 0.5 + -1 + 2 (the steps after it, 4 and 8, belong to the next task).
+    torch.testing.assert_close(first_trial_returns(col(0.5, -1, 2, 4, 8), col(0, 0, 1, 0, 0)),
+                               torch.tensor([1.5], dtype=torch.float64))
