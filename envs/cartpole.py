@@ -101,6 +101,7 @@ class CartPoleTaskVectorEnv(MetaVectorEnv):
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
+    fixed_length = False  # a falling pole ends an inner episode and so brings the end of the trial nearer
 
     def __init__(
         self,

@@ -61,6 +61,7 @@ class PointNavVectorEnv(MetaVectorEnv):
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
+    fixed_length = True  # every task lasts episode_length steps whatever the agent does
 
     def __init__(
         self,

@@ -82,6 +82,7 @@ class TabularMDPVectorEnv(MetaVectorEnv):
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
+    fixed_length = True  # every task lasts episode_length steps whatever the agent does
 
     def __init__(
         self,

@@ -45,7 +45,7 @@ from meta_rl.data.synthetic import random_dataset
 from meta_rl.encoders import PRECISIONS, native_bfloat16
 from meta_rl.envs import FewShotEnv, FewShotVectorEnv
 from meta_rl.evaluation import evaluate
-from meta_rl.train import build_policy, make_vec_env, reinforce_gradients, reinforce_update, train
+from meta_rl.train import build_policy, make_vec_env, reinforce_gradients, reinforce_update, resolve_gamma, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sb3_baseline
@@ -251,7 +251,7 @@ def update_profile(cfg: TrainConfig) -> dict[str, float]:
         return collect(env, policy, steps, generator, reset_seed=0, embed_with_grad=True)
 
     def iteration() -> None:  # as in training: the rollout's encoder graph feeds the update's backward pass
-        reinforce_gradients(policy, optimizer, act(), cfg)
+        reinforce_gradients(policy, optimizer, act(), cfg, gamma=resolve_gamma(cfg.gamma, env))
         optimizer.step()
 
     acting_flops, iteration_flops = _flops(act), _flops(iteration)
@@ -397,7 +397,8 @@ def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < args.eval_seconds and trained_s + time.perf_counter() - t0 < cap:
             ro = collect(env, policy, steps, generator, reset_seed=update, embed_with_grad=True)
-            reinforce_update(policy, optimizer, ro, cfg)  # the trainer's step, its PopArt statistics included
+            # the trainer's step, its PopArt statistics included
+            reinforce_update(policy, optimizer, ro, cfg, gamma=resolve_gamma(cfg.gamma, env))
             update += 1
             env_steps += steps * cfg.num_envs
         if device.type == "cuda":

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import textwrap
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -226,9 +227,12 @@ class TrainConfig(ConfigBase):
     the action having been tried among the similar steps; 0 leaves the heads' use of the value read to learning."""
 
     # --- algorithm: REINFORCE with TD(λ)-learned advantages --------------------------------
-    gamma: float = 0.0
-    """Discount. The default suits label feedback, where the label is revealed whatever the
-    action, so an action cannot change later rewards and any γ > 0 only adds variance."""
+    gamma: float | str = "auto"
+    """Discount, or ``auto``: 0 where the env declares that every task lasts its full length whatever the agent
+    does (``fixed_length``: bandits, fixed-horizon MDPs, classification streams), where each action is scored by
+    its own reward with the least variance; 0.99 where actions can end a task early (a pole that falls, a goal
+    reached) or the env declares nothing (a plug-in), since a myopic learner cannot see an end coming.
+    BENCHMARKS.md has the measurements behind the rule."""
     gae_lambda: float = 0.95
     """λ of the policy's GAE(λ) advantages; 1 gives Monte-Carlo returns minus the baseline, 0 the one-step
     TD error."""
@@ -280,7 +284,7 @@ class TrainConfig(ConfigBase):
     DEFAULTED: ClassVar[tuple[str, ...]] = (
         "rollout_steps", "memory_capacity", "eval_every", "eval_episodes", "torch_threads",
     )
-    UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ("gamma", "gae_lambda", "value_lambda", "return_norm_rate")
+    UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ("gae_lambda", "value_lambda", "return_norm_rate")
     STRICTLY_POSITIVE: ClassVar[tuple[str, ...]] = ("learning_rate", "max_grad_norm")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("entropy_coef", "value_coef", "max_minutes", "read_gain", "taken_gain",
                                                "value_read_gain")
@@ -290,6 +294,14 @@ class TrainConfig(ConfigBase):
     }
 
     def check(self) -> None:
+        if isinstance(self.gamma, str):
+            if self.gamma != "auto":
+                raise ConfigError(f"gamma must be 'auto' or a number in [0, 1], got {self.gamma!r}; use gamma=auto "
+                                  "(the rule in `--help`), gamma=0 (myopic) or, e.g., gamma=0.99.")
+        elif not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError(f"gamma must lie in [0, 1], got {self.gamma}.")
+        else:
+            self.gamma = float(self.gamma)  # 0 and 0.0 mean the same: save one of them
         if not -(2**63) <= self.seed < 2**63:  # what torch.Generator.manual_seed takes
             raise ConfigError(f"seed must lie in [-2**63, 2**63), got {self.seed}.")
         bad = [k for k, v in self.env_kwargs.items() if not _plain(v)]
@@ -400,6 +412,12 @@ def available_devices() -> list[str]:
 def check_type(name: str, value: Any, hint: Any) -> None:
     """Raise :class:`ConfigError` unless ``value`` fits the type hint of config field ``name``."""
     origin = typing.get_origin(hint)
+    if origin is types.UnionType:
+        options = typing.get_args(hint)
+        if not any(_is(value, t) for t in options):
+            names = " or ".join(t.__name__ for t in options)
+            raise ConfigError(f"{name} must be of type {names}, got {type(value).__name__} {value!r}.")
+        return
     if origin is list:
         (inner,) = typing.get_args(hint)
         if not isinstance(value, list) or not all(_is(v, inner) for v in value):

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
 from meta_rl.config import LEGACY_DEFAULTS, ConfigError, TrainConfig, resolve_device
-from meta_rl.contract import task_length
+from meta_rl.contract import fixed_length, task_length
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.env_factory import make_vec_env
 from meta_rl.evaluation import (
@@ -57,6 +57,7 @@ from meta_rl.rollout import Rollout, collect
 from meta_rl.spaces import space_to_dict
 
 __all__ = [
+    "AUTO_GAMMA",
     "CHECKPOINT_NAME",
     "TRUSTED_ENV_MODULES",
     "NonFiniteError",
@@ -68,6 +69,7 @@ __all__ = [
     "policy_for_spaces",
     "reinforce_update",
     "resolve_device",
+    "resolve_gamma",
     "train",
     "untrusted_modules",
 ]
@@ -105,11 +107,24 @@ def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: An
     )
 
 
+#: The discount ``gamma = "auto"`` gives tasks that can end early or declare nothing.
+AUTO_GAMMA = 0.99
+
+
+def resolve_gamma(gamma: float | str, env: object) -> float:
+    """The discount a ``gamma`` setting gives on ``env``: a number as it is; ``auto`` 0 where the env declares
+    fixed-length tasks (:func:`meta_rl.contract.fixed_length`), else :data:`AUTO_GAMMA`."""
+    if isinstance(gamma, str):
+        return 0.0 if fixed_length(env) else AUTO_GAMMA
+    return float(gamma)
+
+
 def reinforce_update(
-    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig, *, world: World | None = None
+    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig, *, world: World | None = None,
+    gamma: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """One REINFORCE step on a rollout: GAE(λ) advantages from the critic, TD(λ) critic targets."""
-    stats = reinforce_gradients(policy, optimizer, ro, cfg, world=world)
+    stats = reinforce_gradients(policy, optimizer, ro, cfg, world=world, gamma=gamma)
     optimizer.step()
     update_return_stats(policy, stats, cfg, world or World())
     return stats
@@ -117,23 +132,30 @@ def reinforce_update(
 
 def reinforce_gradients(
     policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig, *, world: World | None = None,
-    losses: LossFn = reinforce_losses,
+    losses: LossFn = reinforce_losses, gamma: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """The gradients of :func:`reinforce_update` (clipped, in ``.grad``) without the optimizer step.
+
+    ``gamma`` is the discount (:func:`resolve_gamma`); None takes ``cfg.gamma``, which must then be a number.
 
     With a ``world`` of several ranks the gradients are averaged over the ranks after ``backward``
     and before clipping (see :mod:`meta_rl.distributed` for why not DDP), so every rank clips and
     steps with the same gradient, that of the mean loss over all ranks' tasks. The returned losses
     are this rank's own. ``losses`` computes the loss terms (:func:`meta_rl.returns.reinforce_losses`).
     """
+    if gamma is None:
+        if isinstance(cfg.gamma, str):
+            raise ValueError(f"cfg.gamma is {cfg.gamma!r}, which depends on the env; pass "
+                             "gamma=resolve_gamma(cfg.gamma, env) (or set a number in the config).")
+        gamma = cfg.gamma
     steps, batch = ro.rewards.shape
     embed = ro.embed if ro.embed is not None else policy.encode(ro.main, (steps, batch))  # (T, B, E)
     context = policy.context(ro.extras, ro.prev_actions, ro.prev_rewards, ro.starts)  # (T, B, U)
     params, values, _ = policy(embed, context, ro.starts, ro.state0, need_state=False)  # (T, B, A), (T, B)
     dones = ro.dones.float()
-    advantages, returns = gae(ro.rewards, values.detach(), dones, ro.last_value, cfg.gamma, cfg.gae_lambda)
+    advantages, returns = gae(ro.rewards, values.detach(), dones, ro.last_value, gamma, cfg.gae_lambda)
     if cfg.value_lambda != cfg.gae_lambda:  # the critic's TD(λ) target with its own λ
-        returns = gae(ro.rewards, values.detach(), dones, ro.last_value, cfg.gamma, cfg.value_lambda)[1]
+        returns = gae(ro.rewards, values.detach(), dones, ro.last_value, gamma, cfg.value_lambda)[1]
     log_probs = policy.log_prob(params, ro.actions)  # (T, B)
     entropy = policy.entropy(params)  # (T, B)
     adv = normalize(advantages) if cfg.normalize_advantages else advantages
@@ -319,6 +341,7 @@ class Trainer:
             torch.set_num_threads(cfg.torch_threads)
         probe = make_vec_env(cfg, cfg.train_split, 1, self.device)
         self.steps = cfg.rollout_steps or task_length(probe)
+        self.gamma = resolve_gamma(cfg.gamma, probe)
         if self.steps < 1:
             raise ConfigError(f"env {cfg.env_id!r} has no episode_length; set rollout_steps to the length of a task.")
         self.eval_envs = (min(cfg.eval_episodes, 256) if cfg.eval_every and cfg.eval_episodes and self.world.is_main
@@ -384,7 +407,8 @@ class Trainer:
             after_existing_event_files(self.run_dir)
             self.writer = EventWriter(self.run_dir, purge_step=self.env_steps + 1 if self.resume else 0)
             if not self.resume:
-                self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", 0)
+                self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```\n"
+                                     f"discount in use: {self.gamma}", 0)
         self.metrics = MetricLogger([self.writer] if self.world.is_main else [], self.world, self.device,
                                     self.env_steps)
         if self.eval_envs:
@@ -403,7 +427,8 @@ class Trainer:
 
     def train_step(self, ro: Rollout) -> None:
         """Gradients, the NaN guard (over all ranks), the optimizer step, and the update's tallies."""
-        stats = reinforce_gradients(self.policy, self.optimizer, ro, self.cfg, world=self.world, losses=self.losses)
+        stats = reinforce_gradients(self.policy, self.optimizer, ro, self.cfg, world=self.world, losses=self.losses,
+                                    gamma=self.gamma)
         # A non-finite loss on any rank poisons the averaged gradient: agree on the verdict.
         flags = self.world.all_min(self.guard.flags(stats))
         if self.guard.admit(stats, flags, self.update + 1):
@@ -541,6 +566,7 @@ class Trainer:
         if trained and self.world.is_main:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
                        for k, v in self.cfg.to_dict().items()}
+            hparams["gamma"] = self.gamma  # the discount in use (``auto`` resolved)
             metrics = {f"hparam/{k.split('/')[-1]}": v for k, v in self.final.items()}
             if not metrics:  # no held-out evaluation (eval_every = 0): the training return stands in
                 metrics = {"hparam/train_return": self.metrics.last_return}

@@ -23,7 +23,15 @@ from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import TrainConfig
 from meta_rl.distributed import param_digest, rank_seed
 from meta_rl.rollout import Rollout, collect
-from meta_rl.train import CHECKPOINT_NAME, _task_seed, build_policy, make_vec_env, reinforce_update, train
+from meta_rl.train import (
+    CHECKPOINT_NAME,
+    _task_seed,
+    build_policy,
+    make_vec_env,
+    reinforce_update,
+    resolve_gamma,
+    train,
+)
 
 CPU = torch.device("cpu")
 TESTS = Path(__file__).resolve().parent
@@ -142,7 +150,7 @@ def test_two_ranks_under_torchrun_match_one_process_and_resume(proto_dataset: st
                  for seed, gen in zip(seeds, gens)]
         combined = cat_rollouts(policy, parts)
         assert combined.rewards.shape == (steps, WORLD * NUM_ENVS)
-        reinforce_update(policy, optimizer, combined, ref_cfg)
+        reinforce_update(policy, optimizer, combined, ref_cfg, gamma=resolve_gamma(ref_cfg.gamma, vec))
 
     combined_update(0)
     got = dict(trained.named_parameters())
@@ -225,8 +233,8 @@ def test_cuda_update_matches_cpu(proto_dataset: str, monkeypatch: pytest.MonkeyP
     gen = torch.Generator().manual_seed(cfg.seed)
     for update in range(3):
         ro = collect(vec, cpu_policy, steps, gen, reset_seed=_task_seed(cfg.seed, update))
-        reinforce_update(cpu_policy, cpu_opt, _to(ro, CPU), cfg)
-        reinforce_update(gpu_policy, gpu_opt, _to(ro, cuda), cfg)
+        reinforce_update(cpu_policy, cpu_opt, _to(ro, CPU), cfg, gamma=resolve_gamma(cfg.gamma, vec))
+        reinforce_update(gpu_policy, gpu_opt, _to(ro, cuda), cfg, gamma=resolve_gamma(cfg.gamma, vec))
     for name, p in cpu_policy.named_parameters():
         torch.testing.assert_close(dict(gpu_policy.named_parameters())[name].detach().cpu(), p.detach(),
                                    rtol=1e-4, atol=1e-4, msg=name)
