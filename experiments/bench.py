@@ -247,11 +247,13 @@ def update_profile(cfg: TrainConfig) -> dict[str, float]:
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed)
 
+    gamma = resolve_gamma(cfg.gamma, env)
+
     def act() -> Any:
         return collect(env, policy, steps, generator, reset_seed=0, embed_with_grad=True)
 
     def iteration() -> None:  # as in training: the rollout's encoder graph feeds the update's backward pass
-        reinforce_gradients(policy, optimizer, act(), cfg, gamma=resolve_gamma(cfg.gamma, env))
+        reinforce_gradients(policy, optimizer, act(), cfg, gamma=gamma)
         optimizer.step()
 
     acting_flops, iteration_flops = _flops(act), _flops(iteration)
@@ -390,6 +392,7 @@ def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     policy = build_policy(cfg, env, steps).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    gamma = resolve_gamma(cfg.gamma, env)
     trained_s, env_steps, update, curve = 0.0, 0, 0, []
     cap = args.cap_minutes * 60
     reached = False
@@ -397,8 +400,7 @@ def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < args.eval_seconds and trained_s + time.perf_counter() - t0 < cap:
             ro = collect(env, policy, steps, generator, reset_seed=update, embed_with_grad=True)
-            # the trainer's step, its PopArt statistics included
-            reinforce_update(policy, optimizer, ro, cfg, gamma=resolve_gamma(cfg.gamma, env))
+            reinforce_update(policy, optimizer, ro, cfg, gamma=gamma)  # the trainer's step, PopArt statistics included
             update += 1
             env_steps += steps * cfg.num_envs
         if device.type == "cuda":

@@ -80,9 +80,10 @@ class ConfigBase:
         """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            check_type(f.name, getattr(self, f.name), hints[f.name])
-            if hints[f.name] is float:  # 0 and 0.0 mean the same: save one of them
-                setattr(self, f.name, float(getattr(self, f.name)))
+            value = getattr(self, f.name)
+            check_type(f.name, value, hints[f.name])
+            if _is(value, float) and float in _options(hints[f.name]):  # 0 and 0.0 mean the same: save one
+                setattr(self, f.name, float(value))
         rules: list[tuple[tuple[str, ...], Any, str]] = [
             (self.POSITIVE, lambda v: v >= 1, "must be >= 1"),
             (self.DEFAULTED, lambda v: v >= 0, "must be >= 0 (0 picks the default)"),
@@ -92,6 +93,8 @@ class ConfigBase:
         ]
         for names, ok, rule in rules:
             for name in names:
+                if isinstance(getattr(self, name), str):  # a named setting (gamma = "auto"): check() vets the name
+                    continue
                 if not ok(getattr(self, name)):
                     raise ConfigError(f"{name} {rule}, got {getattr(self, name)}.")
         encoder_hidden = getattr(self, "encoder_hidden", [1])
@@ -284,7 +287,7 @@ class TrainConfig(ConfigBase):
     DEFAULTED: ClassVar[tuple[str, ...]] = (
         "rollout_steps", "memory_capacity", "eval_every", "eval_episodes", "torch_threads",
     )
-    UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ("gae_lambda", "value_lambda", "return_norm_rate")
+    UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ("gamma", "gae_lambda", "value_lambda", "return_norm_rate")
     STRICTLY_POSITIVE: ClassVar[tuple[str, ...]] = ("learning_rate", "max_grad_norm")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("entropy_coef", "value_coef", "max_minutes", "read_gain", "taken_gain",
                                                "value_read_gain")
@@ -294,14 +297,9 @@ class TrainConfig(ConfigBase):
     }
 
     def check(self) -> None:
-        if isinstance(self.gamma, str):
-            if self.gamma != "auto":
-                raise ConfigError(f"gamma must be 'auto' or a number in [0, 1], got {self.gamma!r}; use gamma=auto "
-                                  "(the rule in `--help`), gamma=0 (myopic) or, e.g., gamma=0.99.")
-        elif not 0.0 <= self.gamma <= 1.0:
-            raise ConfigError(f"gamma must lie in [0, 1], got {self.gamma}.")
-        else:
-            self.gamma = float(self.gamma)  # 0 and 0.0 mean the same: save one of them
+        if isinstance(self.gamma, str) and self.gamma != "auto":  # a number was checked with UNIT_INTERVAL
+            raise ConfigError(f"gamma must be 'auto' or a number in [0, 1], got {self.gamma!r}; use gamma=auto "
+                              "(the rule in `--help`), gamma=0 (myopic) or, e.g., gamma=0.99.")
         if not -(2**63) <= self.seed < 2**63:  # what torch.Generator.manual_seed takes
             raise ConfigError(f"seed must lie in [-2**63, 2**63), got {self.seed}.")
         bad = [k for k, v in self.env_kwargs.items() if not _plain(v)]
@@ -413,7 +411,7 @@ def check_type(name: str, value: Any, hint: Any) -> None:
     """Raise :class:`ConfigError` unless ``value`` fits the type hint of config field ``name``."""
     origin = typing.get_origin(hint)
     if origin is types.UnionType:
-        options = typing.get_args(hint)
+        options = _options(hint)
         if not any(_is(value, t) for t in options):
             names = " or ".join(t.__name__ for t in options)
             raise ConfigError(f"{name} must be of type {names}, got {type(value).__name__} {value!r}.")
@@ -441,6 +439,11 @@ def _plain(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _plain(v) for k, v in value.items())
     return False
+
+
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The types a field's hint allows: each member of a union (``float | str``), else the hint itself."""
+    return typing.get_args(hint) if typing.get_origin(hint) is types.UnionType else (hint,)
 
 
 def _is(value: Any, typ: type) -> bool:

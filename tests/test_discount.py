@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from meta_rl.config import ConfigError, TrainConfig
-from meta_rl.contract import fixed_length
+from meta_rl.contract import MetaVectorEnv, fixed_length
 from meta_rl.envs import (
     BernoulliBanditVectorEnv,
     CartPoleTaskVectorEnv,
@@ -21,7 +23,7 @@ from meta_rl.rollout import collect
 from meta_rl.train import AUTO_GAMMA, build_policy, reinforce_gradients, resolve_gamma
 
 
-def _corridor() -> gym.Env:
+def _gym_cartpole() -> gym.Env:
     return gym.make("CartPole-v1")
 
 
@@ -34,7 +36,7 @@ def _no_task(env: gym.Env, rng: np.random.Generator) -> None:
     lambda: TabularMDPVectorEnv(num_envs=2),
     lambda: PointNavVectorEnv(num_envs=2),
 ])
-def test_fixed_length_tasks_resolve_auto_to_zero(make) -> None:  # type: ignore[no-untyped-def]
+def test_fixed_length_tasks_resolve_auto_to_zero(make: Callable[[], MetaVectorEnv]) -> None:
     env = make()
     assert fixed_length(env) and resolve_gamma("auto", env) == 0.0
     env.close()
@@ -46,7 +48,7 @@ def test_classification_streams_declare_a_fixed_length() -> None:
 
 def test_tasks_that_can_end_early_or_declare_nothing_resolve_auto_to_0_99() -> None:
     cartpole = CartPoleTaskVectorEnv(num_envs=2)
-    plug_in = GymTaskVectorEnv(_corridor, _no_task, num_envs=2, episodes_per_trial=2, max_episode_steps=20)
+    plug_in = GymTaskVectorEnv(_gym_cartpole, _no_task, num_envs=2, episodes_per_trial=2, max_episode_steps=20)
     for env in (cartpole, plug_in):
         assert not fixed_length(env) and resolve_gamma("auto", env) == AUTO_GAMMA == 0.99
         env.close()
