@@ -25,7 +25,7 @@ else:  # pragma: no cover
 
 import torch
 
-from meta_rl.cores import CORES
+from meta_rl.cores import CORES, CRITICS
 from meta_rl.encoders import ENCODERS, PRECISIONS
 
 __all__ = [
@@ -228,6 +228,11 @@ class TrainConfig(ConfigBase):
     value_read_gain: float = 5.0
     """With ``value_read``, the initial weight from an action's mean reward to its logit, and half of it against
     the action having been tried among the similar steps; 0 leaves the heads' use of the value read to learning."""
+    critic: str = "shared"
+    """The critic's trunk: ``shared`` (the value head reads the policy's core and its loss trains it too, weighted
+    by ``value_coef``), ``detached`` (the same features, no value gradient into the core or encoder) or
+    ``separate`` (its own core of the same kind on the detached encoding, as sb3-contrib's RecurrentPPO
+    does by default; twice the core's compute). ``shared`` was the only one that learned CartPole."""
 
     # --- algorithm: REINFORCE with TD(λ)-learned advantages --------------------------------
     gamma: float | str = "auto"
@@ -246,8 +251,11 @@ class TrainConfig(ConfigBase):
     """Adam step size (2e-3 was level with or better than 1e-3 on 11 of the suite's 13 tasks; BENCHMARKS.md)."""
     entropy_coef: float = 0.01
     """Weight of the entropy bonus."""
-    value_coef: float = 0.5
-    """Weight of the critic loss."""
+    value_coef: float = 0.05
+    """Weight of the critic loss. With a ``shared`` critic it sets how much the λ-return targets' gradient shapes
+    the core the policy reads: at 0.5 it swamped the policy gradient wherever γ > 0 (a tabular MDP trained
+    at γ = 0.99 stayed near random), at 0.05 the critic still learns (Adam scales its head's steps) and the
+    γ = 0 rows are level. BENCHMARKS.md § "The critic's share of the core" has the measurements."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
     normalize_advantages: bool = True
@@ -293,7 +301,7 @@ class TrainConfig(ConfigBase):
                                                "value_read_gain")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "encoder": tuple(ENCODERS), "core": tuple(CORES), "conv_norm": ("batch", "group", "none"),
-        "encoder_precision": tuple(PRECISIONS),
+        "encoder_precision": tuple(PRECISIONS), "critic": CRITICS,
     }
 
     def check(self) -> None:

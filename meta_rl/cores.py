@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CORES", "EpisodicMemoryCore", "RNNCore", "make_core", "run_rnn"]
+__all__ = ["CORES", "CRITICS", "EpisodicMemoryCore", "RNNCore", "make_core", "run_rnn"]
 
 State = tuple[torch.Tensor, ...]
 
@@ -175,6 +175,9 @@ class EpisodicMemoryCore(nn.Module):
 
 
 CORES = ("memory", "gru", "lstm")
+#: What the critic's value head reads: the policy's core (``shared``), its features without a value gradient
+#: (``detached``) or a second core of the same kind (``separate``).
+CRITICS = ("shared", "detached", "separate")
 
 
 def make_core(

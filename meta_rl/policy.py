@@ -14,7 +14,7 @@ from torch import nn
 
 from meta_rl import distributions as D
 from meta_rl import sb3_adapter
-from meta_rl.cores import EpisodicMemoryCore, State, make_core
+from meta_rl.cores import CRITICS, EpisodicMemoryCore, State, make_core
 from meta_rl.encoders import PRECISIONS, make_encoder, native_bfloat16
 from meta_rl.returns import popart_preserve, popart_stats, popart_std
 from meta_rl.sb3_adapter import PREV_REWARD_KEY, RL2ObservationWrapper, RL2State
@@ -94,6 +94,9 @@ class MetaPolicy(nn.Module):
             ``"bfloat16"`` (autocast, whatever the input; parameters, gradients and the features it
             returns stay float32) or ``"auto"`` (bfloat16 for image inputs where
             :func:`native_bfloat16`, else float32; :class:`~meta_rl.config.TrainConfig`'s default).
+        critic: the value head's trunk: ``"shared"`` (the policy's core features), ``"detached"`` (the
+            same features with no value gradient into the core or encoder) or ``"separate"`` (its own
+            core of the same kind over the detached encoding; its state follows the policy core's).
     """
 
     low: torch.Tensor
@@ -119,8 +122,11 @@ class MetaPolicy(nn.Module):
         value_read: bool = False,
         value_read_gain: float = 5.0,
         encoder_precision: str = "float32",
+        critic: str = "shared",
     ) -> None:
         super().__init__()
+        if critic not in CRITICS:
+            raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}; 'shared' is the default.")
         if encoder_precision not in PRECISIONS:
             raise ValueError(f"encoder_precision must be one of {PRECISIONS}, got {encoder_precision!r}; use 'auto' to "
                              "let the hardware decide or 'float32' for exact arithmetic.")
@@ -187,7 +193,11 @@ class MetaPolicy(nn.Module):
         self._value_slices = self._read_slices() if self.value_read else None  # fixed by the spaces: once, not per step
         out = self.core.out_dim + (2 * self.action_dim if self.value_read else 0)
         self.policy_head = nn.Linear(out, self.action_dim)
-        self.value_head = nn.Linear(out, 1)
+        self.critic = critic
+        self._policy_state_len = len(self.core.initial_state(1, torch.device("cpu")))
+        self.critic_core = (make_core(core, embed_dim, context_dim, hidden=hidden, key_dim=key_dim,
+                                      capacity=memory_capacity) if critic == "separate" else None)
+        self.value_head = nn.Linear(out if self.critic_core is None else self.critic_core.out_dim, 1)
         # The critic's output is μ + σ·value_head(f), μ and σ running statistics of its targets (PopArt):
         # fixed at 0 and 1 unless the trainer updates them (update_return_stats).
         self.register_buffer("return_stats", torch.tensor([0.0, 1.0, 0.0]))  # (3,): E[G], E[G²], updates
@@ -313,18 +323,27 @@ class MetaPolicy(nn.Module):
     # -- core and heads --------------------------------------------------------------------
 
     def initial_state(self, batch: int, device: torch.device | str) -> State:
-        return self.core.initial_state(batch, torch.device(device))
+        state = self.core.initial_state(batch, torch.device(device))
+        if self.critic_core is not None:
+            state = state + self.critic_core.initial_state(batch, torch.device(device))
+        return state
 
     def forward(
         self, embed: torch.Tensor, context: torch.Tensor, starts: torch.Tensor, state: State, need_state: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, State]:
         """(T, B, E), (T, B, U), (T, B) -> distribution parameters (T, B, A), values (T, B), state."""
-        feats, state = self.core(embed, context, starts, state, need_state=need_state)  # (T, B, F)
+        n = self._policy_state_len
+        feats, own = self.core(embed, context, starts, state[:n], need_state=need_state)  # (T, B, F)
         if self._value_slices is not None:
             taken, credit = self._value_slices
             feats = torch.cat([feats, action_value_read(feats[..., taken], feats[..., credit])], dim=-1)  # (T, B, F+2A)
-        values = self.return_stats[0] + self.return_scale() * self.value_head(feats).squeeze(-1)  # (T, B)
-        return self.policy_head(feats), values, state
+        if self.critic_core is not None:
+            vfeats, critic_state = self.critic_core(embed.detach(), context, starts, state[n:], need_state=need_state)
+            own = own + critic_state
+        else:
+            vfeats = feats.detach() if self.critic == "detached" else feats
+        values = self.return_stats[0] + self.return_scale() * self.value_head(vfeats).squeeze(-1)  # (T, B)
+        return self.policy_head(feats), values, own
 
     def return_scale(self) -> torch.Tensor:
         """σ of the critic's targets (1 until the trainer updates the statistics)."""

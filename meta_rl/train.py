@@ -104,6 +104,7 @@ def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: An
         value_read=cfg.value_read,
         value_read_gain=cfg.value_read_gain,
         encoder_precision=cfg.encoder_precision,
+        critic=cfg.critic,
     )
 
 

@@ -465,3 +465,62 @@ def test_value_read_feeds_the_heads_only_with_memory_and_discrete_actions() -> N
     ctx = on.context({}, torch.zeros(t, b, dtype=torch.long), torch.ones(t, b), torch.zeros(t, b, dtype=torch.bool))
     logits, values, _ = on(embed, ctx, torch.zeros(t, b, dtype=torch.bool), on.initial_state(b, "cpu"))
     assert logits.shape == (t, b, N_WAY) and values.shape == (t, b)
+
+
+# --------------------------------------------------------------------------------------------
+# the critic's trunk
+# --------------------------------------------------------------------------------------------
+
+
+def _label_inputs(policy: MetaPolicy, steps: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    embed = torch.randn(steps, batch, 16, generator=g, dtype=torch.float64)
+    starts = torch.zeros(steps, batch, dtype=torch.bool)
+    starts[0], starts[4, 1] = True, True  # a second task starts mid-sequence in one column
+    labels = torch.randint(0, N_WAY + 1, (steps, batch), generator=g)
+    prev_a, prev_r = torch.randint(0, N_WAY, (steps, batch), generator=g), torch.rand(steps, batch, generator=g)
+    return embed, policy.context({"label": labels}, prev_a, prev_r, starts).double(), starts
+
+
+def _double_state(policy: MetaPolicy, batch: int) -> tuple[torch.Tensor, ...]:
+    return tuple(s.double() if s.is_floating_point() else s for s in policy.initial_state(batch, CPU))
+
+
+@pytest.mark.parametrize("core", CORE_NAMES)
+def test_separate_critic_acts_step_by_step_as_it_recomputes(core: str) -> None:
+    """The separate critic's state travels with the policy's: values and logits computed one step at a time
+    equal the whole-sequence recompute, so the bootstrap value and the update's baseline agree."""
+    policy = small_policy(image_space(), spaces.Discrete(N_WAY), core=core, critic="separate").double()
+    steps, batch = 7, 2
+    embed, ctx, starts = _label_inputs(policy, steps, batch)
+    logits, values, _ = policy(embed, ctx, starts, _double_state(policy, batch))
+    state, step_logits, step_values = _double_state(policy, batch), [], []
+    for t in range(steps):
+        lg, v, state = policy(embed[t : t + 1], ctx[t : t + 1], starts[t : t + 1], state)
+        step_logits.append(lg)
+        step_values.append(v)
+    torch.testing.assert_close(torch.cat(step_logits), logits, atol=1e-10, rtol=0)
+    torch.testing.assert_close(torch.cat(step_values), values, atol=1e-10, rtol=0)
+    assert len(state) == 2 * len(policy.core.initial_state(1, CPU))  # the policy's state, then the critic's
+
+
+@pytest.mark.parametrize("critic", ["shared", "detached", "separate"])
+def test_value_gradient_reaches_the_policy_core_only_when_shared(critic: str) -> None:
+    policy = small_policy(image_space(), spaces.Discrete(N_WAY), critic=critic).double()
+    embed, ctx, starts = _label_inputs(policy, 5, 2)
+    embed.requires_grad_(True)
+    _, values, _ = policy(embed, ctx, starts, _double_state(policy, 2), need_state=False)
+    values.sum().backward()
+    core_grad = sum(float(p.grad.abs().sum()) for p in policy.core.parameters() if p.grad is not None)
+    assert (core_grad > 0) == (critic == "shared")
+    assert policy.value_head.weight.grad is not None and policy.value_head.weight.grad.abs().sum() > 0
+    # Only the shared critic trains the encoder through the value loss.
+    assert (embed.grad is not None and bool(embed.grad.abs().sum() > 0)) == (critic == "shared")
+    if critic == "separate":
+        assert policy.critic_core is not None
+        assert sum(float(p.grad.abs().sum()) for p in policy.critic_core.parameters() if p.grad is not None) > 0
+
+
+def test_unknown_critic_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"critic must be one of .*'separate'.*got 'twin'"):
+        small_policy(image_space(), spaces.Discrete(N_WAY), critic="twin")
