@@ -332,18 +332,18 @@ class MetaPolicy(nn.Module):
         self, embed: torch.Tensor, context: torch.Tensor, starts: torch.Tensor, state: State, need_state: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, State]:
         """(T, B, E), (T, B, U), (T, B) -> distribution parameters (T, B, A), values (T, B), state."""
-        n = self._policy_state_len
-        feats, own = self.core(embed, context, starts, state[:n], need_state=need_state)  # (T, B, F)
+        n = self._policy_state_len  # state: the policy core's n tensors, then the separate critic's
+        feats, state_out = self.core(embed, context, starts, state[:n], need_state=need_state)  # (T, B, F)
         if self._value_slices is not None:
             taken, credit = self._value_slices
             feats = torch.cat([feats, action_value_read(feats[..., taken], feats[..., credit])], dim=-1)  # (T, B, F+2A)
         if self.critic_core is not None:
             vfeats, critic_state = self.critic_core(embed.detach(), context, starts, state[n:], need_state=need_state)
-            own = own + critic_state
+            state_out = state_out + critic_state  # the policy core's state, then the critic core's
         else:
             vfeats = feats.detach() if self.critic == "detached" else feats
         values = self.return_stats[0] + self.return_scale() * self.value_head(vfeats).squeeze(-1)  # (T, B)
-        return self.policy_head(feats), values, own
+        return self.policy_head(feats), values, state_out
 
     def return_scale(self) -> torch.Tensor:
         """σ of the critic's targets (1 until the trainer updates the statistics)."""
