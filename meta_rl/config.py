@@ -168,7 +168,8 @@ class ConfigBase:
         return cls.from_dict(data, source=source)
 
 
-LEGACY_DEFAULTS: dict[str, Any] = {"value_read": False, "value_read_gain": 5.0, "encoder_precision": "float32"}
+LEGACY_DEFAULTS: dict[str, Any] = {"value_read": False, "value_read_gain": 5.0, "encoder_precision": "float32",
+                                   "critic": "shared"}
 """Config keys added after checkpoints were written, with the value that rebuilds those checkpoints'
 policies: a saved config without the key is read with this value, not the new default."""
 

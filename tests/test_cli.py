@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meta_rl.checkpoint import load_checkpoint
+from meta_rl.checkpoint import load_checkpoint, save_checkpoint
 from meta_rl.cli import main
 from meta_rl.train import CHECKPOINT_NAME
 
@@ -137,6 +137,20 @@ def test_resume_continues(
     # A new run cannot start in a directory that holds one.
     assert main(["train", "--run-dir", str(run_dir), *train_args(proto_dataset, 1)]) == 2
     assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+def test_resume_a_checkpoint_written_before_the_critic_setting(
+    cli_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config saved before ``critic`` existed resumes: the missing key means the shared critic it was trained with."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cli_run, run_dir)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    del ckpt["config"]["critic"]
+    save_checkpoint(run_dir / CHECKPOINT_NAME, ckpt)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), f"total_env_steps={3 * STEPS_PER_UPDATE}", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["updates"] == 3
 
 
 def test_console_script_help() -> None:
