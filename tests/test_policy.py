@@ -10,7 +10,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from meta_rl.cores import EpisodicMemoryCore, RNNCore, make_core
+from meta_rl.cores import CRITICS, EpisodicMemoryCore, RNNCore, make_core
 from meta_rl.data import ImageDataset
 from meta_rl.encoders import Conv4Encoder, MLPEncoder, SeedCNNEncoder, make_encoder
 from meta_rl.envs import FewShotVectorEnv
@@ -93,7 +93,8 @@ def _core(name: str) -> RNNCore | EpisodicMemoryCore:
     return make_core(name, E, U, hidden=8, key_dim=4, capacity=T).double()
 
 
-def _state(core: RNNCore | EpisodicMemoryCore, batch: int = B) -> tuple[torch.Tensor, ...]:
+def _state(core: RNNCore | EpisodicMemoryCore | MetaPolicy, batch: int = B) -> tuple[torch.Tensor, ...]:
+    """A core's (or a policy's) initial state in float64."""
     return tuple(s.double() if s.is_floating_point() else s for s in core.initial_state(batch, CPU))
 
 
@@ -171,7 +172,7 @@ def test_memory_core_retrieves_by_content() -> None:
     u = torch.zeros(4, 1, 4, dtype=torch.float64)
     u[1, 0, 0] = u[2, 0, 1] = u[3, 0, 2] = 1.0  # codes 0, 1, 2 for the observations at 0, 1, 2
     starts = torch.tensor([[True], [False], [False], [False]])
-    out, _ = core(e, u, starts, tuple(s.double() if s.is_floating_point() else s for s in core.initial_state(1, CPU)))
+    out, _ = core(e, u, starts, _state(core, 1))
     read = out[3, 0, 4:8]
     assert read.argmax().item() == 0 and read[0] > 0.9  # key 0 was stored with code 0
     assert out[0, 0, 4:8].abs().max() < 1e-9  # nothing stored yet at the first step
@@ -352,7 +353,7 @@ def test_state_carries_across_episodes_of_a_trial(core: str) -> None:
 
     def run(emb: torch.Tensor) -> torch.Tensor:
         ctx = policy.context({"label": labels}, prev_a, prev_r, starts).double()
-        state = tuple(s.double() if s.is_floating_point() else s for s in policy.initial_state(batch, CPU))
+        state = _state(policy, batch)
         logits, _, _ = policy(emb, ctx, starts, state)
         return logits
 
@@ -482,10 +483,6 @@ def _label_inputs(policy: MetaPolicy, steps: int, batch: int) -> tuple[torch.Ten
     return embed, policy.context({"label": labels}, prev_a, prev_r, starts).double(), starts
 
 
-def _double_state(policy: MetaPolicy, batch: int) -> tuple[torch.Tensor, ...]:
-    return tuple(s.double() if s.is_floating_point() else s for s in policy.initial_state(batch, CPU))
-
-
 @pytest.mark.parametrize("core", CORE_NAMES)
 def test_separate_critic_acts_step_by_step_as_it_recomputes(core: str) -> None:
     """The separate critic's state travels with the policy's: values and logits computed one step at a time
@@ -493,8 +490,8 @@ def test_separate_critic_acts_step_by_step_as_it_recomputes(core: str) -> None:
     policy = small_policy(image_space(), spaces.Discrete(N_WAY), core=core, critic="separate").double()
     steps, batch = 7, 2
     embed, ctx, starts = _label_inputs(policy, steps, batch)
-    logits, values, _ = policy(embed, ctx, starts, _double_state(policy, batch))
-    state, step_logits, step_values = _double_state(policy, batch), [], []
+    logits, values, _ = policy(embed, ctx, starts, _state(policy, batch))
+    state, step_logits, step_values = _state(policy, batch), [], []
     for t in range(steps):
         lg, v, state = policy(embed[t : t + 1], ctx[t : t + 1], starts[t : t + 1], state)
         step_logits.append(lg)
@@ -504,12 +501,12 @@ def test_separate_critic_acts_step_by_step_as_it_recomputes(core: str) -> None:
     assert len(state) == 2 * len(policy.core.initial_state(1, CPU))  # the policy's state, then the critic's
 
 
-@pytest.mark.parametrize("critic", ["shared", "detached", "separate"])
+@pytest.mark.parametrize("critic", CRITICS)
 def test_value_gradient_reaches_the_policy_core_only_when_shared(critic: str) -> None:
     policy = small_policy(image_space(), spaces.Discrete(N_WAY), critic=critic).double()
     embed, ctx, starts = _label_inputs(policy, 5, 2)
     embed.requires_grad_(True)
-    _, values, _ = policy(embed, ctx, starts, _double_state(policy, 2), need_state=False)
+    _, values, _ = policy(embed, ctx, starts, _state(policy, 2), need_state=False)
     values.sum().backward()
     core_grad = sum(float(p.grad.abs().sum()) for p in policy.core.parameters() if p.grad is not None)
     assert (core_grad > 0) == (critic == "shared")
