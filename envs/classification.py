@@ -118,6 +118,8 @@ class FewShotVectorEnv(MetaVectorEnv):
         self.n_way = n_way
         self.feedback = feedback
         self.request_action = n_way if feedback == "active" else None  # the action that asks for the label
+        # The likeliest label is also the most informative answer, except where asking costs now and pays later.
+        self.myopic = feedback != "active"
         self.split = split
         self.episode_length = self.sampler.episode_length
         defaults = _DEFAULT_REWARDS[feedback]

@@ -169,7 +169,8 @@ class ConfigBase:
 
 
 LEGACY_DEFAULTS: dict[str, Any] = {"value_read": False, "value_read_gain": 5.0, "encoder_precision": "float32",
-                                   "critic": "shared"}
+                                   "critic": "shared",
+                                   "index_head": False}
 """Config keys added after checkpoints were written, with the value that rebuilds those checkpoints'
 policies: a saved config without the key is read with this value, not the new default."""
 
@@ -229,6 +230,14 @@ class TrainConfig(ConfigBase):
     value_read_gain: float = 5.0
     """With ``value_read``, the initial weight from an action's mean reward to its logit, and half of it against
     the action having been tried among the similar steps; 0 leaves the heads' use of the value read to learning."""
+    index_head: bool | str = "auto"
+    """With the memory core and discrete actions, add to each action's logit a term from one small network shared
+    by all actions (:class:`~meta_rl.policy.IndexHead`), computed from that action's statistics among the similar
+    stored steps: its mean reward, whether it was tried and how often (the value read's, which this switches on,
+    and a count). An exploring policy is such an index (Gittins, UCB: mean reward plus a bonus that shrinks with
+    the count), learned once for every action instead of once per action. ``auto``: on unless the env declares
+    itself ``myopic`` (classification with label or reward feedback, where the likeliest answer is also the most
+    informative, so there is no exploring to value); the run's saved config records the choice."""
     critic: str = "shared"
     """The critic's trunk: ``shared`` (the value head reads the policy's core and its loss trains it too, weighted
     by ``value_coef``), ``detached`` (the same features, no value gradient into the core or encoder) or
@@ -237,11 +246,13 @@ class TrainConfig(ConfigBase):
 
     # --- algorithm: REINFORCE with TD(λ)-learned advantages --------------------------------
     gamma: float | str = "auto"
-    """Discount, or ``auto``: 0 where the env declares that every task lasts its full length whatever the agent
-    does (``fixed_length``: bandits, fixed-horizon MDPs, classification streams), where each action is scored by
-    its own reward with the least variance; 0.99 where actions can end a task early (a pole that falls, a goal
-    reached) or the env declares nothing (a plug-in), since a myopic learner cannot see an end coming.
-    BENCHMARKS.md has the measurements behind the rule."""
+    """Discount, or ``auto``, which reads what the env declares: 0 where it is ``myopic`` (classification with
+    label or reward feedback, where the likeliest answer is also the most informative, so each action is scored
+    by its own reward with the least variance); 0.9 where every task lasts its full length whatever the agent
+    does (``fixed_length``: bandits, MDPs, PointNav), about ten steps of lookahead, enough to value what an
+    action teaches; 0.99 where actions can end a task early (a pole that falls, a goal reached) or the env
+    declares nothing (a plug-in), since only a long horizon sees an end coming. A resumed run keeps the
+    discount it was trained with. BENCHMARKS.md has the measurements behind the rule."""
     gae_lambda: float = 0.95
     """λ of the policy's GAE(λ) advantages; 1 gives Monte-Carlo returns minus the baseline, 0 the one-step
     TD error."""
@@ -306,6 +317,9 @@ class TrainConfig(ConfigBase):
     }
 
     def check(self) -> None:
+        if isinstance(self.index_head, str) and self.index_head != "auto":
+            raise ConfigError(f"index_head must be true, false or 'auto', got {self.index_head!r}; use index_head=auto "
+                              "(on unless the env declares itself myopic) or index_head=false.")
         if isinstance(self.gamma, str) and self.gamma != "auto":  # a number was checked with UNIT_INTERVAL
             raise ConfigError(f"gamma must be 'auto' or a number in [0, 1], got {self.gamma!r}; use gamma=auto "
                               "(the rule in `--help`), gamma=0 (myopic) or, e.g., gamma=0.99.")

@@ -9,6 +9,10 @@ class-level attributes in the manner of ``VectorEnv``'s own (``metadata``, ``num
 - ``fixed_length``: True where every task lasts exactly ``episode_length`` steps whatever the agent does
   (bandits, fixed-horizon MDPs, classification streams), False where actions can end a task early
   (a pole that falls, a goal reached) or nothing is known; the trainer's ``gamma = "auto"`` reads it;
+- ``myopic``: True where the action that pays most now is also the one that tells most about the task
+  (classification with label or reward feedback: the likeliest label is also the answer whose feedback
+  rules out most), so scoring each action by its own reward alone (γ = 0) loses nothing; the trainer's
+  ``gamma = "auto"`` reads it;
 - ``request_action``: the action that asks for the true label (active classification), or None;
 - ``reference_returns(trials, seed)``: the classic baselines' return per trial on the tasks an
   agent evaluated with the same seed meets (bandit indices, PSRL, a task-knowing oracle), where the env has them;
@@ -29,7 +33,7 @@ from gymnasium.vector import VectorEnv
 
 __all__ = [
     "HasEpisodeLength", "HasReferenceReturns", "HasTrials", "KnowsImages", "MetaVectorEnv", "fixed_length",
-    "known_images", "label_request_action", "reference_returns", "task_length", "trial_episodes",
+    "known_images", "label_request_action", "myopic", "reference_returns", "task_length", "trial_episodes",
 ]
 
 
@@ -67,6 +71,7 @@ class MetaVectorEnv(VectorEnv):
     episode_length: int | None = None
     episodes_per_trial: int | None = None
     fixed_length: bool = False
+    myopic: bool = False
     request_action: int | None = None
     device: torch.device = torch.device("cpu")
 
@@ -88,6 +93,11 @@ def trial_episodes(env: object) -> int:
 def fixed_length(env: object) -> bool:
     """True where ``env`` declares that each task lasts ``episode_length`` steps whatever the agent does."""
     return getattr(env, "fixed_length", False) is True and task_length(env) > 0
+
+
+def myopic(env: object) -> bool:
+    """True where ``env`` declares that its most rewarding action now is also its most informative one."""
+    return getattr(env, "myopic", False) is True
 
 
 def known_images(env: object) -> torch.Tensor | None:

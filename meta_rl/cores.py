@@ -93,7 +93,8 @@ class EpisodicMemoryCore(nn.Module):
     """
 
     def __init__(
-        self, embed_dim: int, context_dim: int, hidden: int = 128, key_dim: int = 64, capacity: int = 64
+        self, embed_dim: int, context_dim: int, hidden: int = 128, key_dim: int = 64, capacity: int = 64,
+        mass: bool = False,
     ) -> None:
         super().__init__()
         if capacity < 1:
@@ -108,14 +109,18 @@ class EpisodicMemoryCore(nn.Module):
         self.hidden = hidden
         read_dim = 2 * context_dim + 1
         self.rnn = nn.GRU(embed_dim + context_dim + read_dim, hidden)
-        self.out_dim = hidden + read_dim
+        self.mass = bool(mass)
+        self.out_dim = hidden + read_dim + int(self.mass)
 
     def output_layout(self) -> dict[str, slice]:
         """Where each part of the output features lies: ``controller`` (H), then the memory's ``read`` of the
         context (U), the ``total`` of every context stored in the task (U) and the ``best`` similarity (1)."""
         h, u = self.hidden, self.context_dim
-        return {"controller": slice(0, h), "read": slice(h, h + u), "total": slice(h + u, h + 2 * u),
-                "best": slice(h + 2 * u, h + 2 * u + 1)}
+        layout = {"controller": slice(0, h), "read": slice(h, h + u), "total": slice(h + u, h + 2 * u),
+                  "best": slice(h + 2 * u, h + 2 * u + 1)}
+        if self.mass:
+            layout["mass"] = slice(h + 2 * u + 1, h + 2 * u + 2)
+        return layout
 
     def initial_state(self, batch: int, device: torch.device) -> State:
         s, k, u = self.capacity, self.key_dim, self.context_dim
@@ -161,6 +166,9 @@ class EpisodicMemoryCore(nn.Module):
         reads = torch.cat([read, total, best], dim=-1).transpose(0, 1)  # (T, B, 2U + 1)
         ctrl, (h,) = run_rnn(self.rnn, torch.cat([e, u, reads], dim=-1), (h,), starts)  # (T, B, H)
         out = torch.cat([ctrl, reads], dim=-1)  # (T, B, H + 2U + 1)
+        if self.mass:  # log of the read's mass over e^b, the null slot's included: log(e^(n-b) + sum e^(b(sim-1)))
+            mass = torch.logsumexp(torch.cat([scores, null], dim=-1), dim=-1) - self.log_beta.exp()  # (B, T)
+            out = torch.cat([out, mass.detach().t().unsqueeze(-1)], dim=-1)  # (T, B, H + 2U + 2)
         if not need_state:
             return out, (mem_k, mem_v, writes, prev_k, has_prev, h)
         # Write the T pairs into the ring buffer to get the state after the sequence.
@@ -181,11 +189,12 @@ CRITICS = ("shared", "detached", "separate")
 
 
 def make_core(
-    name: str, embed_dim: int, context_dim: int, *, hidden: int = 128, key_dim: int = 64, capacity: int = 64
+    name: str, embed_dim: int, context_dim: int, *, hidden: int = 128, key_dim: int = 64, capacity: int = 64,
+    mass: bool = False,
 ) -> RNNCore | EpisodicMemoryCore:
-    """Build a core by name: ``memory``, ``gru`` or ``lstm``."""
+    """Build a core by name: ``memory``, ``gru`` or ``lstm`` (``mass``: the memory also outputs its read's mass)."""
     if name == "memory":
-        return EpisodicMemoryCore(embed_dim, context_dim, hidden=hidden, key_dim=key_dim, capacity=capacity)
+        return EpisodicMemoryCore(embed_dim, context_dim, hidden=hidden, key_dim=key_dim, capacity=capacity, mass=mass)
     if name in ("gru", "lstm"):
         return RNNCore(name, embed_dim, context_dim, hidden=hidden)
     raise ValueError(f"unknown core {name!r}; expected one of {CORES}.")

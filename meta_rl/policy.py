@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,10 @@ from meta_rl.encoders import PRECISIONS, make_encoder, native_bfloat16
 from meta_rl.returns import popart_preserve, popart_stats, popart_std
 from meta_rl.sb3_adapter import PREV_REWARD_KEY, RL2ObservationWrapper, RL2State
 
-__all__ = ["PREV_REWARD_KEY", "MetaPolicy", "RL2ObservationWrapper", "RL2State"]  # the last three: sb3_adapter's
+__all__ = [
+    "PREV_REWARD_KEY", "IndexHead", "MetaPolicy", "RL2ObservationWrapper", "RL2State", "action_counts",
+    "action_value_read",
+]  # PREV_REWARD_KEY and the RL2 names are sb3_adapter's
 
 Obs = dict[str, torch.Tensor]
 
@@ -52,6 +56,59 @@ def action_value_read(taken: torch.Tensor, credit: torch.Tensor, eps: float = VA
     taken, credit = taken.detach().clamp(min=0.0), credit.detach()
     denom = taken + eps  # (..., A)
     return torch.cat([credit / denom, taken / denom], dim=-1)  # (..., 2A)
+
+
+def action_counts(taken: torch.Tensor, log_mass: torch.Tensor) -> torch.Tensor:
+    """How often each action was taken among the similar stored steps, on a log scale: log(1 + n_j).
+
+    A softmax read gives only fractions, ``taken[j]`` = Σ_s w_s [a_s = j]; the memory's ``mass``
+    (:class:`~meta_rl.cores.EpisodicMemoryCore`) is the log of the read's normaliser over e^β, so
+    ``taken[j] · exp(mass)`` = Σ_s e^{β (sim_s − 1)} [a_s = j]: each stored step counts by its
+    similarity, an exact match as 1. Where every step matches (a bandit) n_j is the number of pulls of
+    arm j, which an exploring policy weighs against the arm's mean reward. Detached, as the value read.
+
+    Args:
+        taken: (..., A) read of the one-hot actions.
+        log_mass: (..., 1) the memory's ``mass`` output.
+
+    Returns:
+        (..., A) log(1 + n_j).
+    """
+    return torch.log1p(taken.detach().clamp(min=0.0) * log_mass.detach().exp())  # (..., A)
+
+
+class IndexHead(nn.Module):
+    """A per-action term of the logits, the same small network for every action (an index policy).
+
+    Action j's term is a function of its own statistics (mean reward, tried, log count: from
+    :func:`action_value_read` and :func:`action_counts`) and a projection of the core's controller
+    state, so what the head learns for one action holds for all: a rule such as "mean reward plus a
+    bonus that shrinks with the count", which Gittins and UCB indices have, and which the plain
+    linear head would have to learn once per action. Its last layer starts at zero, so the policy
+    starts as it would without it.
+    """
+
+    STATS = 3
+    """Statistics per action: mean reward, tried, log count."""
+
+    def __init__(self, controller_dim: int, count_scale: float = 1.0, proj: int = 8, hidden: int = 32) -> None:
+        super().__init__()
+        self.count_scale = float(count_scale)
+        self.proj = nn.Linear(controller_dim, proj)
+        # No bias at the end: a constant added to every action's logit changes nothing (and gets no gradient).
+        first, last = nn.Linear(self.STATS + proj, hidden), nn.Linear(hidden, 1, bias=False)
+        nn.init.zeros_(last.weight)
+        self.mlp = nn.Sequential(first, nn.Tanh(), last)
+
+    def forward(self, stats: torch.Tensor, controller: torch.Tensor) -> torch.Tensor:
+        """(T, B, A, 3) per-action statistics, (T, B, H) controller features -> (T, B, A) logit terms.
+
+        The log counts are divided by ``count_scale`` (log(1 + the memory's capacity)), so all three lie in [0, 1].
+        """
+        stats = torch.cat([stats[..., :2], stats[..., 2:] / self.count_scale], dim=-1)  # (T, B, A, 3)
+        ctx = self.proj(controller)  # (T, B, P)
+        ctx = ctx.unsqueeze(-2).expand(*stats.shape[:-1], ctx.shape[-1])  # (T, B, A, P)
+        return self.mlp(torch.cat([stats, ctx], dim=-1)).squeeze(-1)  # (T, B, A)
 
 
 class MetaPolicy(nn.Module):
@@ -94,6 +151,9 @@ class MetaPolicy(nn.Module):
             ``"bfloat16"`` (autocast, whatever the input; parameters, gradients and the features it
             returns stay float32) or ``"auto"`` (bfloat16 for image inputs where
             :func:`native_bfloat16`, else float32; :class:`~meta_rl.config.TrainConfig`'s default).
+        index_head: with the memory core and discrete actions, add to each action's logit an
+            :class:`IndexHead` term computed from that action's value read and count among the similar
+            stored steps (implies ``value_read``'s features).
         critic: the value head's trunk: ``"shared"`` (the policy's core features), ``"detached"`` (the
             same features with no value gradient into the core or encoder) or ``"separate"`` (its own
             core of the same kind over the detached encoding; its state follows the policy core's).
@@ -123,6 +183,7 @@ class MetaPolicy(nn.Module):
         value_read_gain: float = 5.0,
         encoder_precision: str = "float32",
         critic: str = "shared",
+        index_head: bool = False,
     ) -> None:
         super().__init__()
         if critic not in CRITICS:
@@ -188,11 +249,15 @@ class MetaPolicy(nn.Module):
             context_dim += int(s.n) if isinstance(s, spaces.Discrete) else int(np.prod(s.shape))
         self.context_dim = context_dim
         self.embed_dim = embed_dim
-        self.core = make_core(core, embed_dim, context_dim, hidden=hidden, key_dim=key_dim, capacity=memory_capacity)
-        self.value_read = bool(value_read) and self.credit and isinstance(self.core, EpisodicMemoryCore)
+        use_index = bool(index_head) and self.credit and core == "memory"  # it reads the memory's value read
+        self.core = make_core(core, embed_dim, context_dim, hidden=hidden, key_dim=key_dim, capacity=memory_capacity,
+                              mass=use_index)
+        self.value_read = (bool(value_read) or use_index) and self.credit and isinstance(self.core, EpisodicMemoryCore)
         self._value_slices = self._read_slices() if self.value_read else None  # fixed by the spaces: once, not per step
-        out = self.core.out_dim + (2 * self.action_dim if self.value_read else 0)
+        # The linear heads read the core's features (less the memory's mass) and the value read (2 per action).
+        out = self.core.out_dim - int(use_index) + (2 * self.action_dim if self.value_read else 0)
         self.policy_head = nn.Linear(out, self.action_dim)
+        self.index_head = IndexHead(hidden, count_scale=math.log1p(memory_capacity)) if use_index else None
         self.critic = critic
         self._policy_state_len = len(self.core.initial_state(1, torch.device("cpu")))
         self.critic_core = (make_core(core, embed_dim, context_dim, hidden=hidden, key_dim=key_dim,
@@ -249,7 +314,8 @@ class MetaPolicy(nn.Module):
             self.policy_head.weight[rows, credit.start + rows] += read_gain + tried_gain
             self.policy_head.weight[rows, taken.start + rows] -= tried_gain
             if self.value_read:  # the value read follows the core's features: mean reward (A), then taken (A)
-                mean, tried = self.core.out_dim, self.core.out_dim + self.action_dim
+                mean = self.policy_head.in_features - 2 * self.action_dim
+                tried = mean + self.action_dim
                 self.policy_head.weight[rows, mean + rows] += value_gain
                 self.policy_head.weight[rows, tried + rows] -= value_gain / 2
 
@@ -334,16 +400,27 @@ class MetaPolicy(nn.Module):
         """(T, B, E), (T, B, U), (T, B) -> distribution parameters (T, B, A), values (T, B), state."""
         n = self._policy_state_len  # state: the policy core's n tensors, then the separate critic's
         feats, state_out = self.core(embed, context, starts, state[:n], need_state=need_state)  # (T, B, F)
+        index = None
         if self._value_slices is not None:
             taken, credit = self._value_slices
-            feats = torch.cat([feats, action_value_read(feats[..., taken], feats[..., credit])], dim=-1)  # (T, B, F+2A)
+            stats = action_value_read(feats[..., taken], feats[..., credit])  # (T, B, 2A): means, tried
+            if self.index_head is not None:
+                assert isinstance(self.core, EpisodicMemoryCore)
+                layout = self.core.output_layout()
+                counts = action_counts(feats[..., taken], feats[..., layout["mass"]])  # (T, B, A)
+                per_action = torch.cat([stats, counts], dim=-1).unflatten(-1, (IndexHead.STATS, self.action_dim))
+                per_action = per_action.transpose(-1, -2)  # (T, B, A, 3): mean, tried, log count of each action
+                index = self.index_head(per_action, feats[..., layout["controller"]])  # (T, B, A)
+                feats = feats[..., : layout["mass"].start]  # (T, B, F - 1): the linear heads' features
+            feats = torch.cat([feats, stats], dim=-1)  # (T, B, F' + 2A)
         if self.critic_core is not None:
             vfeats, critic_state = self.critic_core(embed.detach(), context, starts, state[n:], need_state=need_state)
             state_out = state_out + critic_state  # the policy core's state, then the critic core's
         else:
             vfeats = feats.detach() if self.critic == "detached" else feats
         values = self.return_stats[0] + self.return_scale() * self.value_head(vfeats).squeeze(-1)  # (T, B)
-        return self.policy_head(feats), values, state_out
+        logits = self.policy_head(feats)  # (T, B, A)
+        return (logits if index is None else logits + index), values, state_out
 
     def return_scale(self) -> torch.Tensor:
         """σ of the critic's targets (1 until the trainer updates the statistics)."""

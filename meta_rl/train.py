@@ -13,6 +13,7 @@ the update (``skip_nonfinite_updates``), and checkpoints are atomic and checksum
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
 from meta_rl.config import LEGACY_DEFAULTS, ConfigError, TrainConfig, resolve_device
-from meta_rl.contract import fixed_length, task_length
+from meta_rl.contract import fixed_length, myopic, task_length
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.env_factory import make_vec_env
 from meta_rl.evaluation import (
@@ -59,17 +60,20 @@ from meta_rl.spaces import space_to_dict
 __all__ = [
     "AUTO_GAMMA",
     "CHECKPOINT_NAME",
+    "FIXED_LENGTH_GAMMA",
     "TRUSTED_ENV_MODULES",
     "NonFiniteError",
     "Trainer",
     "TrainingInterrupted",
     "budget_steps",
     "build_policy",
+    "legacy_auto_gamma",
     "make_vec_env",
     "policy_for_spaces",
     "reinforce_update",
     "resolve_device",
     "resolve_gamma",
+    "resolve_index_head",
     "train",
     "untrusted_modules",
 ]
@@ -83,11 +87,25 @@ LossFn = Callable[..., dict[str, torch.Tensor]]  # meta_rl.returns.reinforce_los
 
 def build_policy(cfg: TrainConfig, env: VectorEnv, steps: int) -> MetaPolicy:
     """The policy ``cfg`` describes for ``env``'s spaces, with memory for ``steps`` steps."""
+    cfg = dataclasses.replace(cfg, index_head=resolve_index_head(cfg.index_head, env))
     return policy_for_spaces(cfg, env.single_observation_space, env.single_action_space, steps)
 
 
+def resolve_index_head(index_head: bool | str, env: object) -> bool:
+    """Whether the policy gets an :class:`~meta_rl.policy.IndexHead` on ``env``: ``auto`` unless the env declares
+    itself myopic (:func:`meta_rl.contract.myopic`), where there is no exploring to value; a bool as it is."""
+    return not myopic(env) if isinstance(index_head, str) else bool(index_head)
+
+
 def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: Any, steps: int) -> MetaPolicy:
-    """The policy ``cfg`` describes for one task's observation and action spaces."""
+    """The policy ``cfg`` describes for one task's observation and action spaces.
+
+    Raises:
+        ValueError: ``cfg.index_head`` is ``auto``, which depends on the env (:func:`build_policy` resolves it).
+    """
+    if isinstance(cfg.index_head, str):
+        raise ValueError(f"cfg.index_head is {cfg.index_head!r}, which depends on the env; use build_policy(cfg, env, "
+                         "steps) or set index_head=resolve_index_head(cfg.index_head, env) first.")
     return MetaPolicy(
         observation_space,
         action_space,
@@ -103,6 +121,7 @@ def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: An
         taken_gain=cfg.taken_gain,
         value_read=cfg.value_read,
         value_read_gain=cfg.value_read_gain,
+        index_head=cfg.index_head,
         encoder_precision=cfg.encoder_precision,
         critic=cfg.critic,
     )
@@ -110,14 +129,29 @@ def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: An
 
 #: The discount ``gamma = "auto"`` gives tasks that can end early or declare nothing.
 AUTO_GAMMA = 0.99
+#: The discount ``gamma = "auto"`` gives fixed-length tasks that are not myopic (bandits, MDPs, PointNav): a
+#: horizon of about ten steps values what an action teaches, and keeps the noise of a long trial's later
+#: rewards out of each action's advantage.
+FIXED_LENGTH_GAMMA = 0.9
 
 
 def resolve_gamma(gamma: float | str, env: object) -> float:
     """The discount a ``gamma`` setting gives on ``env``: a number as it is; ``auto`` 0 where the env declares
-    fixed-length tasks (:func:`meta_rl.contract.fixed_length`), else :data:`AUTO_GAMMA`."""
+    itself myopic (:func:`meta_rl.contract.myopic`: classification with label or reward feedback),
+    :data:`FIXED_LENGTH_GAMMA` where it declares fixed-length tasks (:func:`meta_rl.contract.fixed_length`),
+    else :data:`AUTO_GAMMA`."""
     if isinstance(gamma, str):
-        return 0.0 if fixed_length(env) else AUTO_GAMMA
+        if myopic(env):
+            return 0.0
+        return FIXED_LENGTH_GAMMA if fixed_length(env) else AUTO_GAMMA
     return float(gamma)
+
+
+def legacy_auto_gamma(env: object) -> float:
+    """The discount ``gamma = "auto"`` gave before 2026-12-07 (0 on every fixed-length task, else
+    :data:`AUTO_GAMMA`): a run resumed from a checkpoint of that time, which did not save its discount,
+    goes on with it."""
+    return 0.0 if fixed_length(env) else AUTO_GAMMA
 
 
 def reinforce_update(
@@ -341,6 +375,8 @@ class Trainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         probe = make_vec_env(cfg, cfg.train_split, 1, self.device)
+        # "auto" resolved once, here, so the saved config (and a resume's check against it) names the policy built.
+        self.cfg = cfg = dataclasses.replace(cfg, index_head=resolve_index_head(cfg.index_head, probe))
         self.steps = cfg.rollout_steps or task_length(probe)
         self.gamma = resolve_gamma(cfg.gamma, probe)
         if self.steps < 1:
@@ -376,6 +412,8 @@ class Trainer:
         if self.resume:
             ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
             _check_resumable(ckpt["config"], self.cfg, self.ckpt_path)
+            if isinstance(self.cfg.gamma, str):  # "auto": go on with the discount the run was trained with
+                self.gamma = float(ckpt.get("gamma", legacy_auto_gamma(self.env)))
             load_state(self.policy, ckpt["policy"], self.ckpt_path, "policy")
             load_state(self.optimizer, ckpt["optimizer"], self.ckpt_path, "optimizer")
             with malformed_state(self.ckpt_path):
@@ -537,6 +575,7 @@ class Trainer:
                 "policy": self.policy.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "counters": {"update": self.update, "env_steps": self.env_steps},
+                "gamma": self.gamma,  # the discount in use, which a resumed run keeps whatever gamma="auto" gives then
                 "rng": {"actions": self.generator.get_state()},
             }
             spaces = {"observation": space_to_dict(self.env.single_observation_space),

@@ -1,16 +1,21 @@
-"""The discount ``gamma = "auto"`` resolves from what the env declares: 0 for fixed-length tasks, 0.99 otherwise."""
+"""The discount ``gamma = "auto"`` resolves from what the env declares: 0 for myopic tasks (classification with label
+or reward feedback), 0.9 for other fixed-length tasks, 0.99 otherwise; a resumed run keeps its discount."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import make_synthetic_dataset
 
+from meta_rl.checkpoint import load_checkpoint, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig
-from meta_rl.contract import MetaVectorEnv, fixed_length
+from meta_rl.contract import MetaVectorEnv, fixed_length, myopic
+from meta_rl.data import ImageDataset
 from meta_rl.envs import (
     BernoulliBanditVectorEnv,
     CartPoleTaskVectorEnv,
@@ -20,7 +25,17 @@ from meta_rl.envs import (
 )
 from meta_rl.envs.gym_tasks import GymTaskVectorEnv
 from meta_rl.rollout import collect
-from meta_rl.train import AUTO_GAMMA, build_policy, reinforce_gradients, resolve_gamma
+from meta_rl.train import (
+    AUTO_GAMMA,
+    CHECKPOINT_NAME,
+    FIXED_LENGTH_GAMMA,
+    build_policy,
+    policy_for_spaces,
+    reinforce_gradients,
+    resolve_gamma,
+    resolve_index_head,
+    train,
+)
 
 
 def _gym_cartpole() -> gym.Env:
@@ -31,14 +46,27 @@ def _no_task(env: gym.Env, rng: np.random.Generator) -> None:
     del env, rng
 
 
+def _tiny_dataset() -> ImageDataset:
+    return make_synthetic_dataset(num_classes=10, images_per_class=12)
+
+
 @pytest.mark.parametrize("make", [
     lambda: BernoulliBanditVectorEnv(num_envs=2, arms=5, pulls=10),
     lambda: TabularMDPVectorEnv(num_envs=2),
     lambda: PointNavVectorEnv(num_envs=2),
+    lambda: FewShotVectorEnv(num_envs=2, dataset=_tiny_dataset(), feedback="active"),
 ])
-def test_fixed_length_tasks_resolve_auto_to_zero(make: Callable[[], MetaVectorEnv]) -> None:
+def test_fixed_length_tasks_resolve_auto_to_0_9(make: Callable[[], MetaVectorEnv]) -> None:
     env = make()
-    assert fixed_length(env) and resolve_gamma("auto", env) == 0.0
+    assert fixed_length(env) and not myopic(env)
+    assert resolve_gamma("auto", env) == FIXED_LENGTH_GAMMA == 0.9
+    env.close()
+
+
+@pytest.mark.parametrize("feedback", ["label", "reward"])
+def test_classification_with_label_or_reward_feedback_is_myopic_and_resolves_auto_to_zero(feedback: str) -> None:
+    env = FewShotVectorEnv(num_envs=2, dataset=_tiny_dataset(), feedback=feedback)
+    assert fixed_length(env) and myopic(env) and resolve_gamma("auto", env) == 0.0
     env.close()
 
 
@@ -81,9 +109,50 @@ def test_the_update_needs_the_resolved_discount_and_uses_it() -> None:
     ro = collect(env, policy, 6, torch.Generator().manual_seed(0), reset_seed=0)
     with pytest.raises(ValueError, match=r"cfg.gamma is 'auto'.*gamma=resolve_gamma\(cfg.gamma, env\)"):
         reinforce_gradients(policy, optimizer, ro, cfg)
-    by_number = reinforce_gradients(policy, optimizer, ro, TrainConfig(**{**cfg.to_dict(), "gamma": 0.0}))
+    by_number = reinforce_gradients(policy, optimizer, ro, TrainConfig(**{**cfg.to_dict(), "gamma": 0.9}))
     resolved = reinforce_gradients(policy, optimizer, ro, cfg, gamma=resolve_gamma(cfg.gamma, env))
     assert torch.equal(by_number["losses/value_target_mean"], resolved["losses/value_target_mean"])
     far = reinforce_gradients(policy, optimizer, ro, cfg, gamma=0.99)
     assert far["losses/value_target_mean"] > resolved["losses/value_target_mean"]  # later rewards count at 0.99
     env.close()
+
+
+def test_a_resumed_run_keeps_the_discount_it_was_trained_with(tmp_path: Path) -> None:
+    """The checkpoint records the discount in use; one written before it did (no ``gamma`` entry) was trained
+    under the earlier rule, which gave every fixed-length task 0, and resumes with that."""
+    run_dir = tmp_path / "run"
+    cfg = TrainConfig(env_id="meta_rl/Bandit-k5-n10-v0", num_envs=4, hidden=8, encoder_hidden=[8], key_dim=4,
+                      total_env_steps=40, eval_every=0, torch_threads=1)
+    train(cfg, run_dir, progress=False)
+    path = run_dir / CHECKPOINT_NAME
+    assert load_checkpoint(path)["gamma"] == FIXED_LENGTH_GAMMA
+    assert load_checkpoint(path)["config"]["index_head"] is True  # "auto" recorded as what it built
+    ckpt = load_checkpoint(path)
+    del ckpt["gamma"]  # as a checkpoint of 2026-12-06 was written
+    save_checkpoint(path, ckpt)
+    train(TrainConfig(**{**cfg.to_dict(), "total_env_steps": 80}), run_dir, resume=True, progress=False)
+    resumed = load_checkpoint(path)
+    assert resumed["counters"]["update"] == 2 and resumed["gamma"] == 0.0
+    train(TrainConfig(**{**cfg.to_dict(), "total_env_steps": 120}), run_dir, resume=True, progress=False)
+    assert load_checkpoint(path)["gamma"] == 0.0  # kept from then on
+
+
+def test_the_index_head_is_left_out_where_the_env_declares_itself_myopic() -> None:
+    """``index_head = "auto"``: an exploration index on a bandit or active classification, none where the likeliest
+    answer is also the most informative (label or reward feedback); a bool is used as it is."""
+    cfg = TrainConfig(encoder="mlp", hidden=8, encoder_hidden=[8], key_dim=4)
+    assert cfg.index_head == "auto"
+    bandit = BernoulliBanditVectorEnv(num_envs=2, arms=3, pulls=4)
+    envs = {feedback: FewShotVectorEnv(num_envs=2, dataset=_tiny_dataset(), feedback=feedback)
+            for feedback in ("label", "reward", "active")}
+    assert resolve_index_head("auto", bandit) and resolve_index_head("auto", envs["active"])
+    assert not resolve_index_head("auto", envs["label"]) and not resolve_index_head("auto", envs["reward"])
+    assert resolve_index_head(True, envs["label"]) and not resolve_index_head(False, bandit)
+    assert build_policy(cfg, bandit, 4).index_head is not None
+    assert build_policy(cfg, envs["reward"], envs["reward"].episode_length).index_head is None
+    with pytest.raises(ValueError, match=r"cfg.index_head is 'auto', which depends on the env; use build_policy"):
+        policy_for_spaces(cfg, bandit.single_observation_space, bandit.single_action_space, 4)
+    with pytest.raises(ConfigError, match=r"index_head must be true, false or 'auto', got 'maybe'; use index_head="):
+        TrainConfig(index_head="maybe").validate()
+    for env in (bandit, *envs.values()):
+        env.close()

@@ -14,7 +14,7 @@ from meta_rl.cores import CRITICS, EpisodicMemoryCore, RNNCore, make_core
 from meta_rl.data import ImageDataset
 from meta_rl.encoders import Conv4Encoder, MLPEncoder, SeedCNNEncoder, make_encoder
 from meta_rl.envs import FewShotVectorEnv
-from meta_rl.policy import VALUE_READ_EPS, MetaPolicy, action_value_read
+from meta_rl.policy import VALUE_READ_EPS, IndexHead, MetaPolicy, action_counts, action_value_read
 from meta_rl.rollout import collect
 
 CPU = torch.device("cpu")
@@ -466,6 +466,75 @@ def test_value_read_feeds_the_heads_only_with_memory_and_discrete_actions() -> N
     ctx = on.context({}, torch.zeros(t, b, dtype=torch.long), torch.ones(t, b), torch.zeros(t, b, dtype=torch.bool))
     logits, values, _ = on(embed, ctx, torch.zeros(t, b, dtype=torch.bool), on.initial_state(b, "cpu"))
     assert logits.shape == (t, b, N_WAY) and values.shape == (t, b)
+
+
+def _bandit_policy(**kw: Any) -> MetaPolicy:
+    """A memory policy on a bandit-like task: one constant observation, discrete actions, rewards only."""
+    return small_policy(spaces.Box(0.0, 1.0, (1,), np.float32), spaces.Discrete(3), **kw).double()
+
+
+def _bandit_inputs(policy: MetaPolicy, actions: list[int], rewards: list[float]) -> tuple[torch.Tensor, ...]:
+    """One task (B = 1) whose steps see the same observation, having pulled ``actions`` for ``rewards``."""
+    steps = len(actions) + 1
+    embed = torch.randn(1, 1, policy.embed_dim, dtype=torch.float64).expand(steps, 1, -1)  # (T, 1, E): one observation
+    starts = torch.zeros(steps, 1, dtype=torch.bool)
+    starts[0] = True
+    prev_a = torch.tensor([0, *actions]).view(steps, 1)  # step t sees the action and reward of step t - 1
+    prev_r = torch.tensor([0.0, *rewards], dtype=torch.float64).view(steps, 1)
+    return embed, policy.context({}, prev_a, prev_r, starts).double(), starts
+
+
+def test_action_counts_are_hand_counted_pulls_where_every_step_matches() -> None:
+    """Pulls 0, 2, 0, 0, 1 of a bandit: after them each arm was taken 3, 1 and 1 times."""
+    policy = _bandit_policy(index_head=True)
+    assert isinstance(policy.core, EpisodicMemoryCore)
+    embed, ctx, starts = _bandit_inputs(policy, [0, 2, 0, 0, 1], [1.0, 0.0, 0.0, 1.0, 1.0])
+    feats, _ = policy.core(embed, ctx, starts, _state(policy.core, 1))  # (T, 1, F)
+    layout = policy.core.output_layout()
+    taken, credit = policy._read_slices()
+    counts = action_counts(feats[..., taken], feats[..., layout["mass"]])  # (T, 1, A)
+    hand = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 0, 1], [2, 0, 1], [3, 0, 1], [3, 1, 1]], dtype=torch.float64)
+    torch.testing.assert_close(counts[:, 0], torch.log1p(hand), atol=1e-9, rtol=0)
+    means = action_value_read(feats[..., taken], feats[..., credit])[-1, 0, :3]  # arm 0 paid 2 of 3, arm 2 0 of 1
+    # (within the value read's eps: arm 1's one pull reads 0.2 / (0.2 + 1e-3))
+    torch.testing.assert_close(means, torch.tensor([2 / 3, 1.0, 0.0], dtype=torch.float64), atol=6e-3, rtol=0)
+
+
+def test_index_head_starts_silent_and_scores_every_action_with_one_rule() -> None:
+    with_head, without = _bandit_policy(index_head=True), _bandit_policy(value_read=True)
+    assert with_head.value_read and with_head.index_head is not None and without.index_head is None
+    assert with_head.policy_head.in_features == without.policy_head.in_features  # the counts go to the index head
+    embed, ctx, starts = _bandit_inputs(with_head, [0, 2, 0], [1.0, 0.0, 1.0])
+    logits, _, _ = with_head(embed, ctx, starts, _state(with_head, 1))
+    head = with_head.index_head
+    stats = torch.zeros(*logits.shape, IndexHead.STATS, dtype=torch.float64)  # (T, 1, A, 3)
+    assert torch.equal(head(stats, torch.randn(*logits.shape[:2], 8, dtype=torch.float64)), torch.zeros_like(logits))
+    # Equivariance: permuting the actions' statistics permutes the head's output the same way.
+    torch.nn.init.normal_(head.mlp[2].weight)
+    stats = torch.randn(4, 2, 3, IndexHead.STATS, dtype=torch.float64)
+    ctrl = torch.randn(4, 2, 8, dtype=torch.float64)
+    perm = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(head(stats[:, :, perm], ctrl), head(stats, ctrl)[:, :, perm])
+
+
+def test_index_head_acts_step_by_step_as_it_recomputes() -> None:
+    policy = _bandit_policy(index_head=True)
+    assert policy.index_head is not None
+    torch.nn.init.normal_(policy.index_head.mlp[2].weight)  # make its term matter
+    embed, ctx, starts = _bandit_inputs(policy, [1, 1, 0, 2, 0, 1], [0.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    logits, _, _ = policy(embed, ctx, starts, _state(policy, 1))
+    state, step_logits = _state(policy, 1), []
+    for t in range(embed.shape[0]):
+        lg, _, state = policy(embed[t : t + 1], ctx[t : t + 1], starts[t : t + 1], state)
+        step_logits.append(lg)
+    torch.testing.assert_close(torch.cat(step_logits), logits, atol=1e-10, rtol=0)
+
+
+def test_index_head_needs_the_memory_and_discrete_actions() -> None:
+    for core in ("gru", "lstm"):
+        assert _bandit_policy(core=core, index_head=True).index_head is None
+    box = small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), index_head=True)
+    assert box.index_head is None and not box.value_read
 
 
 # --------------------------------------------------------------------------------------------
