@@ -235,9 +235,11 @@ class TrainConfig(ConfigBase):
     by all actions (:class:`~meta_rl.policy.IndexHead`), computed from that action's statistics among the similar
     stored steps: its mean reward, whether it was tried and how often (the value read's, which this switches on,
     and a count). An exploring policy is such an index (Gittins, UCB: mean reward plus a bonus that shrinks with
-    the count), learned once for every action instead of once per action. ``auto``: on unless the env declares
-    itself ``myopic`` (classification with label or reward feedback, where the likeliest answer is also the most
-    informative, so there is no exploring to value); the run's saved config records the choice."""
+    the count), learned once for every action instead of once per action. ``auto``: on where the env declares
+    ``fixed_length`` tasks (a budget of steps: bandits, MDPs, active classification) and is not ``myopic``
+    (classification with label or reward feedback, where the likeliest answer is also the most informative, so
+    there is no exploring to value); off elsewhere (CartPole, plug-ins), where it slowed or stalled learning.
+    The run's saved config records the choice."""
     critic: str = "shared"
     """The critic's trunk: ``shared`` (the value head reads the policy's core and its loss trains it too, weighted
     by ``value_coef``), ``detached`` (the same features, no value gradient into the core or encoder) or

@@ -92,9 +92,13 @@ def build_policy(cfg: TrainConfig, env: VectorEnv, steps: int) -> MetaPolicy:
 
 
 def resolve_index_head(index_head: bool | str, env: object) -> bool:
-    """Whether the policy gets an :class:`~meta_rl.policy.IndexHead` on ``env``: ``auto`` unless the env declares
-    itself myopic (:func:`meta_rl.contract.myopic`), where there is no exploring to value; a bool as it is."""
-    return not myopic(env) if isinstance(index_head, str) else bool(index_head)
+    """Whether the policy gets an :class:`~meta_rl.policy.IndexHead` on ``env``: ``auto`` where the env declares
+    fixed-length tasks (:func:`meta_rl.contract.fixed_length`: a budget of steps, each scored by its reward, as in a
+    bandit or an MDP) and is not myopic (:func:`meta_rl.contract.myopic`: there is exploring to value); a bool as
+    it is."""
+    if isinstance(index_head, str):
+        return fixed_length(env) and not myopic(env)
+    return bool(index_head)
 
 
 def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: Any, steps: int) -> MetaPolicy:

@@ -138,8 +138,9 @@ def test_a_resumed_run_keeps_the_discount_it_was_trained_with(tmp_path: Path) ->
 
 
 def test_the_index_head_is_left_out_where_the_env_declares_itself_myopic() -> None:
-    """``index_head = "auto"``: an exploration index on a bandit or active classification, none where the likeliest
-    answer is also the most informative (label or reward feedback); a bool is used as it is."""
+    """``index_head = "auto"``: an exploration index on fixed-length tasks that are not myopic (a bandit, active
+    classification), none where the likeliest answer is also the most informative (label or reward feedback) or
+    where tasks can end early (CartPole); a bool is used as it is."""
     cfg = TrainConfig(encoder="mlp", hidden=8, encoder_hidden=[8], key_dim=4)
     assert cfg.index_head == "auto"
     bandit = BernoulliBanditVectorEnv(num_envs=2, arms=3, pulls=4)
@@ -148,6 +149,9 @@ def test_the_index_head_is_left_out_where_the_env_declares_itself_myopic() -> No
     assert resolve_index_head("auto", bandit) and resolve_index_head("auto", envs["active"])
     assert not resolve_index_head("auto", envs["label"]) and not resolve_index_head("auto", envs["reward"])
     assert resolve_index_head(True, envs["label"]) and not resolve_index_head(False, bandit)
+    cartpole = CartPoleTaskVectorEnv(num_envs=2)
+    assert not resolve_index_head("auto", cartpole) and not resolve_index_head("auto", object())
+    cartpole.close()
     assert build_policy(cfg, bandit, 4).index_head is not None
     assert build_policy(cfg, envs["reward"], envs["reward"].episode_length).index_head is None
     with pytest.raises(ValueError, match=r"cfg.index_head is 'auto', which depends on the env; use build_policy"):
