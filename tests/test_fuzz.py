@@ -7,6 +7,8 @@ import gzip
 import math
 import pickle
 import struct
+import types
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,9 @@ def test_fuzz_single_env(synthetic: ImageDataset, seed: Any, options: Any, steps
 # --------------------------------------------------------------------------------------------
 
 FIELDS = {f: getattr(TrainConfig(), f) for f in TrainConfig.__dataclass_fields__}
+# The types a field with a union hint takes (gamma: float or "auto"; index_head: bool or "auto").
+UNION_TYPES = {f: typing.get_args(h) for f, h in typing.get_type_hints(TrainConfig).items()
+               if isinstance(h, types.UnionType)}
 VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 5), st.integers(2**63, 2**64), st.floats(allow_nan=True),
     st.text(max_size=5), st.lists(st.integers(-2, 64), max_size=3), st.dictionaries(st.text(max_size=3), st.integers()),
@@ -206,7 +211,8 @@ def test_fuzz_config_values(key: str, value: Any) -> None:
         if key in ("encoder", "core", "conv_norm") and isinstance(value, str):
             assert "is not one of" in str(err)  # the allowed values
     else:  # accepted: it is a legal value of the right type
-        assert type(value) is type(FIELDS[key]) or (isinstance(FIELDS[key], float) and type(value) is int)
+        types_ok = (type(FIELDS[key]), *UNION_TYPES.get(key, ()))
+        assert type(value) in types_ok or (float in types_ok and type(value) is int)
         if isinstance(value, float):
             assert math.isfinite(value)
 
