@@ -169,8 +169,7 @@ class ConfigBase:
 
 
 LEGACY_DEFAULTS: dict[str, Any] = {"value_read": False, "value_read_gain": 5.0, "encoder_precision": "float32",
-                                   "critic": "shared",
-                                   "index_head": False}
+                                   "critic": "shared", "index_head": False}
 """Config keys added after checkpoints were written, with the value that rebuilds those checkpoints'
 policies: a saved config without the key is read with this value, not the new default."""
 
@@ -321,7 +320,7 @@ class TrainConfig(ConfigBase):
     def check(self) -> None:
         if isinstance(self.index_head, str) and self.index_head != "auto":
             raise ConfigError(f"index_head must be true, false or 'auto', got {self.index_head!r}; use index_head=auto "
-                              "(on unless the env declares itself myopic) or index_head=false.")
+                              "(on for fixed-length tasks that are not myopic) or index_head=false.")
         if isinstance(self.gamma, str) and self.gamma != "auto":  # a number was checked with UNIT_INTERVAL
             raise ConfigError(f"gamma must be 'auto' or a number in [0, 1], got {self.gamma!r}; use gamma=auto "
                               "(the rule in `--help`), gamma=0 (myopic) or, e.g., gamma=0.99.")

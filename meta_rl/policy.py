@@ -103,7 +103,8 @@ class IndexHead(nn.Module):
     def forward(self, stats: torch.Tensor, controller: torch.Tensor) -> torch.Tensor:
         """(T, B, A, 3) per-action statistics, (T, B, H) controller features -> (T, B, A) logit terms.
 
-        The log counts are divided by ``count_scale`` (log(1 + the memory's capacity)), so all three lie in [0, 1].
+        The log counts are divided by ``count_scale`` (log(1 + the memory's capacity)), so they lie in [0, 1], as
+        the tried flags do (and a bandit's mean rewards).
         """
         stats = torch.cat([stats[..., :2], stats[..., 2:] / self.count_scale], dim=-1)  # (T, B, A, 3)
         ctx = self.proj(controller)  # (T, B, P)
@@ -258,6 +259,11 @@ class MetaPolicy(nn.Module):
         out = self.core.out_dim - int(use_index) + (2 * self.action_dim if self.value_read else 0)
         self.policy_head = nn.Linear(out, self.action_dim)
         self.index_head = IndexHead(hidden, count_scale=math.log1p(memory_capacity)) if use_index else None
+        self._index_slices: tuple[slice, slice] | None = None  # its inputs in the core output, set once
+        if use_index:
+            assert isinstance(self.core, EpisodicMemoryCore)
+            layout = self.core.output_layout()
+            self._index_slices = (layout["controller"], layout["mass"])
         self.critic = critic
         self._policy_state_len = len(self.core.initial_state(1, torch.device("cpu")))
         self.critic_core = (make_core(core, embed_dim, context_dim, hidden=hidden, key_dim=key_dim,
@@ -404,14 +410,13 @@ class MetaPolicy(nn.Module):
         if self._value_slices is not None:
             taken, credit = self._value_slices
             stats = action_value_read(feats[..., taken], feats[..., credit])  # (T, B, 2A): means, tried
-            if self.index_head is not None:
-                assert isinstance(self.core, EpisodicMemoryCore)
-                layout = self.core.output_layout()
-                counts = action_counts(feats[..., taken], feats[..., layout["mass"]])  # (T, B, A)
+            if self.index_head is not None and self._index_slices is not None:
+                controller, mass = self._index_slices
+                counts = action_counts(feats[..., taken], feats[..., mass])  # (T, B, A)
                 per_action = torch.cat([stats, counts], dim=-1).unflatten(-1, (IndexHead.STATS, self.action_dim))
                 per_action = per_action.transpose(-1, -2)  # (T, B, A, 3): mean, tried, log count of each action
-                index = self.index_head(per_action, feats[..., layout["controller"]])  # (T, B, A)
-                feats = feats[..., : layout["mass"].start]  # (T, B, F - 1): the linear heads' features
+                index = self.index_head(per_action, feats[..., controller])  # (T, B, A)
+                feats = feats[..., : mass.start]  # (T, B, F - 1): the linear heads' features
             feats = torch.cat([feats, stats], dim=-1)  # (T, B, F' + 2A)
         if self.critic_core is not None:
             vfeats, critic_state = self.critic_core(embed.detach(), context, starts, state[n:], need_state=need_state)

@@ -137,7 +137,7 @@ def test_a_resumed_run_keeps_the_discount_it_was_trained_with(tmp_path: Path) ->
     assert load_checkpoint(path)["gamma"] == 0.0  # kept from then on
 
 
-def test_the_index_head_is_left_out_where_the_env_declares_itself_myopic() -> None:
+def test_auto_gives_the_index_head_to_fixed_length_tasks_that_are_not_myopic() -> None:
     """``index_head = "auto"``: an exploration index on fixed-length tasks that are not myopic (a bandit, active
     classification), none where the likeliest answer is also the most informative (label or reward feedback) or
     where tasks can end early (CartPole); a bool is used as it is."""
