@@ -41,7 +41,7 @@ from meta_rl.envs.bandits import (
 from meta_rl.envs.cartpole import CartPoleTaskEnv, CartPoleTaskVectorEnv
 from meta_rl.envs.classification import FEEDBACK_MODES, FewShotEnv, FewShotVectorEnv
 from meta_rl.envs.point_nav import PointNavEnv, PointNavVectorEnv
-from meta_rl.envs.single import SingleTaskEnv
+from meta_rl.envs.single_task_env import SingleTaskEnv
 from meta_rl.envs.tabular_mdp import TabularMDPEnv, TabularMDPVectorEnv
 
 __all__ = [

@@ -7,18 +7,14 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space
 
-from meta_rl.contract import MetaVectorEnv
-from meta_rl.envs.single import (
-    SingleTaskEnv,
+from meta_rl.envs.bandit_baselines import BANDIT_BASELINES
+from meta_rl.envs.single_task_env import SingleTaskEnv
+from meta_rl.envs.task_vector_env import (
+    HasClassicBaselines,
+    TaskVectorEnv,
     check_discrete_actions,
     check_positive_int,
-    check_split,
-    env_device,
-    reseed,
-    same_step_autoreset,
 )
 
 __all__ = [
@@ -28,7 +24,8 @@ __all__ = [
     "DependentBanditVectorEnv",
 ]
 
-class BernoulliBanditVectorEnv(MetaVectorEnv):
+
+class BernoulliBanditVectorEnv(HasClassicBaselines, TaskVectorEnv):
     """B multi-armed Bernoulli bandits stepped together as tensors, one trial of ``pulls`` pulls each.
 
     ## Description
@@ -69,8 +66,8 @@ class BernoulliBanditVectorEnv(MetaVectorEnv):
             on for the CPU, off elsewhere.
     """
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
     fixed_length = True  # every task lasts episode_length steps whatever the agent does
+    reference_baselines = BANDIT_BASELINES
 
     def __init__(
         self,
@@ -85,34 +82,18 @@ class BernoulliBanditVectorEnv(MetaVectorEnv):
         check_positive_int("num_envs", num_envs)
         check_positive_int("arms", arms, minimum=2)
         check_positive_int("pulls", pulls)
-        check_split(split)
-        self.device = env_device(device, render_mode)
-        self.num_envs = int(num_envs)
         self.arms = int(arms)
         self.pulls = int(pulls)
         self.episode_length = self.pulls
         self.episodes_per_trial = None
-        self.split = split
-        self.render_mode = None
+        self._init_task_env(
+            num_envs, split, device, render_mode, spaces.Box(0.0, 1.0, (1,), np.float32), spaces.Discrete(self.arms)
+        )
         self.validate_actions = self.device.type == "cpu" if validate_actions is None else bool(validate_actions)
-        self.single_observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
-        self.single_action_space = spaces.Discrete(self.arms)
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self._generator = torch.Generator(device=self.device)
-        self._generator.seed()
         self._rows = torch.arange(self.num_envs, device=self.device)
         self._t = 0
         self._p = torch.zeros(self.num_envs, self.arms, device=self.device)
         self._new_tasks()
-
-    def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Draw B new bandits; ``seed`` (with the split) seeds the env's own torch.Generator."""
-        reseed(self._generator, seed, options, self.split)
-        self._new_tasks()
-        return self._observe(), {}
 
     def step(
         self, actions: torch.Tensor | np.ndarray
@@ -123,19 +104,8 @@ class BernoulliBanditVectorEnv(MetaVectorEnv):
         info: dict[str, Any] = {}
         self._t += 1
         done = self._t == self.episode_length  # a host int: no device read
-        obs, terminated, truncated = same_step_autoreset(
-            done, self.num_envs, self.device, self._observe, self._new_tasks, info
-        )
+        obs, terminated, truncated = self._end_step(done, info)
         return obs, reward, terminated, truncated, info
-
-    def reference_returns(self, trials: int, seed: int) -> dict[str, torch.Tensor]:
-        """Every classic baseline of :mod:`meta_rl.envs.task_baselines` on these tasks: float64 (trials,) each.
-
-        Round i of B trials starts from ``reset(seed=seed + i)``, as an agent's evaluation does.
-        """
-        from meta_rl.envs.task_baselines import BANDIT_BASELINES  # the baselines import this module
-
-        return {name: play(self, seed, trials) for name, play in BANDIT_BASELINES.items()}
 
     def probabilities(self) -> torch.Tensor:
         """(B, arms) the current success probabilities (for analysis and baselines; agents must not read them)."""
@@ -165,22 +135,12 @@ class DependentBanditVectorEnv(BernoulliBanditVectorEnv):
     Args:
         num_envs: B.
         pulls: pulls per trial.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        device: where the tensors live.
-        render_mode: must be None.
-        validate_actions: check that actions are in range (default: on for the CPU).
+        **kwargs: ``split``, ``device``, ``render_mode`` and ``validate_actions``, as for
+            :class:`BernoulliBanditVectorEnv`.
     """
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        pulls: int = 100,
-        split: str = "train",
-        device: torch.device | str = "cpu",
-        render_mode: str | None = None,
-        validate_actions: bool | None = None,
-    ) -> None:
-        super().__init__(num_envs, 2, pulls, split, device, render_mode, validate_actions)
+    def __init__(self, num_envs: int = 1, pulls: int = 100, **kwargs: Any) -> None:
+        super().__init__(num_envs, 2, pulls, **kwargs)
 
     def _draw_probabilities(self) -> torch.Tensor:
         p = torch.rand(self.num_envs, 1, generator=self._generator, device=self.device)  # (B, 1)

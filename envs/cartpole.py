@@ -8,23 +8,19 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space
 
-from meta_rl.contract import MetaVectorEnv
-from meta_rl.envs.single import (
-    SingleTaskEnv,
+from meta_rl.envs.cartpole_baselines import CONTROL_BASELINES
+from meta_rl.envs.cartpole_physics import euler_step
+from meta_rl.envs.single_task_env import SingleTaskEnv
+from meta_rl.envs.task_vector_env import (
+    HasClassicBaselines,
+    TaskVectorEnv,
     check_discrete_actions,
     check_positive_int,
-    check_split,
-    env_device,
-    reseed,
 )
 
 __all__ = ["TASK_RANGES", "CartPoleTaskEnv", "CartPoleTaskVectorEnv"]
 
-GRAVITY = 9.8
-TAU = 0.02  # seconds per step (explicit Euler)
 X_THRESHOLD = 2.4
 THETA_THRESHOLD = 12 * 2 * math.pi / 360  # 12 degrees, in radians
 RESET_BOUND = 0.05  # the cart state starts uniform in [-0.05, 0.05]^4
@@ -38,7 +34,7 @@ TASK_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-class CartPoleTaskVectorEnv(MetaVectorEnv):
+class CartPoleTaskVectorEnv(HasClassicBaselines, TaskVectorEnv):
     """B CartPole tasks with different physics stepped together as tensors, each a trial of several episodes.
 
     ## Description
@@ -100,8 +96,8 @@ class CartPoleTaskVectorEnv(MetaVectorEnv):
             for the CPU, off elsewhere.
     """
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
     fixed_length = False  # a falling pole ends an inner episode and so brings the end of the trial nearer
+    reference_baselines = CONTROL_BASELINES
 
     def __init__(
         self,
@@ -119,23 +115,14 @@ class CartPoleTaskVectorEnv(MetaVectorEnv):
         check_positive_int("max_episode_steps", max_episode_steps)
         if not isinstance(flip_actions, (bool, np.bool_)):
             raise TypeError(f"flip_actions must be a bool, got {flip_actions!r}; pass flip_actions=True or False.")
-        check_split(split)
-        self.device = env_device(device, render_mode)
-        self.num_envs = int(num_envs)
         self.episodes_per_trial = int(episodes_per_trial)
         self.max_episode_steps = int(max_episode_steps)
         self.episode_length = self.episodes_per_trial * self.max_episode_steps
         self._last_inner = self.episodes_per_trial - 1
         self.flip_actions = bool(flip_actions)
-        self.split = split
-        self.render_mode = None
+        observation_space = spaces.Box(-np.inf, np.inf, (5,), np.float32)
+        self._init_task_env(num_envs, split, device, render_mode, observation_space, spaces.Discrete(2))
         self.validate_actions = self.device.type == "cpu" if validate_actions is None else bool(validate_actions)
-        self.single_observation_space = spaces.Box(-np.inf, np.inf, (5,), np.float32)
-        self.single_action_space = spaces.Discrete(2)
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self._generator = torch.Generator(device=self.device)
-        self._generator.seed()
         b = self.num_envs
         self._low = torch.tensor([lo for lo, _ in TASK_RANGES.values()], device=self.device)  # (4,)
         self._span = torch.tensor([hi - lo for lo, hi in TASK_RANGES.values()], device=self.device)  # (4,)
@@ -143,15 +130,7 @@ class CartPoleTaskVectorEnv(MetaVectorEnv):
         self._task: dict[str, torch.Tensor] = {}
         self._steps = torch.zeros(b, dtype=torch.int64, device=self.device)  # steps into the inner episode
         self._inner = torch.zeros(b, dtype=torch.int64, device=self.device)  # the inner episode's index
-        self._new_trials()
-
-    def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Draw B new tasks and start their trials; ``seed`` (with the split) seeds the env's own torch.Generator."""
-        reseed(self._generator, seed, options, self.split)
-        self._new_trials()
-        return self._observe(), {}
+        self._new_tasks()
 
     def step(
         self, actions: torch.Tensor | np.ndarray
@@ -159,7 +138,7 @@ class CartPoleTaskVectorEnv(MetaVectorEnv):
         actions = check_discrete_actions(self, actions, 2, self.validate_actions)
         task = self._task
         force = torch.where(actions == 1, 1.0, -1.0) * task["sign"] * task["force_mag"]  # (B,)
-        self._state = _euler_step(self._state, force, task)
+        self._state = euler_step(self._state, force, task)
         x, theta = self._state[:, 0], self._state[:, 2]
         fell = (x.abs() > X_THRESHOLD) | (theta.abs() > THETA_THRESHOLD)  # (B,)
         self._steps = self._steps + 1
@@ -179,14 +158,12 @@ class CartPoleTaskVectorEnv(MetaVectorEnv):
         return self._observe(), reward, terminated, torch.zeros_like(terminated), info
 
     def reference_returns(self, trials: int, seed: int) -> dict[str, torch.Tensor]:
-        """The CartPole baselines of :mod:`meta_rl.envs.task_baselines` on these tasks: float64 (trials,) each.
+        """The CartPole baselines of :mod:`meta_rl.envs.cartpole_baselines` on these tasks: float64 (trials,) each.
 
         The return per trial (the sum over its inner episodes; the baselines give them one by one).
         Round i of B trials starts from ``reset(seed=seed + i)``, as an agent's evaluation does.
         """
-        from meta_rl.envs.task_baselines import CONTROL_BASELINES  # the baselines import this module
-
-        return {name: play(self, seed, trials).sum(-1) for name, play in CONTROL_BASELINES.items()}
+        return {name: returns.sum(-1) for name, returns in super().reference_returns(trials, seed).items()}
 
     def tasks(self) -> dict[str, torch.Tensor]:
         """The current physics, (B,) float32 tensors ``length``, ``masspole``, ``masscart``, ``force_mag`` and
@@ -205,7 +182,7 @@ class CartPoleTaskVectorEnv(MetaVectorEnv):
         u = torch.rand(self.num_envs, 4, generator=self._generator, device=self.device)
         return (2.0 * u - 1.0) * RESET_BOUND  # (B, 4) uniform in [-0.05, 0.05]
 
-    def _new_trials(self) -> None:
+    def _new_tasks(self) -> None:
         self._task = self._draw_tasks()
         self._state = self._draw_start()
         self._steps = torch.zeros_like(self._steps)
@@ -214,23 +191,6 @@ class CartPoleTaskVectorEnv(MetaVectorEnv):
     def _observe(self) -> torch.Tensor:
         first = (self._steps == 0).float().unsqueeze(-1)  # (B, 1)
         return torch.cat([self._state, first], dim=-1)  # (B, 5) float32
-
-
-def _euler_step(state: torch.Tensor, force: torch.Tensor, task: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One explicit Euler step of gymnasium's cart-pole equations, batched: (B, 4) -> (B, 4)."""
-    x, x_dot, theta, theta_dot = state.unbind(-1)
-    length, masspole = task["length"], task["masspole"]
-    total_mass = masspole + task["masscart"]
-    polemass_length = masspole * length
-    costheta, sintheta = torch.cos(theta), torch.sin(theta)
-    temp = (force + polemass_length * theta_dot.square() * sintheta) / total_mass
-    thetaacc = (GRAVITY * sintheta - costheta * temp) / (
-        length * (4.0 / 3.0 - masspole * costheta.square() / total_mass)
-    )
-    xacc = temp - polemass_length * thetaacc * costheta / total_mass
-    return torch.stack(
-        [x + TAU * x_dot, x_dot + TAU * xacc, theta + TAU * theta_dot, theta_dot + TAU * thetaacc], dim=-1
-    )
 
 
 class CartPoleTaskEnv(SingleTaskEnv):

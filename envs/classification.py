@@ -13,7 +13,8 @@ from gymnasium.vector.utils import batch_space
 
 from meta_rl.contract import MetaVectorEnv
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
-from meta_rl.envs.single import SingleTaskEnv, check_seed, env_device, same_step_autoreset
+from meta_rl.envs.single_task_env import SingleTaskEnv
+from meta_rl.envs.task_vector_env import check_discrete_actions, check_seed, env_device, same_step_autoreset
 
 __all__ = ["FEEDBACK_MODES", "FewShotEnv", "FewShotVectorEnv"]
 
@@ -244,38 +245,8 @@ class FewShotVectorEnv(MetaVectorEnv):
         return obs
 
     def _check_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
-        if isinstance(actions, np.ndarray):
-            if not np.issubdtype(actions.dtype, np.integer):
-                raise TypeError(
-                    f"actions must be integers, got numpy dtype {actions.dtype}; cast with .astype(np.int64)."
-                )
-            if not actions.dtype.isnative:  # torch reads native byte order only
-                actions = actions.astype(actions.dtype.newbyteorder("="))
-            actions = torch.as_tensor(actions, device=self.device)
-        if not isinstance(actions, torch.Tensor):
-            raise TypeError(
-                f"actions must be a torch.Tensor (or numpy array) of shape ({self.num_envs},), got "
-                f"{type(actions).__name__}; wrap them with torch.as_tensor(actions, device=env.device)."
-            )
-        if actions.dtype.is_floating_point or actions.dtype.is_complex or actions.dtype == torch.bool:
-            raise TypeError(
-                f"actions must have an integer dtype, got {actions.dtype}; cast with actions.long()."
-            )
-        if actions.shape != (self.num_envs,):
-            raise ValueError(
-                f"actions must have shape ({self.num_envs},), one label per task, got {tuple(actions.shape)}."
-            )
-        if actions.device != self.device:
-            raise ValueError(
-                f"actions are on {actions.device} but the env runs on {self.device}; "
-                f"move them with actions.to('{self.device}')."
-            )
         n = int(self.single_action_space.n)  # type: ignore[attr-defined]
-        actions = actions.long()  # before comparing: uint16/32/64 tensors have no comparison kernels
-        if self.validate_actions and bool(((actions < 0) | (actions >= n)).any()):
-            bad = actions[(actions < 0) | (actions >= n)][:5].tolist()
-            raise ValueError(f"actions {bad} are out of range; valid labels are 0..{n - 1}.")
-        return actions
+        return check_discrete_actions(self, actions, n, bool(self.validate_actions), noun="label")
 
 
 class FewShotEnv(SingleTaskEnv):

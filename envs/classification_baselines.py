@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from meta_rl.envs.classification import FewShotVectorEnv
-from meta_rl.envs.single import check_seed
+from meta_rl.envs.task_vector_env import check_seed
 from meta_rl.evaluation import MAX_INSTANCE, EvalResult, accuracy_by_instance, santoro_table, summarize
 
 __all__ = ["EXACT_MAX_WAY", "class_ids", "elimination_oracle", "main"]

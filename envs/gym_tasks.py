@@ -30,7 +30,7 @@ from gymnasium.vector.utils import batch_space
 
 from meta_rl.contract import MetaVectorEnv
 from meta_rl.envs.checker import check_finite_actions
-from meta_rl.envs.single import SPLIT_STREAMS, check_split, env_device
+from meta_rl.envs.task_vector_env import SPLIT_STREAMS, check_split, env_device
 
 __all__ = ["GymTaskVectorEnv", "TaskTrialEnv", "register_gym_task"]
 

@@ -8,16 +8,15 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space
 
-from meta_rl.contract import MetaVectorEnv
 from meta_rl.envs.checker import check_finite_actions
-from meta_rl.envs.single import SingleTaskEnv, check_split, env_device, reseed, same_step_autoreset
+from meta_rl.envs.single_task_env import SingleTaskEnv
+from meta_rl.envs.task_vector_env import TaskVectorEnv
 
 __all__ = ["PointNavEnv", "PointNavVectorEnv"]
 
-class PointNavVectorEnv(MetaVectorEnv):
+
+class PointNavVectorEnv(TaskVectorEnv):
     """B point-navigation tasks stepped together as tensors, each a trial of several episodes.
 
     ## Description
@@ -60,7 +59,6 @@ class PointNavVectorEnv(MetaVectorEnv):
         device: where the tensors live.
     """
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
     fixed_length = True  # every task lasts episode_length steps whatever the agent does
 
     def __init__(
@@ -80,35 +78,20 @@ class PointNavVectorEnv(MetaVectorEnv):
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
         if not goal_radius > 0 or not max_step > 0:
             raise ValueError(f"goal_radius and max_step must be > 0, got {goal_radius} and {max_step}.")
-        check_split(split)
-        self.device = env_device(device, render_mode)
-        self.num_envs = num_envs
         self.episodes_per_trial = episodes_per_trial
         self.horizon = horizon
         self.episode_length = episodes_per_trial * horizon
         self.goal_radius = float(goal_radius)
         self.half_circle = half_circle
         self.max_step = float(max_step)
-        self.split = split
-        self.render_mode = None
-        self.single_observation_space = spaces.Box(-np.inf, np.inf, (4,), np.float32)
-        self.single_action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self.action_space = batch_space(self.single_action_space, num_envs)
-        self._generator = torch.Generator(device=self.device)
-        self._generator.seed()
+        observation_space = spaces.Box(-np.inf, np.inf, (4,), np.float32)
+        self._init_task_env(
+            num_envs, split, device, render_mode, observation_space, spaces.Box(-1.0, 1.0, (2,), np.float32)
+        )
         self._t = 0
         self._pos = torch.zeros(num_envs, 2, device=self.device)
         self._goal = torch.zeros(num_envs, 2, device=self.device)
         self._new_tasks()
-
-    def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Draw B new goals; ``seed`` (with the split) seeds the env's own torch.Generator."""
-        reseed(self._generator, seed, options, self.split)
-        self._new_tasks()
-        return self._observe(), {}
 
     def step(
         self, actions: torch.Tensor | np.ndarray
@@ -122,9 +105,7 @@ class PointNavVectorEnv(MetaVectorEnv):
         if self._t % self.horizon == 0:  # a host int: the inner episode ended, back to the start
             self._pos = torch.zeros_like(self._pos)
         done = self._t == self.episode_length
-        obs, terminated, truncated = same_step_autoreset(
-            done, self.num_envs, self.device, self._observe, self._new_tasks, info
-        )
+        obs, terminated, truncated = self._end_step(done, info)
         return obs, reward, terminated, truncated, info
 
     def goals(self) -> torch.Tensor:

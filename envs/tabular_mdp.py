@@ -7,18 +7,14 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space
 
-from meta_rl.contract import MetaVectorEnv
-from meta_rl.envs.single import (
-    SingleTaskEnv,
+from meta_rl.envs.mdp_baselines import MDP_BASELINES
+from meta_rl.envs.single_task_env import SingleTaskEnv
+from meta_rl.envs.task_vector_env import (
+    HasClassicBaselines,
+    TaskVectorEnv,
     check_discrete_actions,
     check_positive_int,
-    check_split,
-    env_device,
-    reseed,
-    same_step_autoreset,
 )
 
 __all__ = ["TabularMDPEnv", "TabularMDPVectorEnv", "sample_dirichlet_flat"]
@@ -34,7 +30,7 @@ def sample_dirichlet_flat(shape: tuple[int, ...], generator: torch.Generator, de
     return gamma / gamma.sum(-1, keepdim=True)
 
 
-class TabularMDPVectorEnv(MetaVectorEnv):
+class TabularMDPVectorEnv(HasClassicBaselines, TaskVectorEnv):
     """B random tabular MDPs stepped together as tensors, each a trial of several inner episodes.
 
     ## Description
@@ -81,8 +77,8 @@ class TabularMDPVectorEnv(MetaVectorEnv):
         validate_actions: check that actions are in range; default: on for the CPU, off elsewhere.
     """
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
     fixed_length = True  # every task lasts episode_length steps whatever the agent does
+    reference_baselines = MDP_BASELINES
 
     def __init__(
         self,
@@ -101,23 +97,14 @@ class TabularMDPVectorEnv(MetaVectorEnv):
             ("episodes_per_trial", episodes_per_trial),
         ):
             check_positive_int(name, value)
-        check_split(split)
-        self.device = env_device(device, render_mode)
-        self.num_envs = int(num_envs)
         self.states = int(states)
         self.actions = int(actions)
         self.horizon = int(horizon)
         self.episodes_per_trial = int(episodes_per_trial)
         self.episode_length = self.horizon * self.episodes_per_trial
-        self.split = split
-        self.render_mode = None
+        observation_space = spaces.Box(0.0, 1.0, (self.states + 1,), np.float32)
+        self._init_task_env(num_envs, split, device, render_mode, observation_space, spaces.Discrete(self.actions))
         self.validate_actions = self.device.type == "cpu" if validate_actions is None else bool(validate_actions)
-        self.single_observation_space = spaces.Box(0.0, 1.0, (self.states + 1,), np.float32)
-        self.single_action_space = spaces.Discrete(self.actions)
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self._generator = torch.Generator(device=self.device)
-        self._generator.seed()
         self._rows = torch.arange(self.num_envs, device=self.device)
         self._eye = torch.eye(self.states, device=self.device)
         self._t = 0
@@ -125,14 +112,6 @@ class TabularMDPVectorEnv(MetaVectorEnv):
         self._mu = torch.zeros(self.num_envs, self.states, self.actions, device=self.device)
         self._p = torch.zeros(self.num_envs, self.states, self.actions, self.states, device=self.device)
         self._new_tasks()
-
-    def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Draw B new MDPs; ``seed`` (with the split) seeds the env's own torch.Generator."""
-        reseed(self._generator, seed, options, self.split)
-        self._new_tasks()
-        return self._observe(), {}
 
     def step(
         self, actions: torch.Tensor | np.ndarray
@@ -151,19 +130,8 @@ class TabularMDPVectorEnv(MetaVectorEnv):
             next_state = torch.zeros_like(next_state)
         self._state = next_state
         done = self._t == self.episode_length
-        obs, terminated, truncated = same_step_autoreset(
-            done, self.num_envs, self.device, self._observe, self._new_tasks, info
-        )
+        obs, terminated, truncated = self._end_step(done, info)
         return obs, reward.float(), terminated, truncated, info
-
-    def reference_returns(self, trials: int, seed: int) -> dict[str, torch.Tensor]:
-        """Every classic baseline of :mod:`meta_rl.envs.task_baselines` on these tasks: float64 (trials,) each.
-
-        Round i of B trials starts from ``reset(seed=seed + i)``, as an agent's evaluation does.
-        """
-        from meta_rl.envs.task_baselines import MDP_BASELINES  # the baselines import this module
-
-        return {name: play(self, seed, trials) for name, play in MDP_BASELINES.items()}
 
     def mdp(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The current MDPs (for analysis and baselines; agents must not read them).

@@ -25,15 +25,23 @@ else:  # pragma: no cover
 
 import torch
 
-from meta_rl.cores import CORES, CRITICS
-from meta_rl.encoders import ENCODERS, PRECISIONS
+from meta_rl.encoders import PRECISIONS
+from meta_rl.errors import ConfigError
+from meta_rl.memory_read import ReadHeadConfig
 
 __all__ = [
-    "LEGACY_DEFAULTS",
+    "ALGOS",
+    "CRITICS",
+    "SECTIONS",
+    "AlgorithmConfig",
     "ConfigBase",
     "ConfigError",
+    "ModelConfig",
+    "RunConfig",
+    "TaskConfig",
     "TrainConfig",
     "available_devices",
+    "check_read_head",
     "check_type",
     "config_help",
     "did_you_mean",
@@ -44,10 +52,6 @@ __all__ = [
     "resolve_config",
     "resolve_device",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message names it and the allowed values."""
 
 
 _Config = TypeVar("_Config", bound="ConfigBase")
@@ -75,6 +79,10 @@ class ConfigBase:
     EXAMPLE: ClassVar[str] = "default"
     #: The folder of ``meta_rl/configs`` that holds this kind's named configs.
     NAMED: ClassVar[str] = ""
+    #: ``--help``'s sections: (title, the dataclass that declares its keys); none: one flat list.
+    HELP_SECTIONS: ClassVar[tuple[tuple[str, type], ...]] = ()
+    #: The keys ``--help`` names first.
+    HELP_FIRST: ClassVar[tuple[str, ...]] = ()
 
     def validate(self: _Config) -> _Config:
         """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
@@ -168,107 +176,101 @@ class ConfigBase:
         return cls.from_dict(data, source=source)
 
 
-LEGACY_DEFAULTS: dict[str, Any] = {"value_read": False, "value_read_gain": 5.0, "encoder_precision": "float32",
-                                   "critic": "shared", "index_head": False}
-"""Config keys added after checkpoints were written, with the value that rebuilds those checkpoints'
-policies: a saved config without the key is read with this value, not the new default."""
+#: What the critic's value head reads: the policy's core (``shared``), its features without a value gradient
+#: (``detached``) or a second core of the same kind (``separate``).
+CRITICS = ("shared", "detached", "separate")
+#: The algorithms ``algo`` names (:data:`meta_rl.algorithms.ALGORITHMS`).
+ALGOS = ("reinforce", "ppo")
 
 
 @dataclass
-class TrainConfig(ConfigBase):
-    """Everything a training run needs. Every field can be set in a TOML file or as ``key=value``."""
+class TaskConfig:
+    """What to learn: the env and how many of its tasks run at once."""
 
-    # --- task -----------------------------------------------------------------------------
     env_id: str = "meta_rl/Glyphs-5way-v0"
-    """A gymnasium id with a ``vector_entry_point`` (or any id, run through SyncVectorEnv)."""
+    """A gymnasium id with a ``vector_entry_point`` (the suite's ids, or one ``register_gym_task`` made)."""
     env_module: str = "meta_rl.envs"
     """Module imported before ``gymnasium.make_vec`` so that it registers ``env_id`` (your plug-in)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the env constructor (e.g. ``{n_way = 20}``)."""
-    train_split: str = "train"
-    """Split of classes the agent trains on (passed as ``split=`` where the env takes one)."""
-    heldout_split: str = "val"
-    """Split used for the held-out curves logged during training."""
     num_envs: int = 64
     """Tasks run in parallel (B)."""
     rollout_steps: int = 0
     """Steps per rollout; 0 uses the env's ``episode_length`` (one whole task per rollout)."""
+    train_split: str = "train"
+    """Split of classes the agent trains on (passed as ``split=`` where the env takes one)."""
+    heldout_split: str = "val"
+    """Split used for the held-out curves logged during training."""
 
-    # --- model ----------------------------------------------------------------------------
+
+@dataclass
+class ModelConfig:
+    """The policy: encoder → core → (memory-read head) → action and value heads. :class:`~meta_rl.policy.MetaPolicy`
+    takes this section; its defaults are the only ones."""
+
     encoder: str = "auto"
-    """Observation encoder: ``auto`` (``cnn`` for images, ``mlp`` for vectors), ``cnn`` (light strided conv
-    net), ``conv4``, ``seed_cnn`` or ``mlp``."""
-    encoder_hidden: list[int] = field(default_factory=lambda: [256, 256, 64])
-    """Layer sizes of the MLP encoder; the last one is also the ``cnn`` encoder's output size."""
-    conv_filters: int = 64
-    """Filters of each conv4 block."""
-    conv_norm: str = "batch"
-    """conv4 normalisation: ``batch``, ``group`` or ``none``."""
-    encoder_precision: str = "auto"
-    """Arithmetic of the encoder: ``float32``, ``bfloat16`` (autocast, any input: weights, gradients and
-    features stay float32) or ``auto`` (bfloat16 for images on CPUs with AMX, where it was measured to pay;
-    float32 elsewhere)."""
+    """Observation encoder (a registered name): ``auto`` (``cnn`` for images, ``mlp`` for vectors), ``cnn`` (light
+    strided conv net), ``conv4``, ``seed_cnn``, ``mlp``, or one your ``model_module`` registers."""
     core: str = "memory"
-    """Recurrent core: ``memory`` (episodic key-value memory), ``gru`` or ``lstm``."""
+    """Recurrent core (a registered name): ``memory`` (episodic key-value memory), ``gru``, ``lstm``,
+    ``transformer``, or one your ``model_module`` registers (README: "Bring your own core")."""
     hidden: int = 128
     """Hidden size of the core."""
-    key_dim: int = 64
-    """Key size of the episodic memory."""
-    memory_capacity: int = 0
-    """Memory slots; 0 uses the rollout length."""
-    read_gain: float = 5.0
-    """Initial weight from the memory's read of a revealed label (or, where no label is revealed, of the reward
-    an action earned: the credit input) to the same action's logit."""
-    taken_gain: float = 2.0
-    """Initial negative weight from the tally of a revealed label (or, without labels, from the read of an action
-    taken and left unrewarded) to the same action's logit."""
-    value_read: bool = False
-    """With the memory core and discrete actions, also give the heads each action's mean reward over the
-    similar stored steps (the read of its credit over the read of its being taken) and whether it was
-    taken there: a per-action value estimate that the softmax read's fractions give only as a ratio."""
-    value_read_gain: float = 5.0
-    """With ``value_read``, the initial weight from an action's mean reward to its logit, and half of it against
-    the action having been tried among the similar steps; 0 leaves the heads' use of the value read to learning."""
-    index_head: bool | str = "auto"
-    """With the memory core and discrete actions, add to each action's logit a term from one small network shared
-    by all actions (:class:`~meta_rl.policy.IndexHead`), computed from that action's statistics among the similar
-    stored steps: its mean reward, whether it was tried and how often (the value read's, which this switches on,
-    and a count). An exploring policy is such an index (Gittins, UCB: mean reward plus a bonus that shrinks with
-    the count), learned once for every action instead of once per action. ``auto``: on where the env declares
-    ``fixed_length`` tasks (a budget of steps: bandits, MDPs, active classification) and is not ``myopic``
-    (classification with label or reward feedback, where the likeliest answer is also the most informative, so
-    there is no exploring to value); off elsewhere (CartPole, plug-ins), where it slowed or stalled learning.
-    The run's saved config records the choice."""
+    encoder_hidden: list[int] = field(default_factory=lambda: [256, 256, 64])
+    """Layer sizes of the MLP encoder; the last one is also the ``cnn`` encoder's output size."""
+    model_module: str = ""
+    """Module imported before the policy is built so that it registers your ``core`` or ``encoder``."""
+    core_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options of the chosen core (``memory``: ``key_dim`` 64, ``capacity`` 0 = the task's length;
+    ``transformer``: ``layers``, ``heads``, ...); an option the core does not take is refused."""
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options of the chosen encoder (``conv4``: ``filters`` 64, ``norm`` batch/group/none; ``cnn``:
+    ``channels``); an option the encoder does not take is refused."""
+    read_head: dict[str, Any] = field(default_factory=dict)
+    """Settings of the memory-read head (:class:`~meta_rl.memory_read.ReadHeadConfig`: ``read_gain``,
+    ``taken_gain``, ``value_read``, ``value_read_gain``, ``index_head``), built where the core offers named
+    reads (``memory``) and actions are discrete; setting one where it is not built is refused. The run's
+    saved config records what was built."""
     critic: str = "shared"
     """The critic's trunk: ``shared`` (the value head reads the policy's core and its loss trains it too, weighted
     by ``value_coef``), ``detached`` (the same features, no value gradient into the core or encoder) or
     ``separate`` (its own core of the same kind on the detached encoding, as sb3-contrib's RecurrentPPO
-    does by default; twice the core's compute). ``shared`` was the only one that learned CartPole."""
+    does by default; twice the core's compute)."""
+    encoder_precision: str = "auto"
+    """Arithmetic of the encoder: ``float32``, ``bfloat16`` (autocast, any input: weights, gradients and
+    features stay float32) or ``auto`` (bfloat16 for images on CPUs with AMX, float32 elsewhere)."""
+    init_log_std: float = -0.5
+    """Initial log σ of the Gaussian head (``Box`` actions)."""
 
-    # --- algorithm: REINFORCE with TD(λ)-learned advantages --------------------------------
+
+@dataclass
+class AlgorithmConfig:
+    """How the policy learns: a loss over rollouts (REINFORCE with TD(λ)-learned advantages by default)."""
+
+    algo: str = "reinforce"
+    """``reinforce`` (REINFORCE with GAE(λ) advantages from a TD(λ) critic: one update per rollout) or ``ppo``
+    (the clipped surrogate over ``algo_kwargs.epochs`` epochs of ``algo_kwargs.minibatches`` minibatches of tasks)."""
     gamma: float | str = "auto"
     """Discount, or ``auto``, which reads what the env declares: 0 where it is ``myopic`` (classification with
-    label or reward feedback, where the likeliest answer is also the most informative, so each action is scored
-    by its own reward with the least variance); 0.9 where every task lasts its full length whatever the agent
-    does (``fixed_length``: bandits, MDPs, PointNav), about ten steps of lookahead, enough to value what an
-    action teaches; 0.99 where actions can end a task early (a pole that falls, a goal reached) or the env
-    declares nothing (a plug-in), since only a long horizon sees an end coming. A resumed run keeps the
-    discount it was trained with. BENCHMARKS.md has the measurements behind the rule."""
+    label or reward feedback); 0.9 where every task lasts its full length whatever the agent does
+    (``fixed_length``: bandits, MDPs, PointNav); 0.99 where actions can end a task early or the env declares
+    nothing (a plug-in). A resumed run keeps the discount it was trained with."""
+    learning_rate: float = 2e-3
+    """Adam step size."""
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options of the algorithm (``ppo``: ``epochs`` 4, ``minibatches`` 4, ``clip_range`` 0.2); ``reinforce``
+    takes none, and an option the algorithm does not take is refused."""
     gae_lambda: float = 0.95
     """λ of the policy's GAE(λ) advantages; 1 gives Monte-Carlo returns minus the baseline, 0 the one-step
     TD error."""
     value_lambda: float = 0.95
     """λ of the critic's TD(λ) target (may differ from ``gae_lambda``: a long target teaches the critic fast,
     short advantages keep the policy gradient's variance low)."""
-    learning_rate: float = 2e-3
-    """Adam step size (2e-3 was level with or better than 1e-3 on 11 of the suite's 13 tasks; BENCHMARKS.md)."""
     entropy_coef: float = 0.01
     """Weight of the entropy bonus."""
     value_coef: float = 0.05
     """Weight of the critic loss. With a ``shared`` critic it sets how much the λ-return targets' gradient shapes
-    the core the policy reads: at 0.5 it swamped the policy gradient wherever γ > 0 (a tabular MDP trained
-    at γ = 0.99 stayed near random), at 0.05 the critic still learns (Adam scales its head's steps) and the
-    γ = 0 rows are level. BENCHMARKS.md § "The critic's share of the core" has the measurements."""
+    the core the policy reads (BENCHMARKS.md § "The critic's share of the core")."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
     normalize_advantages: bool = True
@@ -279,7 +281,11 @@ class TrainConfig(ConfigBase):
     return_norm_rate: float = 0.01
     """Averaging rate of those running statistics (about 1 / rate updates)."""
 
-    # --- run ------------------------------------------------------------------------------
+
+@dataclass
+class RunConfig:
+    """How long and where it runs, and what it writes."""
+
     total_env_steps: int = 50_000_000
     """Stop after this many env steps (summed over the B tasks)."""
     max_minutes: float = 0.0
@@ -302,25 +308,37 @@ class TrainConfig(ConfigBase):
     """On a NaN or inf loss or gradient, skip that update (counted as ``faults/skipped_updates``)
     instead of stopping the run. May be switched on when resuming a run that stopped on one."""
 
+
+#: The sections of :class:`TrainConfig`, in the order ``--help`` lists them.
+SECTIONS: tuple[tuple[str, type], ...] = (
+    ("task", TaskConfig), ("model", ModelConfig), ("algorithm", AlgorithmConfig), ("run", RunConfig),
+)
+#: The keys most runs set, listed first by ``--help``.
+ESSENTIAL_KEYS = ("env_id", "env_module", "env_kwargs", "num_envs", "encoder", "core", "hidden", "algo", "gamma",
+                  "learning_rate", "total_env_steps", "max_minutes", "seed", "device")
+
+
+@dataclass
+class TrainConfig(ConfigBase, RunConfig, AlgorithmConfig, ModelConfig, TaskConfig):
+    """Everything a training run needs, in four sections (task, model, algorithm, run). Every field can be set in
+    a TOML file or as ``key=value``."""
+
     POSITIVE: ClassVar[tuple[str, ...]] = (
-        "num_envs", "hidden", "key_dim", "conv_filters", "total_env_steps", "log_every", "checkpoint_every",
+        "num_envs", "hidden", "total_env_steps", "log_every", "checkpoint_every",
     )
     DEFAULTED: ClassVar[tuple[str, ...]] = (
-        "rollout_steps", "memory_capacity", "eval_every", "eval_episodes", "torch_threads",
+        "rollout_steps", "eval_every", "eval_episodes", "torch_threads",
     )
     UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ("gamma", "gae_lambda", "value_lambda", "return_norm_rate")
     STRICTLY_POSITIVE: ClassVar[tuple[str, ...]] = ("learning_rate", "max_grad_norm")
-    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("entropy_coef", "value_coef", "max_minutes", "read_gain", "taken_gain",
-                                               "value_read_gain")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("entropy_coef", "value_coef", "max_minutes")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "encoder": tuple(ENCODERS), "core": tuple(CORES), "conv_norm": ("batch", "group", "none"),
-        "encoder_precision": tuple(PRECISIONS), "critic": CRITICS,
+        "encoder_precision": tuple(PRECISIONS), "critic": CRITICS, "algo": ALGOS,
     }
+    HELP_SECTIONS: ClassVar[tuple[tuple[str, type], ...]] = SECTIONS
+    HELP_FIRST: ClassVar[tuple[str, ...]] = ESSENTIAL_KEYS
 
     def check(self) -> None:
-        if isinstance(self.index_head, str) and self.index_head != "auto":
-            raise ConfigError(f"index_head must be true, false or 'auto', got {self.index_head!r}; use index_head=auto "
-                              "(on for fixed-length tasks that are not myopic) or index_head=false.")
         if isinstance(self.gamma, str) and self.gamma != "auto":  # a number was checked with UNIT_INTERVAL
             raise ConfigError(f"gamma must be 'auto' or a number in [0, 1], got {self.gamma!r}; use gamma=auto "
                               "(the rule in `--help`), gamma=0 (myopic) or, e.g., gamma=0.99.")
@@ -333,6 +351,29 @@ class TrainConfig(ConfigBase):
                 "lists and tables); register in-memory data with meta_rl.data.register_dataset(name, splits) "
                 "and pass dataset = name."
             )
+        check_read_head(self.read_head)
+
+
+def check_read_head(table: dict[str, Any]) -> ReadHeadConfig:
+    """The ``read_head`` table as settings, each key and value checked.
+
+    Raises:
+        ConfigError: an unknown key (with a did-you-mean), a value of the wrong type, a negative gain, or an
+            ``index_head`` other than true, false or ``auto``.
+    """
+    hints = typing.get_type_hints(ReadHeadConfig)
+    for key, value in table.items():
+        if key not in hints:
+            close = did_you_mean(key, list(hints))
+            hint = f"did you mean read_head.{close}?" if close else f"it takes {', '.join(hints)}."
+            raise ConfigError(f"read_head has no key {key!r}; {hint}")
+        check_type(f"read_head.{key}", value, hints[key])
+        if key.endswith("gain") and value < 0:
+            raise ConfigError(f"read_head.{key} must be >= 0, got {value}.")
+    settings = ReadHeadConfig(**table)
+    if isinstance(settings.index_head, str) and settings.index_head != "auto":
+        raise ConfigError(f"read_head.index_head must be true, false or 'auto', got {settings.index_head!r}.")
+    return settings
 
 
 def named_configs(folder: str = "") -> dict[str, Path]:
@@ -352,8 +393,8 @@ def resolve_config(path: str | Path, folder: str = "", example: str = "default")
         return p
     named = named_configs(folder)
     name = p.name.removesuffix(".toml")
-    if name in named and (p.parent == Path(".") or p.parent.name in ("experiments", "configs", "baselines")):
-        return named[name]  # "gru", "gru.toml" (and the old experiments/gru.toml) name the shipped file
+    if name in named and p.parent == Path("."):
+        return named[name]  # "gru" and "gru.toml" name the shipped file
     close = did_you_mean(name, list(named))
     hint = f" Did you mean {close}?" if close else ""
     what = "config file {} does not exist" if p.suffix == ".toml" or len(p.parts) > 1 else "config {!r} is not a file"
@@ -388,17 +429,31 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def config_help(cls: type[ConfigBase]) -> str:
-    """Every key of a config with its type, default and docstring, for ``--help``."""
+    """Every key of a config with its type, default and docstring, for ``--help``: the keys most runs set first,
+    then every key by section where the config has sections (task, model, algorithm, run)."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    lines = ["config keys (set them as key=value, or in a TOML file):"]
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    def entry(name: str) -> list[str]:
+        f = fields[name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kind = getattr(hints[f.name], "__name__", str(hints[f.name]))
-        if typing.get_origin(hints[f.name]) is not None:
-            kind = str(hints[f.name]).replace("typing.", "")
-        lines.append(f"  {f.name} ({kind}, default {json.dumps(default)})")
-        lines += textwrap.wrap(docs.get(f.name, ""), 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        kind = getattr(hints[name], "__name__", str(hints[name]))
+        if typing.get_origin(hints[name]) is not None:
+            kind = str(hints[name]).replace("typing.", "")
+        return [f"  {name} ({kind}, default {json.dumps(default)})",
+                *textwrap.wrap(docs.get(name, ""), 96, initial_indent=" " * 6, subsequent_indent=" " * 6)]
+
+    lines = ["config keys (set them as key=value, or in a TOML file):"]
+    if cls.HELP_FIRST:
+        lines.append(f"  most runs set only: {', '.join(cls.HELP_FIRST)}")
+    sections = cls.HELP_SECTIONS or (("", cls),)
+    for title, section in sections:
+        names = [n for n in fields if n in getattr(section, "__annotations__", {})] if title else list(fields)
+        if title:
+            lines += ["", f"{title}: {(section.__doc__ or '').splitlines()[0]}"]
+        for name in names:
+            lines += entry(name)
     return "\n".join(lines)
 
 

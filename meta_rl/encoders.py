@@ -6,14 +6,18 @@ Each maps a float batch (N, *input_shape) to features (N, out_dim).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from meta_rl.errors import ConfigError
+from meta_rl.registry import Registry
+
 __all__ = [
-    "ENCODERS", "PRECISIONS", "Conv4Encoder", "MLPEncoder", "SeedCNNEncoder", "StridedCNNEncoder", "make_encoder",
-    "native_bfloat16",
+    "ENCODERS", "PRECISIONS", "Conv4Encoder", "MLPEncoder", "SeedCNNEncoder", "StridedCNNEncoder", "build_encoder",
+    "make_encoder", "native_bfloat16", "register_encoder",
 ]
 
 
@@ -127,7 +131,6 @@ class MLPEncoder(nn.Module):
         return self.net(x)  # (N, hidden[-1])
 
 
-ENCODERS = ("auto", "conv4", "seed_cnn", "cnn", "mlp")
 PRECISIONS = ("auto", "float32", "bfloat16")
 """The encoder's arithmetic (``encoder_precision``); :meth:`meta_rl.policy.MetaPolicy.encode` applies it."""
 
@@ -144,29 +147,71 @@ def native_bfloat16(device: torch.device) -> bool:
     return device.type == "cpu" and _cpu_has_amx()
 
 
-def make_encoder(
-    name: str, input_shape: Sequence[int], *, filters: int = 64, hidden: Sequence[int] = (256, 256, 64),
-    norm: str = "batch",
-) -> Conv4Encoder | SeedCNNEncoder | StridedCNNEncoder | MLPEncoder:
-    """Build an encoder by name: ``auto``, ``conv4``, ``seed_cnn``, ``cnn`` or ``mlp``.
+EncoderFactory = Callable[..., nn.Module]
+#: The registered encoders, by name; a user's feature extractor registers itself here (:func:`register_encoder`)
+#: and is named with ``encoder=NAME model_module=your.module``, as SB3's ``features_extractor_class``.
+ENCODERS: Registry[EncoderFactory] = Registry("encoder", "encoder", "encoder_kwargs", supplied=("hidden",))
 
-    ``auto`` is ``cnn`` for (C, H, W) images and ``mlp`` for anything else. ``hidden`` sets the
-    MLP's layer sizes; for ``cnn`` its last entry is the output size.
+
+def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
+    """Decorator: make an encoder factory available as ``encoder=name``.
+
+    The factory is called as ``factory(input_shape, *, hidden, **options)``: ``input_shape`` the (C, H, W) or
+    vector shape of one observation, ``hidden`` the config's ``encoder_hidden``, ``options`` the config's
+    ``encoder_kwargs`` (keyword-only arguments with defaults). It returns a module mapping a float batch
+    (N, *input_shape) to (N, out_dim) with an ``out_dim`` attribute.
+    """
+    return ENCODERS.register(name)
+
+
+def _image_shape(name: str, input_shape: Sequence[int]) -> Sequence[int]:
+    if len(input_shape) != 3:
+        raise ConfigError(f"encoder = {name!r} needs (C, H, W) inputs, got shape {tuple(input_shape)}; "
+                          "use encoder=mlp.")
+    return input_shape
+
+
+@register_encoder("cnn")
+def _cnn(input_shape: Sequence[int], *, hidden: Sequence[int], channels: Sequence[int] = (32, 64, 64)) -> nn.Module:
+    """:class:`StridedCNNEncoder`; its output size is ``encoder_hidden``'s last entry."""
+    return StridedCNNEncoder(_image_shape("cnn", input_shape), channels=tuple(channels), out_dim=int(hidden[-1]))
+
+
+@register_encoder("conv4")
+def _conv4(input_shape: Sequence[int], *, hidden: Sequence[int], filters: int = 64, norm: str = "batch") -> nn.Module:
+    """:class:`Conv4Encoder` (``norm``: ``batch``, ``group`` or ``none``)."""
+    return Conv4Encoder(_image_shape("conv4", input_shape), filters=filters, norm=norm)
+
+
+@register_encoder("seed_cnn")
+def _seed_cnn(input_shape: Sequence[int], *, hidden: Sequence[int], dense: int = 1024) -> nn.Module:
+    """:class:`SeedCNNEncoder` for 32x32x3 images."""
+    return SeedCNNEncoder(_image_shape("seed_cnn", input_shape), hidden=dense)
+
+
+@register_encoder("mlp")
+def _mlp(input_shape: Sequence[int], *, hidden: Sequence[int]) -> nn.Module:
+    """:class:`MLPEncoder` with ``encoder_hidden``'s layer sizes."""
+    return MLPEncoder(input_shape, hidden=hidden)
+
+
+def build_encoder(
+    name: str, input_shape: Sequence[int], *, hidden: Sequence[int], options: dict[str, Any] | None = None
+) -> nn.Module:
+    """The encoder registered as ``name`` (``auto``: ``cnn`` for (C, H, W) images, ``mlp`` for anything else).
+
+    Raises:
+        ConfigError: an unknown name or option, or an image encoder for a non-image input.
     """
     if name == "auto":
         name = "cnn" if len(input_shape) == 3 else "mlp"
-    if name == "conv4":
-        if len(input_shape) != 3:
-            raise ValueError(f"conv4 needs (C, H, W) inputs, got shape {tuple(input_shape)}; use encoder='mlp'.")
-        return Conv4Encoder(input_shape, filters=filters, norm=norm)
-    if name == "seed_cnn":
-        if len(input_shape) != 3:
-            raise ValueError(f"seed_cnn needs (C, H, W) inputs, got {tuple(input_shape)}; use encoder='mlp'.")
-        return SeedCNNEncoder(input_shape)
-    if name == "cnn":
-        if len(input_shape) != 3:
-            raise ValueError(f"cnn needs (C, H, W) inputs, got {tuple(input_shape)}; use encoder='mlp'.")
-        return StridedCNNEncoder(input_shape, out_dim=int(hidden[-1]))
-    if name == "mlp":
-        return MLPEncoder(input_shape, hidden=hidden)
-    raise ValueError(f"unknown encoder {name!r}; expected one of {ENCODERS}.")
+    return ENCODERS.build(name, input_shape, hidden=tuple(hidden), options=options)
+
+
+def make_encoder(
+    name: str, input_shape: Sequence[int], *, filters: int = 64, hidden: Sequence[int] = (256, 256, 64),
+    norm: str = "batch",
+) -> nn.Module:
+    """A shipped encoder from the supervised baselines' flat settings (``filters`` and ``norm`` for ``conv4``)."""
+    options = {"filters": filters, "norm": norm} if name == "conv4" else {}
+    return build_encoder(name, input_shape, hidden=hidden, options=options)

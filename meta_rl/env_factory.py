@@ -6,7 +6,6 @@ The core builds envs only through Gymnasium's registry, so it never imports the 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from gymnasium.vector import VectorEnv
 
 from meta_rl.config import ConfigError, TrainConfig
+from meta_rl.registry import import_plugin
 
 __all__ = ["make_vec_env"]
 
@@ -26,12 +26,7 @@ def make_vec_env(cfg: TrainConfig, split: str, num_envs: int, device: torch.devi
     ``device`` are passed where the env's constructor takes them.
     """
     if cfg.env_module:
-        try:
-            importlib.import_module(cfg.env_module)
-        except ImportError as exc:
-            raise ConfigError(
-                f"env_module = {cfg.env_module!r} cannot be imported ({exc}); fix the module name."
-            ) from exc
+        import_plugin(cfg.env_module, "env_module")
     try:
         spec = gym.spec(cfg.env_id)
     except gym.error.Error as exc:

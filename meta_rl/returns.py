@@ -9,7 +9,7 @@ import torch
 
 __all__ = [
     "explained_variance", "first_trial_returns", "gae", "normalize", "popart_preserve", "popart_stats", "popart_std",
-    "reinforce_losses",
+    "ppo_policy_loss", "reinforce_losses",
 ]
 
 
@@ -112,6 +112,23 @@ def reinforce_losses(
         "value": 0.5 * (((values - ret) ** 2) * w).sum() / total,
         "entropy": (entropy * w).sum() / total,
     }
+
+
+def ppo_policy_loss(
+    log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, clip_range: float,
+) -> torch.Tensor:
+    """PPO's clipped surrogate (Schulman et al. 2017), to minimise.
+
+    ``-mean(min(ρ_t A_t, clip(ρ_t, 1 - ε, 1 + ε) A_t))`` with ``ρ_t = π(a_t|h_t) / π_old(a_t|h_t)``. At
+    ρ = 1 its gradient is REINFORCE's, ``-mean(A_t ∇ log π(a_t|h_t))``.
+
+    Args:
+        log_probs: (T, B) log π(a_t|h_t), carrying gradients. old_log_probs: (T, B) the behaviour policy's.
+        advantages: (T, B), held constant. clip_range: ε.
+    """
+    ratio = torch.exp(log_probs - old_log_probs.detach())  # (T, B)
+    adv = advantages.detach()
+    return -torch.min(ratio * adv, ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * adv).mean()
 
 
 def popart_stats(

@@ -37,8 +37,10 @@ class Rollout:
             gives them (else -1 and 0).
         inner_episode: (T, B) the index of the episode within a multi-episode trial where the
             env's info gives it (``"inner_episode"``), else 0.
+        log_probs: (T, B) log π(a_t|h_t) of the behaviour policy, as it acted.
+        values: (T, B) the behaviour critic's V(s_t), as it acted.
         last_value: (B,) V(s_T) for bootstrapping.
-        state0: the core state before the first step.
+        state0: the core state before the first step (batch on axis 0 of every tensor).
     """
 
     main: torch.Tensor | None
@@ -53,8 +55,27 @@ class Rollout:
     labels: torch.Tensor
     instance: torch.Tensor
     inner_episode: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
     last_value: torch.Tensor
     state0: State
+
+    def select(self, tasks: torch.Tensor | slice) -> Rollout:
+        """The rollout of the tasks ``tasks`` indexes (a minibatch of tasks); the encoding is kept only
+        where it was computed without a graph (a graph can be backpropagated once)."""
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            return x[:, tasks]
+
+        embed = None if self.embed is None or self.embed.requires_grad else pick(self.embed)
+        return Rollout(
+            main=None if self.main is None else pick(self.main), embed=embed,
+            extras={k: pick(v) for k, v in self.extras.items()}, actions=pick(self.actions),
+            prev_actions=pick(self.prev_actions), prev_rewards=pick(self.prev_rewards), rewards=pick(self.rewards),
+            dones=pick(self.dones), starts=pick(self.starts), labels=pick(self.labels), instance=pick(self.instance),
+            inner_episode=pick(self.inner_episode), log_probs=pick(self.log_probs), values=pick(self.values),
+            last_value=self.last_value[tasks], state0=tuple(s[tasks] for s in self.state0),
+        )
 
     def correct(self) -> torch.Tensor:
         """(T, B) bool: the action equals the true label (False where no label is known)."""
@@ -113,6 +134,8 @@ def collect(
     labels = torch.full((steps, b), -1, dtype=torch.int64, device=device)
     instance = torch.zeros(steps, b, dtype=torch.int64, device=device)
     inner_episode = torch.zeros(steps, b, dtype=torch.int64, device=device)
+    log_probs = torch.empty(steps, b, device=device)
+    values = torch.empty(steps, b, device=device)
 
     prev_a = torch.zeros((b, *action_shape), dtype=action_dtype, device=device)
     prev_r = torch.zeros(b, device=device)
@@ -126,8 +149,9 @@ def collect(
             prev_actions[t], prev_rewards[t], starts_buf[t] = prev_a, prev_r, starts
             e = embed[t : t + 1] if embed is not None else policy.encode(None if main is None else main[None], (1, b))
             u = policy.context({k: v[None] for k, v in extras.items()}, prev_a[None], prev_r[None], starts[None])
-            params, _, state = policy(e.detach(), u, starts[None], state)  # (1, B, A)
+            params, value, state = policy(e.detach(), u, starts[None], state)  # (1, B, A), (1, B)
             action = policy.sample(params[0], generator, deterministic)
+            log_probs[t], values[t] = policy.log_prob(params[0], action), value[0]
             obs, reward, terminated, truncated, info = env.step(action)
             main, extras = _split(policy, obs)
             done = terminated | truncated
@@ -145,5 +169,5 @@ def collect(
     return Rollout(
         main=mains, embed=embed, extras=extra_buf, actions=actions, prev_actions=prev_actions,
         prev_rewards=prev_rewards, rewards=rewards, dones=dones, starts=starts_buf, labels=labels, instance=instance,
-        inner_episode=inner_episode, last_value=last_value[0], state0=state0,
+        inner_episode=inner_episode, log_probs=log_probs, values=values, last_value=last_value[0], state0=state0,
     )

@@ -24,9 +24,10 @@ import torch
 from gymnasium.vector import VectorEnv
 from tqdm.auto import tqdm
 
+from meta_rl.algorithms import Algorithm, make_algorithm
 from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
-from meta_rl.config import LEGACY_DEFAULTS, ConfigError, TrainConfig, resolve_device
+from meta_rl.config import ConfigError, ModelConfig, TrainConfig, resolve_device
 from meta_rl.contract import fixed_length, myopic, task_length
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.env_factory import make_vec_env
@@ -52,8 +53,8 @@ from meta_rl.lifecycle import (
 from meta_rl.logger import MetricLogger
 from meta_rl.monitoring import accuracy_figure, episode_strip
 from meta_rl.policy import MetaPolicy
+from meta_rl.registry import import_plugin
 from meta_rl.resources import check_fits, check_threads, estimate_training_memory
-from meta_rl.returns import explained_variance, first_trial_returns, gae, normalize, reinforce_losses
 from meta_rl.rollout import Rollout, collect
 from meta_rl.spaces import space_to_dict
 
@@ -61,16 +62,15 @@ __all__ = [
     "AUTO_GAMMA",
     "CHECKPOINT_NAME",
     "FIXED_LENGTH_GAMMA",
-    "TRUSTED_ENV_MODULES",
+    "TRUSTED_MODULES",
     "NonFiniteError",
     "Trainer",
     "TrainingInterrupted",
     "budget_steps",
     "build_policy",
-    "legacy_auto_gamma",
     "make_vec_env",
+    "optimize",
     "policy_for_spaces",
-    "reinforce_update",
     "resolve_device",
     "resolve_gamma",
     "resolve_index_head",
@@ -82,60 +82,46 @@ __all__ = [
 RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates",
                   "encoder_precision")
 Collector = Callable[..., Rollout]  # meta_rl.rollout.collect's signature
-LossFn = Callable[..., dict[str, torch.Tensor]]  # meta_rl.returns.reinforce_losses's signature
+AlgorithmFactory = Callable[[TrainConfig, float], Algorithm]  # meta_rl.algorithms.make_algorithm's signature
 
 
-def build_policy(cfg: TrainConfig, env: VectorEnv, steps: int) -> MetaPolicy:
-    """The policy ``cfg`` describes for ``env``'s spaces, with memory for ``steps`` steps."""
-    cfg = dataclasses.replace(cfg, index_head=resolve_index_head(cfg.index_head, env))
-    return policy_for_spaces(cfg, env.single_observation_space, env.single_action_space, steps)
+def build_policy(cfg: ModelConfig, env: VectorEnv, steps: int) -> MetaPolicy:
+    """The policy ``cfg`` describes for ``env``'s spaces, for tasks of ``steps`` steps."""
+    return policy_for_spaces(cfg, env.single_observation_space, env.single_action_space, steps,
+                             auto_index_head=resolve_index_head("auto", env))
 
 
 def resolve_index_head(index_head: bool | str, env: object) -> bool:
-    """Whether the policy gets an :class:`~meta_rl.policy.IndexHead` on ``env``: ``auto`` where the env declares
-    fixed-length tasks (:func:`meta_rl.contract.fixed_length`: a budget of steps, each scored by its reward, as in a
-    bandit or an MDP) and is not myopic (:func:`meta_rl.contract.myopic`: there is exploring to value); a bool as
-    it is."""
+    """Whether ``read_head.index_head`` builds an :class:`~meta_rl.memory_read.IndexHead` on ``env``: ``auto`` where
+    the env declares fixed-length tasks (:func:`meta_rl.contract.fixed_length`: a budget of steps, each scored by
+    its reward, as in a bandit or an MDP) and is not myopic (:func:`meta_rl.contract.myopic`: there is exploring
+    to value); a bool as it is."""
     if isinstance(index_head, str):
         return fixed_length(env) and not myopic(env)
     return bool(index_head)
 
 
-def policy_for_spaces(cfg: TrainConfig, observation_space: Any, action_space: Any, steps: int) -> MetaPolicy:
-    """The policy ``cfg`` describes for one task's observation and action spaces.
+def policy_for_spaces(
+    cfg: ModelConfig, observation_space: Any, action_space: Any, steps: int, *, auto_index_head: bool = False
+) -> MetaPolicy:
+    """The policy ``cfg`` describes for one task's observation and action spaces, after importing
+    ``cfg.model_module`` (where a user's core or encoder registers itself)."""
+    if cfg.model_module:
+        import_plugin(cfg.model_module, "model_module")
+    return MetaPolicy(observation_space, action_space, cfg, task_length=steps, auto_index_head=auto_index_head)
 
-    Raises:
-        ValueError: ``cfg.index_head`` is ``auto``, which depends on the env (:func:`build_policy` resolves it).
-    """
-    if isinstance(cfg.index_head, str):
-        raise ValueError(f"cfg.index_head is {cfg.index_head!r}, which depends on the env; use build_policy(cfg, env, "
-                         "steps) or set index_head=resolve_index_head(cfg.index_head, env) first.")
-    return MetaPolicy(
-        observation_space,
-        action_space,
-        encoder=cfg.encoder,
-        core=cfg.core,
-        hidden=cfg.hidden,
-        encoder_hidden=cfg.encoder_hidden,
-        conv_filters=cfg.conv_filters,
-        conv_norm=cfg.conv_norm,
-        key_dim=cfg.key_dim,
-        memory_capacity=cfg.memory_capacity or steps,
-        read_gain=cfg.read_gain,
-        taken_gain=cfg.taken_gain,
-        value_read=cfg.value_read,
-        value_read_gain=cfg.value_read_gain,
-        index_head=cfg.index_head,
-        encoder_precision=cfg.encoder_precision,
-        critic=cfg.critic,
-    )
+
+def with_built_read_head(cfg: TrainConfig, env: VectorEnv, steps: int) -> TrainConfig:
+    """``cfg`` with its ``read_head`` table replaced by what the policy builds on ``env`` (``{}``: no memory-read
+    head), so the saved config records what was built. Built on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        policy = build_policy(cfg, env, steps)
+    return dataclasses.replace(cfg, read_head=policy.read_head_settings)
 
 
 #: The discount ``gamma = "auto"`` gives tasks that can end early or declare nothing.
 AUTO_GAMMA = 0.99
-#: The discount ``gamma = "auto"`` gives fixed-length tasks that are not myopic (bandits, MDPs, PointNav): a
-#: horizon of about ten steps values what an action teaches, and keeps the noise of a long trial's later
-#: rewards out of each action's advantage.
+#: The discount ``gamma = "auto"`` gives fixed-length tasks that are not myopic (bandits, MDPs, PointNav).
 FIXED_LENGTH_GAMMA = 0.9
 
 
@@ -151,72 +137,58 @@ def resolve_gamma(gamma: float | str, env: object) -> float:
     return float(gamma)
 
 
-def legacy_auto_gamma(env: object) -> float:
-    """The discount ``gamma = "auto"`` gave before 2026-12-07 (0 on every fixed-length task, else
-    :data:`AUTO_GAMMA`): a run resumed from a checkpoint of that time, which did not save its discount,
-    goes on with it."""
-    return 0.0 if fixed_length(env) else AUTO_GAMMA
+Admit = Callable[[dict[str, torch.Tensor]], bool]
 
 
-def reinforce_update(
-    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig, *, world: World | None = None,
-    gamma: float | None = None,
-) -> dict[str, torch.Tensor]:
-    """One REINFORCE step on a rollout: GAE(λ) advantages from the critic, TD(λ) critic targets."""
-    stats = reinforce_gradients(policy, optimizer, ro, cfg, world=world, gamma=gamma)
-    optimizer.step()
-    update_return_stats(policy, stats, cfg, world or World())
-    return stats
-
-
-def reinforce_gradients(
-    policy: MetaPolicy, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: TrainConfig, *, world: World | None = None,
-    losses: LossFn = reinforce_losses, gamma: float | None = None,
-) -> dict[str, torch.Tensor]:
-    """The gradients of :func:`reinforce_update` (clipped, in ``.grad``) without the optimizer step.
-
-    ``gamma`` is the discount (:func:`resolve_gamma`); None takes ``cfg.gamma``, which must then be a number.
+def optimize(
+    policy: MetaPolicy, optimizer: torch.optim.Optimizer, algorithm: Algorithm, ro: Rollout, cfg: TrainConfig, *,
+    world: World | None = None, admit: Admit | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """The update on one rollout: for each of the algorithm's epochs and minibatches of tasks, its loss, the
+    gradients (averaged over ranks, clipped), then, if ``admit`` lets them through (the NaN guard; default: all),
+    the optimizer step and the critic's target statistics. Returns each step's figures.
 
     With a ``world`` of several ranks the gradients are averaged over the ranks after ``backward``
     and before clipping (see :mod:`meta_rl.distributed` for why not DDP), so every rank clips and
-    steps with the same gradient, that of the mean loss over all ranks' tasks. The returned losses
-    are this rank's own. ``losses`` computes the loss terms (:func:`meta_rl.returns.reinforce_losses`).
+    steps with the same gradient, that of the mean loss over all ranks' tasks.
+
+    Raises:
+        ConfigError: the rollout's tasks do not split into the algorithm's minibatches.
     """
-    if gamma is None:
-        if isinstance(cfg.gamma, str):
-            raise ValueError(f"cfg.gamma is {cfg.gamma!r}, which depends on the env; pass "
-                             "gamma=resolve_gamma(cfg.gamma, env) (or set a number in the config).")
-        gamma = cfg.gamma
-    steps, batch = ro.rewards.shape
-    embed = ro.embed if ro.embed is not None else policy.encode(ro.main, (steps, batch))  # (T, B, E)
-    context = policy.context(ro.extras, ro.prev_actions, ro.prev_rewards, ro.starts)  # (T, B, U)
-    params, values, _ = policy(embed, context, ro.starts, ro.state0, need_state=False)  # (T, B, A), (T, B)
-    dones = ro.dones.float()
-    advantages, returns = gae(ro.rewards, values.detach(), dones, ro.last_value, gamma, cfg.gae_lambda)
-    if cfg.value_lambda != cfg.gae_lambda:  # the critic's TD(λ) target with its own λ
-        returns = gae(ro.rewards, values.detach(), dones, ro.last_value, gamma, cfg.value_lambda)[1]
-    log_probs = policy.log_prob(params, ro.actions)  # (T, B)
-    entropy = policy.entropy(params)  # (T, B)
-    adv = normalize(advantages) if cfg.normalize_advantages else advantages
-    scale = policy.return_scale()  # the critic learns its targets in units of their running σ (1 when not normalised)
-    terms = losses(log_probs, entropy, values / scale, adv, returns / scale)
-    loss = terms["policy"] + cfg.value_coef * terms["value"] - cfg.entropy_coef * terms["entropy"]
+    world = world or World()
+    batch = ro.rewards.shape[1]
+    if batch % algorithm.minibatches:
+        raise ConfigError(f"algo_kwargs.minibatches = {algorithm.minibatches} does not divide num_envs = {batch}; "
+                          "pick a divisor of num_envs.")
+    size = batch // algorithm.minibatches
+    out = []
+    for epoch in range(algorithm.epochs):
+        order = torch.arange(batch, device=ro.rewards.device)
+        if algorithm.minibatches > 1:
+            order = torch.randperm(batch, generator=torch.Generator().manual_seed(epoch)).to(ro.rewards.device)
+        for k in range(algorithm.minibatches):
+            part = ro if algorithm.minibatches == 1 else ro.select(order[k * size:(k + 1) * size])
+            stats = gradients(policy, optimizer, algorithm, part, cfg, world)
+            if admit is None or admit(stats):
+                optimizer.step()
+                update_return_stats(policy, stats, cfg, world)
+            else:
+                optimizer.zero_grad(set_to_none=True)  # skip: no step, Adam's state untouched
+            out.append(stats)
+    return out
+
+
+def gradients(
+    policy: MetaPolicy, optimizer: torch.optim.Optimizer, algorithm: Algorithm, ro: Rollout, cfg: TrainConfig,
+    world: World,
+) -> dict[str, torch.Tensor]:
+    """The algorithm's loss on ``ro`` and its gradients in ``.grad`` (averaged over ranks, clipped), without a step."""
+    loss, stats = algorithm(policy, ro)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if world is not None:
-        world.average_gradients(list(policy.parameters()))
+    world.average_gradients(list(policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-    return {
-        "losses/policy": terms["policy"].detach(),
-        "losses/value": terms["value"].detach(),
-        "losses/total": loss.detach(),
-        "losses/entropy": terms["entropy"].detach(),
-        "losses/grad_norm": grad_norm.detach(),
-        "losses/explained_variance": explained_variance(values.detach(), returns),
-        "charts/return": first_trial_returns(ro.rewards, ro.dones).mean(),
-        "losses/value_target_mean": returns.mean(),
-        "losses/value_target_second": returns.square().mean(),
-    }
+    return {**stats, "losses/grad_norm": grad_norm.detach()}
 
 
 def update_return_stats(policy: MetaPolicy, stats: dict[str, torch.Tensor], cfg: TrainConfig, world: World) -> None:
@@ -232,7 +204,6 @@ def _task_seed(seed: int, update: int) -> int:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    saved = {**LEGACY_DEFAULTS, **saved}
     changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS and saved.get(k) != v]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
@@ -242,56 +213,59 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> Non
         )
 
 
-#: Env modules that may be imported because a saved config names them: the package's own.
-TRUSTED_ENV_MODULES = ("", "meta_rl.envs")
+#: Modules that may be imported because a saved config names them: the package's own.
+TRUSTED_MODULES = ("", "meta_rl.envs")
 
 
 def untrusted_modules(cfg: TrainConfig) -> list[str]:
     """The modules building ``cfg``'s env would import that are neither meta-rl's nor already imported.
 
-    Those are ``env_module`` and the ``module:`` prefix of an ``env_id`` (which gymnasium imports).
+    Those are ``env_module``, ``model_module`` and the ``module:`` prefix of an ``env_id`` (which gymnasium imports).
     """
-    named = [cfg.env_module]
+    named = [cfg.env_module, cfg.model_module]
     if ":" in cfg.env_id:
         named.append(cfg.env_id.split(":", 1)[0])
-    return [m for m in dict.fromkeys(named) if m not in TRUSTED_ENV_MODULES and m not in sys.modules]
+    return [m for m in dict.fromkeys(named) if m not in TRUSTED_MODULES and m not in sys.modules]
 
 
-def load_run_config(run_dir: str | Path, *, env_module: str | None = None,
+def load_run_config(run_dir: str | Path, *, env_module: str | None = None, model_module: str | None = None,
                     flag: str = "--env-module") -> TrainConfig:
-    """The config a run directory's checkpoint was trained with, safe to build an env from.
+    """The config a run directory's checkpoint was trained with, safe to build an env and a policy from.
 
     A checkpoint is data and must not decide what code runs: a plug-in module it names is imported
-    only when the caller names the same module (``env_module``, the user's ``--env-module``).
+    only when the caller names the same module (the user's ``--env-module`` or ``--model-module``).
 
     Args:
         run_dir: a run directory written by :func:`train`.
         env_module: the module the user trusts for this run's env; replaces the saved ``env_module``.
-        flag: how the user names it, for the error message.
+        model_module: the module the user trusts for this run's core or encoder; replaces the saved one.
+        flag: how the user names the env module, for the error message (the model module's is
+            ``--model-module``).
 
     Raises:
         CheckpointError: the checkpoint is missing or damaged.
-        ConfigError: the run's env needs a module the user did not name.
+        ConfigError: the run needs a module the user did not name.
     """
     path = Path(run_dir) / CHECKPOINT_NAME
-    saved = {**LEGACY_DEFAULTS, **load_checkpoint(path)["config"]}
-    if env_module is not None:
-        saved["env_module"] = env_module
+    saved = load_checkpoint(path)["config"]
+    named = {"env_module": env_module, "model_module": model_module}
+    saved.update({k: v for k, v in named.items() if v is not None})
     cfg = TrainConfig.from_dict(saved, source=str(path))
-    untrusted = [m for m in untrusted_modules(cfg) if m != env_module]
+    untrusted = [m for m in untrusted_modules(cfg) if m not in named.values()]
     if untrusted:
         names = ", ".join(repr(m) for m in untrusted)
+        how = "--model-module" if untrusted[0] == cfg.model_module else flag
         raise ConfigError(
-            f"run {run_dir} needs module {names} for its env ({cfg.env_id!r}); meta-rl does not import a module "
+            f"run {run_dir} needs module {names} ({cfg.env_id!r}, core {cfg.core!r}); meta-rl does not import a module "
             f"because a checkpoint names it (a checkpoint could name any code). If you trust it, name it yourself: "
-            f"{flag} {untrusted[0]}."
+            f"{how} {untrusted[0]}."
         )
     return cfg
 
 
 def train(
     cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-    collector: Collector = collect, losses: LossFn = reinforce_losses, eager_guard: bool | None = None,
+    collector: Collector = collect, algorithm: AlgorithmFactory = make_algorithm, eager_guard: bool | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` writing TensorBoard logs and checkpoints to ``run_dir``; returns final figures.
 
@@ -305,7 +279,7 @@ def train(
         TrainingInterrupted: SIGINT/SIGTERM stopped the run after checkpointing it.
         NonFiniteError: a loss, gradient or parameter became NaN or inf (nothing bad was saved).
 
-    ``collector``, ``losses`` and ``eager_guard`` replace the rollout collector, the loss terms and
+    ``collector``, ``algorithm`` and ``eager_guard`` replace the rollout collector, the algorithm and
     the NaN guard's mode (see :class:`Trainer`), e.g. to inject faults in tests.
     """
     cfg.validate()
@@ -318,7 +292,7 @@ def train(
     try:
         with locked_run_dir(run_dir, resume, world) as stop:
             trainer = Trainer(cfg, run_dir, resume=resume, stop=stop, world=world, device=device, progress=progress,
-                              collector=collector, losses=losses, eager_guard=eager_guard)
+                              collector=collector, algorithm=algorithm, eager_guard=eager_guard)
             result = trainer.learn()
     except BaseException:
         teardown(owns_group)
@@ -341,17 +315,17 @@ class Trainer:
         stop: the run's :class:`StopRequest` (set by the signal handlers of :func:`locked_run_dir`).
         world: the ranks. device: where tensors live. progress: show a progress bar (rank 0).
         collector: gathers a rollout (:func:`meta_rl.rollout.collect`'s signature).
-        losses: REINFORCE's loss terms (:func:`meta_rl.returns.reinforce_losses`'s signature).
+        algorithm: builds the algorithm from the config and the discount (:func:`meta_rl.algorithms.make_algorithm`).
         eager_guard: read the NaN verdict every update (default: on the CPU or when skipping).
     """
 
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, *, resume: bool, stop: StopRequest, world: World, device: torch.device,
-        progress: bool = False, collector: Collector = collect, losses: LossFn = reinforce_losses,
+        progress: bool = False, collector: Collector = collect, algorithm: AlgorithmFactory = make_algorithm,
         eager_guard: bool | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.resume, self.world, self.device = cfg, run_dir, resume, world, device
-        self.progress, self.collector, self.losses = progress, collector, losses
+        self.progress, self.collector, self.make_algorithm = progress, collector, algorithm
         self.eager_guard = eager_by_default(device, cfg.skip_nonfinite_updates) if eager_guard is None else eager_guard
         self.ckpt_path = run_dir / CHECKPOINT_NAME
         self.stopping = StopPolicy(stop, world, cfg.max_minutes)
@@ -380,11 +354,13 @@ class Trainer:
             torch.set_num_threads(cfg.torch_threads)
         probe = make_vec_env(cfg, cfg.train_split, 1, self.device)
         # "auto" resolved once, here, so the saved config (and a resume's check against it) names the policy built.
-        self.cfg = cfg = dataclasses.replace(cfg, index_head=resolve_index_head(cfg.index_head, probe))
         self.steps = cfg.rollout_steps or task_length(probe)
         self.gamma = resolve_gamma(cfg.gamma, probe)
         if self.steps < 1:
             raise ConfigError(f"env {cfg.env_id!r} has no episode_length; set rollout_steps to the length of a task.")
+        # The read head's settings as built, once, here, so the saved config (and a resume's check against it)
+        # names the policy built.
+        self.cfg = cfg = with_built_read_head(cfg, probe, self.steps)
         self.eval_envs = (min(cfg.eval_episodes, 256) if cfg.eval_every and cfg.eval_episodes and self.world.is_main
                           else 0)
         estimate = estimate_training_memory(lambda: build_policy(cfg, probe, self.steps),
@@ -401,6 +377,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
             self.policy = build_policy(self.cfg, self.env, self.steps).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.learning_rate)
+        self.algorithm = self.make_algorithm(self.cfg, self.gamma)
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.guard = NonFiniteGuard(self.policy, eager=self.eager_guard, skip=self.cfg.skip_nonfinite_updates,
                                     steps_per_update=self.steps * self.per_update, kept=self._kept,
@@ -417,7 +394,9 @@ class Trainer:
             ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
             _check_resumable(ckpt["config"], self.cfg, self.ckpt_path)
             if isinstance(self.cfg.gamma, str):  # "auto": go on with the discount the run was trained with
-                self.gamma = float(ckpt.get("gamma", legacy_auto_gamma(self.env)))
+                with malformed_state(self.ckpt_path):
+                    self.gamma = float(ckpt["gamma"])
+                self.algorithm = self.make_algorithm(self.cfg, self.gamma)
             load_state(self.policy, ckpt["policy"], self.ckpt_path, "policy")
             load_state(self.optimizer, ckpt["optimizer"], self.ckpt_path, "optimizer")
             with malformed_state(self.ckpt_path):
@@ -469,22 +448,22 @@ class Trainer:
                               reset_seed=_task_seed(self.seed, self.update), embed_with_grad=True)
 
     def train_step(self, ro: Rollout) -> None:
-        """Gradients, the NaN guard (over all ranks), the optimizer step, and the update's tallies."""
-        stats = reinforce_gradients(self.policy, self.optimizer, ro, self.cfg, world=self.world, losses=self.losses,
-                                    gamma=self.gamma)
-        # A non-finite loss on any rank poisons the averaged gradient: agree on the verdict.
-        flags = self.world.all_min(self.guard.flags(stats))
-        if self.guard.admit(stats, flags, self.update + 1):
-            self.optimizer.step()
-            update_return_stats(self.policy, stats, self.cfg, self.world)
-            self.metrics.record_mean(stats)
-        else:
-            self.optimizer.zero_grad(set_to_none=True)  # skip: no step, Adam's state untouched
+        """The algorithm's steps on the rollout (:func:`optimize`), each through the NaN guard, and the tallies."""
+        optimize(self.policy, self.optimizer, self.algorithm, ro, self.cfg, world=self.world, admit=self.admit)
         self.metrics.record_accuracy(ro.correct(), ro.instance)
         self.update += 1
         self.env_steps += self.steps * self.per_update
         self.bar.update(self.steps * self.per_update)
         self.last_rollout = ro
+
+    def admit(self, stats: dict[str, torch.Tensor]) -> bool:
+        """The NaN guard's verdict on one step's figures (agreed over all ranks: a non-finite loss on any rank
+        poisons the averaged gradient); an admitted step's figures are recorded."""
+        flags = self.world.all_min(self.guard.flags(stats))
+        if not self.guard.admit(stats, flags, self.update + 1):
+            return False
+        self.metrics.record_mean(stats)
+        return True
 
     def log(self) -> None:
         """Means since the last log to TensorBoard (and the progress bar)."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +10,6 @@ import torch
 
 from meta_rl.data import ImageDataset, load_splits
 from meta_rl.data.synthetic import prototype_splits, random_dataset
-
-# The drills' shared helpers (hostile_files, fault_injection, train_process) live beside the experiments.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 NUM_CLASSES = 40
 IMAGES_PER_CLASS = 12

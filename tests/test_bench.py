@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from experiment_scripts import import_script
 
 pytestmark = pytest.mark.usefixtures("one_thread", "glyph_splits")
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread", "glyph_splits")
 def test_time_to_accuracy_trains_with_the_trainers_update_and_the_overrides(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bench  # experiments/ is on sys.path (conftest.py)
+    bench = import_script("bench")
 
     calls: list[Any] = []
     update = bench.reinforce_update

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tiny_runs
 import torch
+from tiny_runs import NUM_ENVS, K  # 3-way, K instances per class: T = 9
 
 from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import TrainConfig
@@ -35,8 +37,6 @@ from meta_rl.train import (
 
 CPU = torch.device("cpu")
 TESTS = Path(__file__).resolve().parent
-K = 3  # instances per class, 3-way: T = 9
-NUM_ENVS = 4
 WORLD = 2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,22 +52,10 @@ register_dataset(PROTO_DATASET, make_prototype_splits())
 
 
 def tiny_config(dataset: str, **changes: Any) -> TrainConfig:
-    cfg = TrainConfig(
-        env_id="meta_rl/FewShot-v0",
-        env_kwargs={"dataset": dataset, "n_way": 3, "instances_per_class": K},
-        num_envs=NUM_ENVS,
-        encoder_hidden=[16],
-        hidden=8,
-        key_dim=8,
-        normalize_advantages=False,  # a per-rank normalisation would differ from the combined batch's
-        total_env_steps=WORLD * NUM_ENVS * 3 * K,  # one update of both ranks
-        log_every=1,
-        eval_every=0,
-        checkpoint_every=1000,
-        device="cpu",
-        torch_threads=1,
-    )
-    return dataclasses.replace(cfg, **changes).validate()
+    """A tiny run of one update of both ranks, never evaluated, without advantage normalisation (a per-rank
+    normalisation would differ from the combined batch's)."""
+    return tiny_runs.tiny_config(dataset, WORLD, **{"normalize_advantages": False, "eval_every": 0,
+                                                    "checkpoint_every": 1000, **changes})
 
 
 def overrides(cfg: TrainConfig) -> list[str]:

@@ -1,14 +1,9 @@
-"""experiments/faults.py counts lost runs from outcomes and distinct bad inputs once; an empty selection fails."""
+"""tests/faults.py counts lost runs from outcomes and distinct bad inputs once; an empty selection fails."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import faults  # beside this file: pytest puts tests/ on sys.path
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import faults
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -23,7 +22,8 @@ from typing import Any
 
 import pytest
 import torch
-from train_process import spawn_train, wait_for
+from tiny_runs import STEPS_PER_UPDATE, tiny_config
+from train_process import saved_update, spawn_train, wait_for, wait_to_kill
 
 import meta_rl.atomic as atomic_module
 import meta_rl.cli as cli_module
@@ -54,29 +54,13 @@ from meta_rl.data.synthetic import prototype_splits
 
 register_dataset({DATASET!r}, prototype_splits(36, 6, seed=0, class_name="c{{}}", group_name="g{{}}", name="faults"))
 '''
-K = 3  # instances per class
-S = 4 * 3 * K  # env steps per update (4 tasks of 9 steps)
+S = STEPS_PER_UPDATE  # env steps per update (4 tasks of 9 steps)
 
 
 def fault_config(updates: int = 6, **changes: Any) -> TrainConfig:
-    cfg = TrainConfig(
-        env_id="meta_rl/FewShot-v0",
-        env_module=PLUGIN,
-        env_kwargs={"dataset": DATASET, "n_way": 3, "instances_per_class": K},
-        num_envs=4,
-        encoder="mlp",
-        encoder_hidden=[16],
-        hidden=8,
-        key_dim=8,
-        total_env_steps=updates * S,
-        log_every=1,
-        eval_every=4,
-        eval_episodes=4,
-        checkpoint_every=1,
-        device="cpu",
-        torch_threads=1,
-    )
-    return dataclasses.replace(cfg, **changes).validate()
+    """A tiny run on the plug-in's dataset with an MLP encoder, checkpointed every update, evaluated every 4."""
+    return tiny_config(DATASET, updates, **{"env_module": PLUGIN, "encoder": "mlp", "eval_every": 4,
+                                            "eval_episodes": 4, "checkpoint_every": 1, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -213,11 +197,6 @@ def test_signal_in_process_raises_training_interrupted(plugin: Path, tmp_path: P
 # --------------------------------------------------------------------------------------------
 
 
-def saved_update(path: Path) -> int:
-    """The update of the checkpoint at ``path`` (-1 if there is none); raises if it is damaged."""
-    return int(load_checkpoint(path)["counters"]["update"]) if path.is_file() else -1
-
-
 def test_sigkill_at_random_moments_loses_nothing(plugin: Path, tmp_path: Path,
                                                  reference: Callable[[int], dict[str, Any]]) -> None:
     updates = 40
@@ -227,19 +206,13 @@ def test_sigkill_at_random_moments_loses_nothing(plugin: Path, tmp_path: Path,
     rng = random.Random(1234)
     targets = sorted(rng.sample(range(3, updates - 10), 3))  # kill once these updates are checkpointed
     progress = [-1]
-    for attempt in range(4):
+    for target in [None, *targets]:  # first during start-up or the first updates, then after each target
         proc = spawn(plugin, run_dir, cfg, resume=ckpt_path.is_file())
-        if attempt == 0:  # during start-up or the first updates, before or after the first checkpoint
-            wait_for(lambda: (run_dir / LOCK_NAME).is_file(), proc)
-            time.sleep(rng.uniform(0.0, 0.3))
-        else:  # a random moment after update `target`: mid-update, mid-checkpoint-write, mid-evaluation
-            target = targets[attempt - 1]
-            wait_for(lambda: saved_update(ckpt_path) >= target, proc)  # noqa: B023
-            time.sleep(rng.uniform(0.0, 0.03))
+        wait_to_kill(proc, run_dir, target, rng)
         assert proc.poll() is None, "the run ended before it was killed"
         proc.kill()
         proc.communicate()
-        progress.append(saved_update(ckpt_path))  # every checkpoint ever left behind is whole and loadable
+        progress.append(saved_update(run_dir))  # every checkpoint ever left behind is whole and loadable
         assert progress[-1] >= progress[-2]
     proc = spawn(plugin, run_dir, cfg, resume=ckpt_path.is_file())
     out, err = proc.communicate(timeout=120)

@@ -18,15 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from meta_rl.data import DatasetError, load_cifar, load_idx, load_image_folder, load_mini_imagenet, load_omniglot
 from meta_rl.data.dataset import ImageDataset
-from meta_rl.data.formats import (
-    DatasetError,
-    load_cifar,
-    load_idx,
-    load_image_folder,
-    load_mini_imagenet,
-    load_omniglot,
-)
 
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

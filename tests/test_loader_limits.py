@@ -3,7 +3,8 @@
 Each case builds a small file that expands enormously when loaded naively (gzip and zip
 bombs, pickled arrays larger than their file, "billion laughs" pickles of shared references,
 decompression-bomb PNGs) and checks that the loader raises :class:`DatasetError` with a
-useful message while tracemalloc's peak stays under ``PEAK_LIMIT``.
+useful message while tracemalloc's peak stays under ``PEAK_LIMIT``. The builders of the hostile
+files and the limits are shared with the fault drills (``hostile_files.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import io
 import pickle
 import re
 import struct
-import tracemalloc
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -22,35 +22,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hostile_files import Reduce, black_png, cifar10, deflated_zeros, dict_pickle, laughs_dup, laughs_memo, ops
+from hostile_files import (
+    BOMB_BYTES,
+    HOSTILE_ARRAYS,
+    LAUGHS,
+    N_HOSTILE,
+    PEAK_LIMIT,
+    black_png,
+    cifar10,
+    deflated_zeros,
+    dict_pickle,
+    ops,
+    peak_of,
+)
+from hostile_files import OMNIGLOT_MEMBER as MEMBER
 from PIL import Image
 
-from meta_rl.data.formats import (
-    DatasetError,
-    load_cifar,
-    load_idx,
-    load_image_folder,
-    load_mini_imagenet,
-    load_omniglot,
-)
-
-PEAK_LIMIT = 32 << 20  # every hostile file below expands to >= 128 MiB when loaded naively
-BOMB_BYTES = 128 << 20
-MEMBER = "images_background/Greek/character01/bomb.png"
-
-
-def peak_of(load: Callable[[], object]) -> tuple[BaseException | None, int]:
-    """Run ``load`` under tracemalloc: the exception it raised (or None) and the peak bytes."""
-    tracemalloc.start()
-    try:
-        load()
-        error: BaseException | None = None
-    except Exception as exc:  # MemoryError too: the old loaders hit it under ulimit -v
-        error = exc
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return error, peak
+from meta_rl.data import DatasetError, load_cifar, load_idx, load_image_folder, load_mini_imagenet, load_omniglot
 
 
 def assert_refused(load: Callable[[], object], match: str) -> str:
@@ -219,18 +207,6 @@ def test_image_folder_png_pixel_bomb_is_refused_before_decoding(tmp_path: Path, 
 # Pickles (CIFAR, miniImageNet)
 # --------------------------------------------------------------------------------------------
 
-N_HOSTILE = 100_000  # (N, 3072) uint8: 307 MB
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's _reconstruct, wherever this numpy keeps it
-
-
-HOSTILE_ARRAYS = {
-    "ndarray": ops(Reduce(np.ndarray, ((N_HOSTILE, 3072), "u1"))),
-    "reconstruct": ops(Reduce(_RECONSTRUCT, (np.ndarray, (N_HOSTILE, 3072), b"B"))),
-    "zero_strides": ops(Reduce(np.ndarray, ((N_HOSTILE, 3072), "u1", b"\0", 0, (0, 0)))),
-    "newobj": b"cnumpy\nndarray\n" + ops(((N_HOSTILE, 3072), "u1")) + pickle.NEWOBJ,
-}
-
-
 @pytest.mark.parametrize("variant", sorted(HOSTILE_ARRAYS))
 def test_cifar_array_larger_than_its_file_is_refused_before_allocation(tmp_path: Path, variant: str) -> None:
     batch = dict_pickle((b"data", HOSTILE_ARRAYS[variant]), (b"labels", ops([0] * N_HOSTILE)))
@@ -240,7 +216,6 @@ def test_cifar_array_larger_than_its_file_is_refused_before_allocation(tmp_path:
     assert f"file is only {len(batch):,} bytes" in message and "not a genuine CIFAR batch" in message
 
 
-LAUGHS = {"memo": laughs_memo, "dup": laughs_dup}
 SHARED = {"memo": r"references the same list more than once", "dup": r"duplicates a reference \(DUP opcode\)"}
 
 

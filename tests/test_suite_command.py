@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from experiment_scripts import import_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_suite_runs_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import suite  # experiments/ is on sys.path (conftest.py)
+    suite = import_script("suite")
 
     tasks = "bandit-k5-n10,mdp-n10,cartpole,glyphs-reward,glyphs-active"
     assert suite.main(["--tasks", tasks, "--steps", "600", "--minutes", "0", "--trials", "16",
@@ -35,7 +36,7 @@ def test_suite_runs_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys: pytest.C
 
 def test_episode_change_is_reported_with_its_paired_interval() -> None:
     """ep 2 - ep 1 carries the paired interval of the per-task change, not episode 2's own interval."""
-    import suite
+    suite = import_script("suite")
 
     two = {"return_per_trial": 3.0, "return_per_trial_ci95": 0.5, "return_by_episode": {"1": 1.0, "2": 2.0},
            "ci95": {"1": 0.4, "2": 0.9}, "improvement": 1.0, "improvement_ci95": 0.12}

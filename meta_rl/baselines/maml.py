@@ -160,7 +160,7 @@ class MAML(Baseline):
         self.cfg = cfg
         encoder = make_encoder(cfg.encoder, input_shape, filters=cfg.conv_filters, hidden=cfg.encoder_hidden,
                                norm=cfg.conv_norm)
-        head = nn.Linear(encoder.out_dim, cfg.n_way)
+        head = nn.Linear(int(encoder.out_dim), cfg.n_way)  # type: ignore[arg-type]
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         norm: nn.Module = nn.LayerNorm(encoder.out_dim, elementwise_affine=False) if cfg.feature_norm else nn.Identity()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,6 +104,86 @@ def _check_range(labels: np.ndarray, n: int, path: Path, what: str) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What one CIFAR release holds: its label keys, their names and each split's batch files.
+
+    Attributes:
+        label_keys: The label keys of each batch: the class first, then (CIFAR-100) the superclass.
+        label_names: The names of each key's labels, from the meta file (aligned with ``label_keys``).
+        split_files: Each split's batch files.
+    """
+
+    label_keys: list[str]
+    label_names: list[list[str]]
+    split_files: dict[str, list[Path]]
+
+
+def _cifar_layout(folder: Path, kind: int) -> _Layout:
+    """The layout of the CIFAR-``kind`` release in ``folder``, with its names read from the meta file."""
+    if kind == 10:
+        return _Layout(
+            label_keys=["labels"],
+            label_names=[_cifar_names(folder / "batches.meta", "label_names")],
+            split_files={
+                "train": [folder / f"data_batch_{i}" for i in range(1, 6)],
+                "test": [folder / "test_batch"],
+            },
+        )
+    return _Layout(
+        label_keys=["fine_labels", "coarse_labels"],
+        label_names=[_cifar_names(folder / "meta", "fine_label_names"),
+                     _cifar_names(folder / "meta", "coarse_label_names")],
+        split_files={"train": [folder / "train"], "test": [folder / "test"]},
+    )
+
+
+def _read_split(files: list[Path], layout: _Layout) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """The images and one label array per key of one split's batches; None if none of its files is there.
+
+    Raises:
+        DatasetError: if some of the split's files are missing, or a batch is malformed or has labels
+            outside the meta file's names.
+    """
+    present = [f for f in files if f.is_file()]
+    if not present:
+        return None
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise DatasetError(
+            f"{missing[0]} is missing although {present[0].name} is there; the extraction is "
+            "incomplete: extract the CIFAR archive again."
+        )
+    batches = [_read_cifar_batch(f, layout.label_keys) for f in files]
+    for f, (_, labels) in zip(files, batches, strict=True):
+        for key, names, values in zip(layout.label_keys, layout.label_names, labels, strict=True):
+            _check_range(values, len(names), f, repr(key))
+    images = np.concatenate([b[0] for b in batches]) if len(batches) > 1 else batches[0][0]
+    label_lists = [np.concatenate([b[1][j] for b in batches]) for j in range(len(layout.label_keys))]
+    return images, label_lists
+
+
+def _superclass_groups(
+    folder: Path, splits: dict[str, tuple[np.ndarray, list[np.ndarray]]], class_names: list[str],
+    coarse_names: list[str],
+) -> list[str]:
+    """Each CIFAR-100 class's superclass name (a class absent from every batch is its own group).
+
+    Raises:
+        DatasetError: if a class has two superclasses.
+    """
+    coarse_of: dict[int, int] = {}
+    for split, (_, (fine, coarse)) in splits.items():
+        for f, c in np.unique(np.stack([fine, coarse], axis=1), axis=0).tolist():
+            if coarse_of.setdefault(f, c) != c:
+                raise DatasetError(
+                    f"{folder}: fine class {class_names[f]!r} has two superclasses "
+                    f"({coarse_names[coarse_of[f]]!r} and {coarse_names[c]!r}) in the {split} batch; "
+                    "the files are corrupt: extract CIFAR-100 again."
+                )
+    return [coarse_names[coarse_of[i]] if i in coarse_of else n for i, n in enumerate(class_names)]
+
+
 def load_cifar(root: StrPath) -> dict[str, ImageDataset]:
     """Load CIFAR-10 or CIFAR-100 from the python-pickle release.
 
@@ -122,56 +203,18 @@ def load_cifar(root: StrPath) -> dict[str, ImageDataset]:
     root = Path(root)
     require_exists(root, _CIFAR_EXPECTED)
     folder, kind = _find_cifar(root)
-    if kind == 10:
-        class_names = _cifar_names(folder / "batches.meta", "label_names")
-        coarse_names: list[str] = []
-        split_files = {
-            "train": [folder / f"data_batch_{i}" for i in range(1, 6)],
-            "test": [folder / "test_batch"],
-        }
-        label_keys = ["labels"]
-    else:
-        class_names = _cifar_names(folder / "meta", "fine_label_names")
-        coarse_names = _cifar_names(folder / "meta", "coarse_label_names")
-        split_files = {"train": [folder / "train"], "test": [folder / "test"]}
-        label_keys = ["fine_labels", "coarse_labels"]
-
+    layout = _cifar_layout(folder, kind)
     splits: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
-    for split, files in split_files.items():
-        present = [f for f in files if f.is_file()]
-        if not present:
-            continue
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise DatasetError(
-                f"{missing[0]} is missing although {present[0].name} is there; the extraction is "
-                "incomplete: extract the CIFAR archive again."
-            )
-        batches = [_read_cifar_batch(f, label_keys) for f in files]
-        for f, (_, labels) in zip(files, batches, strict=True):
-            _check_range(labels[0], len(class_names), f, repr(label_keys[0]))
-            if kind == 100:
-                _check_range(labels[1], len(coarse_names), f, repr(label_keys[1]))
-        images = np.concatenate([b[0] for b in batches]) if len(batches) > 1 else batches[0][0]
-        label_lists = [np.concatenate([b[1][j] for b in batches]) for j in range(len(label_keys))]
-        splits[split] = (images, label_lists)
+    for split, files in layout.split_files.items():
+        read = _read_split(files, layout)
+        if read is not None:
+            splits[split] = read
     if not splits:
         raise DatasetError(f"{folder} holds no CIFAR batches: expected {_CIFAR_EXPECTED}.")
 
-    if kind == 10:
-        groups = list(class_names)
-    else:
-        coarse_of: dict[int, int] = {}
-        for split, (_, (fine, coarse)) in splits.items():
-            for f, c in np.unique(np.stack([fine, coarse], axis=1), axis=0).tolist():
-                if coarse_of.setdefault(f, c) != c:
-                    raise DatasetError(
-                        f"{folder}: fine class {class_names[f]!r} has two superclasses "
-                        f"({coarse_names[coarse_of[f]]!r} and {coarse_names[c]!r}) in the {split} batch; "
-                        "the files are corrupt: extract CIFAR-100 again."
-                    )
-        # A class absent from every batch is its own group.
-        groups = [coarse_names[coarse_of[i]] if i in coarse_of else n for i, n in enumerate(class_names)]
+    class_names = layout.label_names[0]
+    groups = (list(class_names) if kind == 10  # CIFAR-10: one group per class
+              else _superclass_groups(folder, splits, class_names, layout.label_names[1]))
     prefix = "cifar10" if kind == 10 else "cifar100"
     return {
         split: to_dataset(images, labels[0], class_names, groups, f"{prefix}/{split}")

@@ -1,79 +1,22 @@
-"""Recurrent cores of the meta-policy: GRU, LSTM and an episodic key-value memory.
-
-Every core maps time-major inputs to features, resetting its state where a task starts:
-
-    out, state = core(e, u, starts, state)
-
-* ``e``: (T, B, E) the observation embedding (the image code; the memory's keys and queries).
-* ``u``: (T, B, U) the RL² context: revealed label, previous action and reward, task-start flag.
-* ``starts``: (T, B) bool, True at the first step of a task: the state is cleared before it.
-* ``state``: a tuple of tensors from :meth:`initial_state` or a previous call.
-
-A whole sequence is one call; where no task starts inside it the GRU/LSTM run as one
-cuDNN/MKL call, else as one call per stretch between task starts.
-"""
+"""The episodic key-value memory core: a recurrent state holding every step of the task, read by content."""
 
 from __future__ import annotations
 
-import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CORES", "CRITICS", "EpisodicMemoryCore", "RNNCore", "make_core", "run_rnn"]
+from meta_rl.cores.base import Core, State, register_core
+from meta_rl.cores.rnn import run_rnn
 
-State = tuple[torch.Tensor, ...]
-
-
-def run_rnn(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state: State, starts: torch.Tensor) -> tuple[torch.Tensor, State]:
-    """Run ``rnn`` over (T, B, D) with its state zeroed where ``starts`` is True.
-
-    The sequence is cut only at steps where some task starts (found with one host read,
-    which is skipped for T = 1, the acting step).
-    """
-    steps = x.shape[0]
-    cuts = [0, steps]
-    if steps > 1 and not x.is_meta:  # meta tensors (memory estimates) carry no values: one segment
-        inner = torch.nonzero(starts[1:].any(dim=1)).flatten().add(1).tolist()
-        cuts = [0, *inner, steps]
-    outs = []
-    for a, b in itertools.pairwise(cuts):
-        keep = (~starts[a]).to(x.dtype).view(1, -1, 1)  # (1, B, 1)
-        state = tuple(s * keep for s in state)
-        if isinstance(rnn, nn.LSTM):
-            out, (h, c) = rnn(x[a:b], (state[0], state[1]))
-            state = (h, c)
-        else:
-            out, h = rnn(x[a:b], state[0])
-            state = (h,)
-        outs.append(out)
-    return torch.cat(outs) if len(outs) > 1 else outs[0], state  # (T, B, H)
+__all__ = ["EpisodicMemoryCore"]
 
 
-class RNNCore(nn.Module):
-    """A GRU or LSTM over ``concat(e, u)``."""
-
-    def __init__(self, kind: str, embed_dim: int, context_dim: int, hidden: int = 256) -> None:
-        super().__init__()
-        cls = {"gru": nn.GRU, "lstm": nn.LSTM}[kind]
-        self.kind = kind
-        self.hidden = hidden
-        self.rnn = cls(embed_dim + context_dim, hidden)
-        self.out_dim = hidden
-
-    def initial_state(self, batch: int, device: torch.device) -> State:
-        h = torch.zeros(1, batch, self.hidden, device=device)  # (layers, B, H)
-        return (h, h.clone()) if self.kind == "lstm" else (h,)
-
-    def forward(
-        self, e: torch.Tensor, u: torch.Tensor, starts: torch.Tensor, state: State, need_state: bool = True
-    ) -> tuple[torch.Tensor, State]:
-        return run_rnn(self.rnn, torch.cat([e, u], dim=-1), state, starts)
-
-
-class EpisodicMemoryCore(nn.Module):
+@register_core("memory")
+class EpisodicMemoryCore(Core):
     """A recurrent state holding a key-value memory written every step and read by content.
 
     At step t the memory receives the pair (key of the previous observation, context u_t):
@@ -88,17 +31,28 @@ class EpisodicMemoryCore(nn.Module):
     forward (T = 1) is the same computation, so both agree while a task's pairs fit in
     ``capacity`` slots (older pairs are overwritten beyond that in the step form).
 
+    Named outputs (:meth:`output_layout`): ``controller`` (H), the ``read`` of the stored contexts (U),
+    their ``total`` (U), the ``best`` similarity (1), and, when ``outputs`` asks for it, ``mass`` (1): the
+    log of the read's softmax normaliser over e^β, from which the memory-read head counts similar steps.
+
+    Options (``core_kwargs``): ``key_dim`` (64), the size of keys; ``capacity`` (0: the task's length),
+    the slots of the step form's ring buffer.
+
     State: (keys (B, S, K), values (B, S, U), writes (B,), previous key (B, K), has previous
-    key (B,), controller h (1, B, H)).
+    key (B,), controller h (B, H)).
     """
 
     def __init__(
-        self, embed_dim: int, context_dim: int, hidden: int = 128, key_dim: int = 64, capacity: int = 64,
-        mass: bool = False,
+        self, embed_dim: int, context_dim: int, *, hidden: int = 128, task_length: int = 0, outputs: Sequence[str] = (),
+        key_dim: int = 64, capacity: int = 0,
     ) -> None:
         super().__init__()
+        capacity = capacity or task_length
         if capacity < 1:
-            raise ValueError(f"capacity must be >= 1 slot, got {capacity}; use at least the episode length.")
+            raise ValueError(f"capacity must be >= 1 slot, got {capacity}; use at least the episode length "
+                             "(core_kwargs.capacity = 0 takes the task's length).")
+        if key_dim < 1:
+            raise ValueError(f"key_dim must be >= 1, got {key_dim}; the default is 64.")
         self.key = nn.Linear(embed_dim, key_dim)
         self.log_beta = nn.Parameter(torch.tensor(math.log(10.0)))
         # Score of an empty "nothing similar" slot: a novel observation sends its weight there.
@@ -109,7 +63,7 @@ class EpisodicMemoryCore(nn.Module):
         self.hidden = hidden
         read_dim = 2 * context_dim + 1
         self.rnn = nn.GRU(embed_dim + context_dim + read_dim, hidden)
-        self.mass = bool(mass)
+        self.mass = "mass" in outputs
         self.out_dim = hidden + read_dim + int(self.mass)
 
     def output_layout(self) -> dict[str, slice]:
@@ -130,7 +84,7 @@ class EpisodicMemoryCore(nn.Module):
             torch.zeros(batch, dtype=torch.int64, device=device),
             torch.zeros(batch, k, device=device),
             torch.zeros(batch, dtype=torch.bool, device=device),
-            torch.zeros(1, batch, self.hidden, device=device),
+            torch.zeros(batch, self.hidden, device=device),
         )
 
     def forward(
@@ -180,21 +134,3 @@ class EpisodicMemoryCore(nn.Module):
             mem_v = torch.where(hot.unsqueeze(-1), u[t].unsqueeze(1), mem_v)  # (B, S, U)
             writes = writes + ok.long()
         return out, (mem_k, mem_v, writes, k[-1], torch.ones_like(has_prev), h)
-
-
-CORES = ("memory", "gru", "lstm")
-#: What the critic's value head reads: the policy's core (``shared``), its features without a value gradient
-#: (``detached``) or a second core of the same kind (``separate``).
-CRITICS = ("shared", "detached", "separate")
-
-
-def make_core(
-    name: str, embed_dim: int, context_dim: int, *, hidden: int = 128, key_dim: int = 64, capacity: int = 64,
-    mass: bool = False,
-) -> RNNCore | EpisodicMemoryCore:
-    """Build a core by name: ``memory``, ``gru`` or ``lstm`` (``mass``: the memory also outputs its read's mass)."""
-    if name == "memory":
-        return EpisodicMemoryCore(embed_dim, context_dim, hidden=hidden, key_dim=key_dim, capacity=capacity, mass=mass)
-    if name in ("gru", "lstm"):
-        return RNNCore(name, embed_dim, context_dim, hidden=hidden)
-    raise ValueError(f"unknown core {name!r}; expected one of {CORES}.")

@@ -2,18 +2,42 @@
 
 Each builder returns a small file (or its bytes) that expands enormously when loaded naively:
 deflate streams of zeros, PNGs of huge all-black images, pickles whose opcodes build arrays larger
-than the file or share references ("billion laughs").
+than the file or share references ("billion laughs"). :func:`peak_of` measures what refusing one costs.
 """
 
 from __future__ import annotations
 
 import pickle
 import struct
+import tracemalloc
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Reduce", "black_png", "cifar10", "deflated_zeros", "dict_pickle", "laughs_dup", "laughs_memo", "ops"]
+import numpy as np
+
+__all__ = [
+    "BOMB_BYTES",
+    "HOSTILE_ARRAYS",
+    "LAUGHS",
+    "N_HOSTILE",
+    "OMNIGLOT_MEMBER",
+    "PEAK_LIMIT",
+    "Reduce",
+    "black_png",
+    "cifar10",
+    "deflated_zeros",
+    "dict_pickle",
+    "laughs_dup",
+    "laughs_memo",
+    "ops",
+    "peak_of",
+]
+
+BOMB_BYTES = 128 << 20  # what each bomb expands to when loaded naively
+PEAK_LIMIT = 32 << 20  # the tracemalloc peak allowed while a hostile file is refused
+OMNIGLOT_MEMBER = "images_background/Greek/character01/bomb.png"  # an image's place in an Omniglot zip
 
 
 def deflated_zeros(n: int, wbits: int) -> bytes:
@@ -77,3 +101,39 @@ def cifar10(parent: Path, *, meta: bytes | None = None, test_batch: bytes | None
     if test_batch is not None:
         (folder / "test_batch").write_bytes(test_batch)
     return folder
+
+
+#: 10**8 leaves shared through pickle memo gets or DUP, by how they are shared.
+LAUGHS: dict[str, Callable[[], bytes]] = {"memo": laughs_memo, "dup": laughs_dup}
+
+N_HOSTILE = 100_000  # (N, 3072) uint8: 307 MB
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's _reconstruct, wherever this numpy keeps it
+
+#: Opcodes of a (N_HOSTILE, 3072) uint8 array in a few bytes, by how they build it.
+HOSTILE_ARRAYS = {
+    "ndarray": ops(Reduce(np.ndarray, ((N_HOSTILE, 3072), "u1"))),
+    "reconstruct": ops(Reduce(_RECONSTRUCT, (np.ndarray, (N_HOSTILE, 3072), b"B"))),
+    "zero_strides": ops(Reduce(np.ndarray, ((N_HOSTILE, 3072), "u1", b"\0", 0, (0, 0)))),
+    "newobj": b"cnumpy\nndarray\n" + ops(((N_HOSTILE, 3072), "u1")) + pickle.NEWOBJ,
+}
+
+
+def peak_of(load: Callable[[], object]) -> tuple[BaseException | None, int]:
+    """Run ``load`` under tracemalloc.
+
+    Args:
+        load: The call to measure, typically a loader on a hostile file.
+
+    Returns:
+        The exception it raised (None if it returned) and tracemalloc's peak in bytes.
+    """
+    tracemalloc.start()
+    try:
+        load()
+        error: BaseException | None = None
+    except Exception as exc:  # MemoryError too: the old loaders hit it under ulimit -v
+        error = exc
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return error, peak

@@ -1,22 +1,30 @@
-"""One task at a time, with numpy observations, from any torch-native VectorEnv (for ``gymnasium.make``)."""
+"""What the torch-native task vector envs share: argument checks, split seeding, SAME_STEP autoreset, a base class.
+
+:class:`TaskVectorEnv` is the base of the bandit, tabular-MDP, CartPole and point-navigation
+envs: it sets up the device, the spaces and the env's own ``torch.Generator``, implements
+``reset(seed=...)`` (the seed and the split pick the task stream) and ends a step of B tasks
+that all finish together. :class:`HasClassicBaselines` adds ``reference_returns`` for an env
+whose classic baselines are known. The functions below are the checks every env's constructor
+and ``step`` make, also used by the envs that do not derive from :class:`TaskVectorEnv`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import VectorEnv
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
 
-from meta_rl.contract import task_length
-from meta_rl.envs.checker import check_finite_actions
+from meta_rl.contract import MetaVectorEnv
 
 __all__ = [
     "SPLIT_STREAMS",
-    "SingleTaskEnv",
+    "HasClassicBaselines",
+    "TaskVectorEnv",
     "check_discrete_actions",
     "check_positive_int",
     "check_seed",
@@ -119,20 +127,8 @@ def reseed(generator: torch.Generator, seed: Any, options: dict[str, Any] | None
         raise ValueError(f"reset() takes no options, got {sorted(options)}; configure the task in the constructor.")
 
 
-def check_discrete_actions(
-    env: Any, actions: torch.Tensor | np.ndarray, n: int, validate: bool = True
-) -> torch.Tensor:
-    """Check B ``Discrete(n)`` actions and return them as an int64 tensor on ``env.device``.
-
-    Raises TypeError for a non-tensor or a non-integer dtype and ValueError for a wrong shape,
-    a wrong device or (when ``validate``; one host read) a label outside ``0..n-1``.
-
-    Args:
-        env: the vector env (its ``num_envs``, ``device`` and class name are used).
-        actions: (B,) integer labels, a torch tensor or a numpy array.
-        n: the number of actions.
-        validate: check the range (one ``.any()`` read per step, a host sync on CUDA).
-    """
+def _as_action_tensor(env: Any, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Numpy integer actions as a tensor on ``env.device``; TypeError for anything but integer arrays and tensors."""
     name = type(env).__name__
     if isinstance(actions, np.ndarray):
         if not np.issubdtype(actions.dtype, np.integer):
@@ -149,9 +145,29 @@ def check_discrete_actions(
         )
     if actions.dtype.is_floating_point or actions.dtype.is_complex or actions.dtype == torch.bool:
         raise TypeError(f"{name}: actions must have an integer dtype, got {actions.dtype}; cast with actions.long().")
+    return actions
+
+
+def check_discrete_actions(
+    env: Any, actions: torch.Tensor | np.ndarray, n: int, validate: bool = True, noun: str = "action"
+) -> torch.Tensor:
+    """Check B ``Discrete(n)`` actions and return them as an int64 tensor on ``env.device``.
+
+    Raises TypeError for a non-tensor or a non-integer dtype and ValueError for a wrong shape,
+    a wrong device or (when ``validate``; one host read) a value outside ``0..n-1``.
+
+    Args:
+        env: the vector env (its ``num_envs``, ``device`` and class name are used).
+        actions: (B,) integer labels, a torch tensor or a numpy array.
+        n: the number of actions.
+        validate: check the range (one ``.any()`` read per step, a host sync on CUDA).
+        noun: what an action is to the task, in the messages (``"label"`` for a classification answer).
+    """
+    name = type(env).__name__
+    actions = _as_action_tensor(env, actions)
     if actions.shape != (env.num_envs,):
         raise ValueError(
-            f"{name}: actions must have shape ({env.num_envs},), one action per task, got {tuple(actions.shape)}."
+            f"{name}: actions must have shape ({env.num_envs},), one {noun} per task, got {tuple(actions.shape)}."
         )
     if actions.device != env.device:
         raise ValueError(
@@ -162,80 +178,81 @@ def check_discrete_actions(
     if validate and bool(((actions < 0) | (actions >= n)).any()):
         bad = actions[(actions < 0) | (actions >= n)][:5].tolist()
         raise ValueError(
-            f"{name}: actions {bad} are out of range; valid actions are 0..{n - 1}. Fix the policy's outputs."
+            f"{name}: actions {bad} are out of range; valid {noun}s are 0..{n - 1}. Fix the policy's outputs."
         )
     return actions
 
 
-class SingleTaskEnv(gym.Env[Any, Any]):
-    """Runs ``vector_cls(num_envs=1, device="cpu", **kwargs)`` as a plain ``gymnasium.Env``.
+class TaskVectorEnv(MetaVectorEnv):
+    """B tasks drawn from the env's own ``torch.Generator``, stepped together, that restart in the same step.
 
-    Observations are numpy arrays (a dict of them for ``Dict`` spaces, ``Discrete`` entries as
-    ``np.int64``), actions are ints for ``Discrete`` and arrays for ``Box``, the info holds
-    Python scalars. The task and its spaces are exactly the vector env's; stepping after the
-    episode has ended raises until ``reset()``.
-
-    Subclasses set :attr:`vector_cls`.
+    A subclass calls :meth:`_init_task_env` in its constructor (after checking its own
+    arguments), draws tasks in ``_new_tasks()``, observes them in ``_observe()`` and ends each
+    ``step`` with :meth:`_end_step` (or its own autoreset where trials end at different times).
+    ``reset(seed=s)`` seeds the generator from ``s`` and the split (:func:`seed_generator`), so
+    one seed gives every split its own task stream.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
-    vector_cls: Callable[..., VectorEnv]
+    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
 
-    def __init__(self, **kwargs: Any) -> None:
-        if "num_envs" in kwargs or "device" in kwargs:
-            vector = getattr(self.vector_cls, "__name__", "the vector env")
-            raise ValueError(
-                f"{type(self).__name__} runs one task on the CPU; use {vector} (gymnasium.make_vec) "
-                "for num_envs or device."
-            )
-        self._vec = self.vector_cls(num_envs=1, device="cpu", **kwargs)
-        self.observation_space = self._vec.single_observation_space
-        self.action_space = self._vec.single_action_space
-        self.episode_length = task_length(self._vec) or None
-        self._needs_reset = True
+    split: str
+    _generator: torch.Generator
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        check_seed(seed)  # before gymnasium's seeding, which raises gymnasium.error.Error instead
-        seed = None if seed is None else int(seed)  # gymnasium takes a Python int only
-        super().reset(seed=seed)
-        obs, _ = self._vec.reset(seed=seed, options=options)
-        self._needs_reset = False
-        return self._to_numpy(obs), {}
+    def _init_task_env(
+        self,
+        num_envs: int,
+        split: str,
+        device: torch.device | str,
+        render_mode: str | None,
+        single_observation_space: spaces.Space[Any],
+        single_action_space: spaces.Space[Any],
+    ) -> None:
+        """Check the split and the device, set the spaces (single and batched) and an unseeded generator."""
+        check_split(split)
+        self.device = env_device(device, render_mode)
+        self.num_envs = int(num_envs)
+        self.split = split
+        self.render_mode = None
+        self.single_observation_space = single_observation_space
+        self.single_action_space = single_action_space
+        self.observation_space = batch_space(single_observation_space, self.num_envs)
+        self.action_space = batch_space(single_action_space, self.num_envs)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.seed()
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        if self._needs_reset:
-            raise ValueError("the episode has ended (or never started); call reset() before step().")
-        obs, reward, terminated, truncated, info = self._vec.step(self._to_tensor(action))
-        done = bool(terminated[0]) or bool(truncated[0])
-        if done:
-            obs = info["final_obs"]
-            self._needs_reset = True
-        step_info = {
-            k: v[0].item() for k, v in info.items()
-            if isinstance(v, torch.Tensor) and not k.startswith("_") and v.ndim == 1
-        }
-        return self._to_numpy(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]), step_info
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Draw B new tasks and start their trials; ``seed`` (with the split) seeds the env's own torch.Generator."""
+        reseed(self._generator, seed, options, self.split)
+        self._new_tasks()
+        return self._observe(), {}
 
-    def _to_tensor(self, action: Any) -> torch.Tensor:
-        if isinstance(self.action_space, spaces.Discrete):
-            if isinstance(action, np.ndarray) and action.shape == ():
-                action = action.item()
-            if not isinstance(action, (int, np.integer)) or isinstance(action, bool):
-                raise TypeError(f"action must be an int label, got {type(action).__name__} {action!r}.")
-            return torch.tensor([int(action)])
-        arr = np.asarray(action)
-        if not np.issubdtype(arr.dtype, np.number) or arr.shape != self.action_space.shape:
-            raise TypeError(
-                f"action must be a numeric array of shape {self.action_space.shape}, got {arr.dtype} {arr.shape}."
-            )
-        check_finite_actions(self, arr, self.action_space, batched=False)
-        return torch.as_tensor(arr, dtype=torch.float32).unsqueeze(0)  # (1, *shape)
+    def _end_step(self, done: bool, info: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The observation, ``terminated`` and ``truncated`` of a step after which all B tasks end if ``done``."""
+        return same_step_autoreset(done, self.num_envs, self.device, self._observe, self._new_tasks, info)
 
-    def _to_numpy(self, obs: Any) -> Any:
-        if isinstance(obs, dict):
-            space = self.observation_space
-            assert isinstance(space, spaces.Dict)
-            return {
-                k: np.int64(v[0]) if isinstance(space[k], spaces.Discrete) else v[0].numpy() for k, v in obs.items()
-            }
-        return obs[0].numpy()
+    def _new_tasks(self) -> None:
+        """Draw B new tasks from ``self._generator`` and put them at the start of their trials."""
+        raise NotImplementedError
+
+    def _observe(self) -> torch.Tensor:
+        """(B, ...) the current observation."""
+        raise NotImplementedError
+
+
+class HasClassicBaselines:
+    """Mixin of a task vector env that plays its classic baselines on its own tasks (``reference_returns``).
+
+    A subclass sets :attr:`reference_baselines`, name -> ``play(env, seed, trials)`` returning
+    float64 (trials,) per-trial returns.
+    """
+
+    reference_baselines: ClassVar[Mapping[str, Callable[..., torch.Tensor]]] = {}
+
+    def reference_returns(self, trials: int, seed: int) -> dict[str, torch.Tensor]:
+        """Every baseline of :attr:`reference_baselines` on these tasks: float64 (trials,) each.
+
+        Round i of B trials starts from ``reset(seed=seed + i)``, as an agent's evaluation does.
+        """
+        return {name: play(self, seed, trials) for name, play in self.reference_baselines.items()}

@@ -1,17 +1,22 @@
-"""``meta-rl train`` in a child process, for the fault drills (``faults.py``) and the tests."""
+"""``meta-rl train`` in a child process, for the fault drills (``faults.py``) and the tests: start it,
+wait for its progress, and pick a moment to kill it."""
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import TrainConfig
+from meta_rl.lifecycle import CHECKPOINT_NAME
+from meta_rl.runlock import LOCK_NAME
 
-__all__ = ["spawn_train", "wait_for"]
+__all__ = ["saved_update", "spawn_train", "wait_for", "wait_to_kill"]
 
 
 def spawn_train(
@@ -64,3 +69,32 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout
             proc.communicate()
             raise AssertionError("timed out waiting for training to make progress")
         time.sleep(poll)
+
+
+def saved_update(run_dir: Path) -> int:
+    """The update of the checkpoint in ``run_dir`` (-1: none yet).
+
+    Raises:
+        CheckpointError: The checkpoint is damaged (never so, if writes are atomic).
+    """
+    path = run_dir / CHECKPOINT_NAME
+    return int(load_checkpoint(path)["counters"]["update"]) if path.is_file() else -1
+
+
+def wait_to_kill(proc: subprocess.Popen[str], run_dir: Path, target: int | None, rng: random.Random) -> None:
+    """Wait until a random moment to kill ``proc``, training in ``run_dir``.
+
+    Args:
+        proc: The training child.
+        run_dir: Its run directory.
+        target: None: during start-up or the first updates (up to 0.3 s after the lock appears, before
+            or after the first checkpoint). An update: up to 0.03 s after its checkpoint is on disk
+            (mid-update, mid-checkpoint-write or mid-evaluation).
+        rng: Draws the delay.
+    """
+    if target is None:
+        wait_for(lambda: (run_dir / LOCK_NAME).is_file(), proc)
+        time.sleep(rng.uniform(0.0, 0.3))
+    else:
+        wait_for(lambda: saved_update(run_dir) >= target, proc)
+        time.sleep(rng.uniform(0.0, 0.03))

@@ -52,12 +52,14 @@ class Fault:
         self.code, self.matches, self.nth, self.seen = code, matches, nth, 0
 
     def hit(self, path: str) -> bool:
+        """Count a call on ``path`` if it matches; True if it is the call that fails."""
         if not self.matches(path):
             return False
         self.seen += 1
         return self.seen == self.nth
 
     def error(self) -> OSError:
+        """The error the failing call raises."""
         return OSError(self.code, os.strerror(self.code))
 
 
@@ -80,77 +82,129 @@ def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
         setattr(owner, name, before)
 
 
+def _failing_mkdir(fault: Fault) -> Callable[..., None]:
+    """``Path.mkdir`` that raises ``fault`` for the directory it matches."""
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        if fault.hit(str(self)):
+            raise fault.error()
+        real_mkdir(self, *args, **kwargs)
+
+    return mkdir
+
+
+def _failing_open(fault: Fault) -> Callable[..., int]:
+    """``os.open`` that raises ``fault`` when it creates (``O_CREAT``) a file it matches."""
+    real_open = os.open
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT and fault.hit(os.fspath(path)):
+            raise fault.error()
+        return real_open(path, flags, *args, **kwargs)
+
+    return open_
+
+
+def _failing_mkstemp(fault: Fault) -> Callable[..., Any]:
+    """``tempfile.mkstemp`` that raises ``fault`` for a ``dir``/``prefix`` it matches."""
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args: Any, **kwargs: Any) -> Any:
+        if fault.hit(os.path.join(str(kwargs.get("dir", "")), str(kwargs.get("prefix", "")))):
+            raise fault.error()
+        return real_mkstemp(*args, **kwargs)
+
+    return mkstemp
+
+
+def _failing_write_all(fault: Fault) -> Callable[[int, memoryview], None]:
+    """``meta_rl.atomic._write_all`` that writes half the bytes of a file it matches, then raises ``fault``."""
+    real_write_all = atomic_module._write_all
+
+    def write_all(fd: int, data: memoryview) -> None:
+        if fault.hit(_fd_path(fd)):
+            real_write_all(fd, data[: len(data) // 2])
+            raise fault.error()
+        real_write_all(fd, data)
+
+    return write_all
+
+
+def _failing_fsync(fault: Fault) -> Callable[[int], None]:
+    """``os.fsync`` that raises ``fault`` for a file it matches."""
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if fault.hit(_fd_path(fd)):
+            raise fault.error()
+        real_fsync(fd)
+
+    return fsync
+
+
+def _failing_replace(fault: Fault) -> Callable[..., None]:
+    """``os.replace`` that raises ``fault`` when the destination matches."""
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if fault.hit(os.fspath(dst)):
+            raise fault.error()
+        real_replace(src, dst, *args, **kwargs)
+
+    return replace
+
+
+def _failing_event_write(fault: Fault) -> Callable[..., None]:
+    """TensorBoard's ``LocalFileSystem._write`` that raises ``fault`` for an event file it matches."""
+    real_write = LocalFileSystem._write
+
+    def write(self: Any, filename: str | bytes, *args: Any, **kwargs: Any) -> None:
+        if fault.hit(os.fsdecode(filename)):
+            raise fault.error()
+        real_write(self, filename, *args, **kwargs)
+
+    return write
+
+
+def _patch(site: str, fault: Fault) -> tuple[Any, str, Callable[..., Any]]:
+    """The owner, the attribute name and the failing replacement that install ``fault`` at ``site``.
+
+    Raises:
+        ValueError: ``site`` is not a key of :data:`SITES`.
+    """
+    if site == "mkdir":
+        return Path, "mkdir", _failing_mkdir(fault)
+    if site == "open":
+        return os, "open", _failing_open(fault)
+    if site == "mkstemp":
+        return tempfile, "mkstemp", _failing_mkstemp(fault)
+    if site == "write":
+        return atomic_module, "_write_all", _failing_write_all(fault)
+    if site == "fsync":
+        return os, "fsync", _failing_fsync(fault)
+    if site == "rename":
+        return os, "replace", _failing_replace(fault)
+    if site == "events":
+        return LocalFileSystem, "_write", _failing_event_write(fault)
+    raise ValueError(f"site = {site!r} is not one of {sorted(SITES)}; pick one of those.")
+
+
 @contextlib.contextmanager
 def inject(site: str, fault: Fault) -> Iterator[Fault]:
-    """Install ``fault`` at ``site`` (a key of :data:`SITES`) inside the block."""
-    owner: Any
-    value: Callable[..., Any]
-    if site == "mkdir":
-        real_mkdir = Path.mkdir
+    """Install ``fault`` at ``site`` (a key of :data:`SITES`) inside the block.
 
-        def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
-            if fault.hit(str(self)):
-                raise fault.error()
-            real_mkdir(self, *args, **kwargs)
+    Args:
+        site: Which call fails (a key of :data:`SITES`).
+        fault: The error, the paths it matches and the matching call it fails on.
 
-        owner, name, value = Path, "mkdir", mkdir
-    elif site == "open":
-        real_open = os.open
+    Yields:
+        ``fault``, whose ``seen`` counts the matching calls made so far.
 
-        def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-            if flags & os.O_CREAT and fault.hit(os.fspath(path)):
-                raise fault.error()
-            return real_open(path, flags, *args, **kwargs)
-
-        owner, name, value = os, "open", open_
-    elif site == "mkstemp":
-        real_mkstemp = tempfile.mkstemp
-
-        def mkstemp(*args: Any, **kwargs: Any) -> Any:
-            if fault.hit(os.path.join(str(kwargs.get("dir", "")), str(kwargs.get("prefix", "")))):
-                raise fault.error()
-            return real_mkstemp(*args, **kwargs)
-
-        owner, name, value = tempfile, "mkstemp", mkstemp
-    elif site == "write":
-        real_write_all = atomic_module._write_all
-
-        def write_all(fd: int, data: memoryview) -> None:
-            if fault.hit(_fd_path(fd)):
-                real_write_all(fd, data[: len(data) // 2])
-                raise fault.error()
-            real_write_all(fd, data)
-
-        owner, name, value = atomic_module, "_write_all", write_all
-    elif site == "fsync":
-        real_fsync = os.fsync
-
-        def fsync(fd: int) -> None:
-            if fault.hit(_fd_path(fd)):
-                raise fault.error()
-            real_fsync(fd)
-
-        owner, name, value = os, "fsync", fsync
-    elif site == "rename":
-        real_replace = os.replace
-
-        def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
-            if fault.hit(os.fspath(dst)):
-                raise fault.error()
-            real_replace(src, dst, *args, **kwargs)
-
-        owner, name, value = os, "replace", replace
-    elif site == "events":
-        real_write = LocalFileSystem._write
-
-        def write(self: Any, filename: str | bytes, *args: Any, **kwargs: Any) -> None:
-            if fault.hit(os.fsdecode(filename)):
-                raise fault.error()
-            real_write(self, filename, *args, **kwargs)
-
-        owner, name, value = LocalFileSystem, "_write", write
-    else:
-        raise ValueError(f"site = {site!r} is not one of {sorted(SITES)}; pick one of those.")
+    Raises:
+        ValueError: ``site`` is not a key of :data:`SITES`.
+    """
+    owner, name, value = _patch(site, fault)
     with _replaced(owner, name, value):
         yield fault
 

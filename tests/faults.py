@@ -1,8 +1,8 @@
 """Fault drills: interrupt, kill, poison, corrupt, crowd and starve tiny training runs; feed hostile files and inputs.
 
-    python experiments/faults.py                 # a table
-    python experiments/faults.py --json          # one JSON line
-    python experiments/faults.py --only SIGKILL  # scenarios whose name contains SIGKILL
+    python tests/faults.py                 # a table
+    python tests/faults.py --json          # one JSON line
+    python tests/faults.py --only SIGKILL  # scenarios whose name contains SIGKILL
 
 Every scenario runs in its own temporary directory on a tiny synthetic task (registered by a
 plug-in module that subprocesses import through ``env_module``), with real ``meta-rl train``
@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 import warnings
 import zipfile
 import zlib
@@ -46,9 +45,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from fault_injection import CAUSES, WRITE_SITES, Fault, inject  # beside this file (python experiments/faults.py)
-from hostile_files import Reduce, black_png, cifar10, deflated_zeros, dict_pickle, laughs_dup, laughs_memo, ops
-from train_process import spawn_train, wait_for
+
+# The drills' helpers lie beside this file: on sys.path when it runs as a script (python tests/faults.py)
+# and when pytest imports it from tests/.
+from fault_injection import CAUSES, WRITE_SITES, Fault, inject
+from hostile_files import (
+    BOMB_BYTES,
+    HOSTILE_ARRAYS,
+    LAUGHS,
+    OMNIGLOT_MEMBER,
+    PEAK_LIMIT,
+    black_png,
+    cifar10,
+    deflated_zeros,
+    dict_pickle,
+    ops,
+    peak_of,
+)
+from tiny_runs import STEPS_PER_UPDATE as S
+from tiny_runs import K, tiny_config
+from train_process import saved_update, spawn_train, wait_for, wait_to_kill
 
 from meta_rl.atomic import WriteError
 from meta_rl.checkpoint import CheckpointError, checksum, load_checkpoint, state_leaves
@@ -90,11 +106,7 @@ if os.environ.get("FAULT_DRILL_SLOW_CHECKPOINT"):
 
     _atomic._write_all = _slow
 '''.replace("DATASET", DATASET)
-K = 3
-S = 4 * 3 * K  # env steps per update
 EVAL_BATCH = 256  # held-out tasks run in parallel by the trainer
-PEAK_LIMIT = 32 << 20  # tracemalloc peak allowed while a hostile file is refused
-BOMB_BYTES = 128 << 20  # what each bomb expands to when loaded naively
 
 
 @dataclasses.dataclass
@@ -150,13 +162,9 @@ class Lab:
 
     @staticmethod
     def config(updates: int, **changes: Any) -> TrainConfig:
-        cfg = TrainConfig(
-            env_id="meta_rl/FewShot-v0", env_module=PLUGIN,
-            env_kwargs={"dataset": DATASET, "n_way": 3, "instances_per_class": K}, num_envs=4, encoder="mlp",
-            encoder_hidden=[16], hidden=8, key_dim=8, total_env_steps=updates * S, log_every=1, eval_every=8,
-            eval_episodes=4, checkpoint_every=1, device="cpu", torch_threads=1,
-        )
-        return dataclasses.replace(cfg, **changes).validate()
+        """A tiny run on the drills' dataset with an MLP encoder, checkpointed every update, evaluated every 8."""
+        return tiny_config(DATASET, updates, **{"env_module": PLUGIN, "encoder": "mlp", "eval_every": 8,
+                                                "eval_episodes": 4, "checkpoint_every": 1, **changes})
 
     def reference(self, updates: int) -> dict[str, Any]:
         """The final checkpoint of an uninterrupted in-process run of ``updates`` updates."""
@@ -220,12 +228,6 @@ def temp_files(run_dir: Path) -> list[Path]:
 def clean(run_dir: Path) -> bool:
     names = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
     return LOCK_NAME not in names and not any(n.endswith(".tmp") for n in names)
-
-
-def saved_update(run_dir: Path) -> int:
-    """The update of the checkpoint on disk (-1: none); raises CheckpointError if it is ever partial."""
-    path = run_dir / CHECKPOINT_NAME
-    return int(load_checkpoint(path)["counters"]["update"]) if path.is_file() else -1
 
 
 
@@ -300,15 +302,9 @@ def sigkill_scenario(lab: Lab, out: Outcome, kills: int = 4, updates: int = 40) 
     rng = random.Random(2024)
     targets = sorted(rng.sample(range(3, updates - 10), kills - 1))  # kill once these updates are checkpointed
     seen: list[int] = []
-    for attempt in range(kills):
+    for target in [None, *targets]:  # first during start-up or the first updates, then after each target
         proc = lab.spawn(run_dir, cfg, (run_dir / CHECKPOINT_NAME).is_file())
-        if attempt == 0:  # during start-up or the first updates
-            wait_for(lambda: (run_dir / LOCK_NAME).is_file(), proc)
-            time.sleep(rng.uniform(0.0, 0.3))
-        else:  # a random moment after update `target`: mid-update, mid-checkpoint-write, mid-evaluation
-            target = targets[attempt - 1]
-            wait_for(lambda: saved_update(run_dir) >= target, proc)  # noqa: B023
-            time.sleep(rng.uniform(0.0, 0.03))
+        wait_to_kill(proc, run_dir, target, rng)
         check(proc.poll() is None, "the run ended before it was killed")
         proc.kill()
         out.faults += 1
@@ -556,91 +552,92 @@ def write_fault_scenario(lab: Lab, out: Outcome, codes: tuple[int, ...], sites: 
 # --------------------------------------------------------------------------------------------
 
 
-LAUGHS = {"memo": laughs_memo, "dup": laughs_dup}  # 10**8 leaves shared through memo gets or DUP
+class BombFolder:
+    """A folder of loader bombs, each expanding to >= ``BOMB_BYTES`` when loaded naively.
 
+    Each method writes one bomb and returns the call that loads it.
+    """
 
-def loader_bombs_scenario(lab: Lab, out: Outcome) -> None:
-    """Files in each real format that expand >= 128 MiB when loaded naively: refused, tracemalloc peak < 32 MiB."""
-    folder = lab.folder("bombs")
-    folder.mkdir()
-    labels = folder / "labels-idx1-ubyte"
-    labels.write_bytes(struct.pack(">II", 0x801, 2) + bytes(2))
-    gz_zeros = deflated_zeros(BOMB_BYTES, 16 + zlib.MAX_WBITS)
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir()
+        self.folder = folder
+        self.labels = folder / "labels-idx1-ubyte"  # two labels, for the IDX image files
+        self.labels.write_bytes(struct.pack(">II", 0x801, 2) + bytes(2))
+        self.gz_zeros = deflated_zeros(BOMB_BYTES, 16 + zlib.MAX_WBITS)
 
-    def idx_bomb(dims: tuple[int, ...]) -> Callable[[], Any]:
-        path = folder / f"images-{'x'.join(map(str, dims))}-idx3-ubyte.gz"
-        path.write_bytes(gzip.compress(struct.pack(">IIII", 0x803, *dims)) + gz_zeros)
-        return lambda: load_idx(path, labels)
+    def idx(self, dims: tuple[int, ...]) -> Callable[[], Any]:
+        """A gzipped IDX images file declaring ``dims``, followed by ``BOMB_BYTES`` of zeros."""
+        path = self.folder / f"images-{'x'.join(map(str, dims))}-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(struct.pack(">IIII", 0x803, *dims)) + self.gz_zeros)
+        return lambda: load_idx(path, self.labels)
 
-    def omniglot_zip() -> Callable[[], Any]:
-        root = folder / "omniglot-zip"
+    def omniglot_zip(self) -> Callable[[], Any]:
+        """An Omniglot ``images_background.zip`` whose one image member holds ``BOMB_BYTES`` of zeros."""
+        root = self.folder / "omniglot-zip"
         root.mkdir()
         zip_path = root / "images_background.zip"
         with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf, \
-                zf.open("images_background/Greek/character01/bomb.png", "w") as member:
+                zf.open(OMNIGLOT_MEMBER, "w") as member:
             for _ in range(BOMB_BYTES >> 20):
                 member.write(bytes(1 << 20))
         return lambda: load_omniglot(root)
 
-    def pixel_bomb() -> Callable[[], Any]:
-        root = folder / "png-folder"
+    def pixels(self) -> Callable[[], Any]:
+        """An image folder holding an all-black PNG of 12000x12000 (144 M) pixels."""
+        root = self.folder / "png-folder"
         (root / "cls").mkdir(parents=True)
-        (root / "cls" / "bomb.png").write_bytes(black_png(12000, 12000))  # 144 M pixels
+        (root / "cls" / "bomb.png").write_bytes(black_png(12000, 12000))
         return lambda: load_image_folder(root, image_size=8)
 
-    n = 100_000  # (n, 3072) uint8 = 307 MB from a file of a few bytes
-    arrays = {
-        "ndarray": ops(Reduce(np.ndarray, ((n, 3072), "u1"))),
-        "reconstruct": ops(Reduce(np.zeros(1).__reduce__()[0], (np.ndarray, (n, 3072), b"B"))),
-    }
-
-    def cifar_array(kind: str) -> Callable[[], Any]:
-        (folder / f"cifar-{kind}").mkdir()
-        root = cifar10(folder / f"cifar-{kind}",
-                       test_batch=dict_pickle((b"data", arrays[kind]), (b"labels", ops([0] * 10))))
+    def cifar_array(self, kind: str) -> Callable[[], Any]:
+        """A CIFAR-10 test batch whose ``data`` is ``HOSTILE_ARRAYS[kind]``: 307 MB from a few bytes."""
+        (self.folder / f"cifar-{kind}").mkdir()
+        root = cifar10(self.folder / f"cifar-{kind}",
+                       test_batch=dict_pickle((b"data", HOSTILE_ARRAYS[kind]), (b"labels", ops([0] * 10))))
         return lambda: load_cifar(root)
 
-    def cifar_laughs(shared: str) -> Callable[[], Any]:
+    def cifar_laughs(self, shared: str) -> Callable[[], Any]:
+        """A CIFAR-10 test batch whose ``labels`` are a billion laughs (``LAUGHS[shared]``)."""
         batch = dict_pickle((b"data", ops(np.zeros((2, 3072), np.uint8))), (b"labels", LAUGHS[shared]()))
-        (folder / f"cifar-laughs-{shared}").mkdir()
-        root = cifar10(folder / f"cifar-laughs-{shared}", test_batch=batch)
+        (self.folder / f"cifar-laughs-{shared}").mkdir()
+        root = cifar10(self.folder / f"cifar-laughs-{shared}", test_batch=batch)
         return lambda: load_cifar(root)
 
-    def mini_imagenet_laughs(shared: str) -> Callable[[], Any]:
-        path = folder / f"laughs-{shared}" / "mini-imagenet-cache-train.pkl"
+    def mini_imagenet_laughs(self, shared: str) -> Callable[[], Any]:
+        """A miniImageNet cache whose ``class_dict`` holds a billion laughs (``LAUGHS[shared]``)."""
+        path = self.folder / f"laughs-{shared}" / "mini-imagenet-cache-train.pkl"
         path.parent.mkdir()
         class_dict = b"}(" + ops("n01") + LAUGHS[shared]() + b"u"
         path.write_bytes(dict_pickle(("image_data", ops(np.zeros((2, 4, 4, 3), np.uint8))),
                                       ("class_dict", class_dict)))
         return lambda: load_mini_imagenet(path)
 
-    bombs: dict[str, Callable[[], Callable[[], Any]]] = {
-        "IDX gzip: 2 images declared, 128 MiB trailing": functools.partial(idx_bomb, (2, 28, 28)),
-        "IDX gzip: 1 GB declared in 130 KB": functools.partial(idx_bomb, (1000, 1000, 1000)),
-        "Omniglot zip member of 128 MiB zeros": omniglot_zip,
-        "PNG of 12000x12000 pixels in an image folder": pixel_bomb,
-        "CIFAR ndarray((100000, 3072)) reduce": functools.partial(cifar_array, "ndarray"),
-        "CIFAR numpy _reconstruct of (100000, 3072)": functools.partial(cifar_array, "reconstruct"),
-        "CIFAR labels: billion laughs (memo)": functools.partial(cifar_laughs, "memo"),
-        "CIFAR labels: billion laughs (DUP)": functools.partial(cifar_laughs, "dup"),
-        "miniImageNet class_dict: billion laughs (memo)": functools.partial(mini_imagenet_laughs, "memo"),
-        "miniImageNet class_dict: billion laughs (DUP)": functools.partial(mini_imagenet_laughs, "dup"),
-    }
+
+#: Each bomb, and how it is written into a :class:`BombFolder`.
+BOMBS: dict[str, Callable[[BombFolder], Callable[[], Any]]] = {
+    "IDX gzip: 2 images declared, 128 MiB trailing": lambda bombs: bombs.idx((2, 28, 28)),
+    "IDX gzip: 1 GB declared in 130 KB": lambda bombs: bombs.idx((1000, 1000, 1000)),
+    "Omniglot zip member of 128 MiB zeros": lambda bombs: bombs.omniglot_zip(),
+    "PNG of 12000x12000 pixels in an image folder": lambda bombs: bombs.pixels(),
+    "CIFAR ndarray((100000, 3072)) reduce": lambda bombs: bombs.cifar_array("ndarray"),
+    "CIFAR numpy _reconstruct of (100000, 3072)": lambda bombs: bombs.cifar_array("reconstruct"),
+    "CIFAR labels: billion laughs (memo)": lambda bombs: bombs.cifar_laughs("memo"),
+    "CIFAR labels: billion laughs (DUP)": lambda bombs: bombs.cifar_laughs("dup"),
+    "miniImageNet class_dict: billion laughs (memo)": lambda bombs: bombs.mini_imagenet_laughs("memo"),
+    "miniImageNet class_dict: billion laughs (DUP)": lambda bombs: bombs.mini_imagenet_laughs("dup"),
+}
+
+
+def loader_bombs_scenario(lab: Lab, out: Outcome) -> None:
+    """Files in each real format that expand >= 128 MiB when loaded naively: refused, tracemalloc peak < 32 MiB."""
+    bombs = BombFolder(lab.folder("bombs"))
     peaks = []
-    for what, craft in bombs.items():
+    for what, craft in BOMBS.items():
         if not out.hostile(what):
             continue
-        load = craft()
+        load = craft(bombs)
         out.faults += 1
-        tracemalloc.start()
-        try:
-            load()
-            error: BaseException | None = None
-        except Exception as exc:
-            error = exc
-        finally:
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
+        error, peak = peak_of(load)
         check(isinstance(error, DatasetError), f"{what}: expected DatasetError, got {error!r:.200}")
         check(peak < PEAK_LIMIT, f"{what}: peak {peak / 2**20:.0f} MiB while refusing it")
         peaks.append(peak)
@@ -766,111 +763,165 @@ def untrusted_module_scenario(lab: Lab, out: Outcome) -> None:
     out.detail = "eval and resume refused, naming the module and --env-module; ran only when named"
 
 
-def bad_inputs_scenario(lab: Lab, out: Outcome) -> None:
-    """Random bad actions, seeds, options, configs and malformed files: ValueError/TypeError with a message.
+#: Seeds for reset: None, ints in and out of [0, 2**64), other types, and lists (the vector env takes them).
+SEEDS: list[Any] = [None, 0, 7, -1, 2**63, 2**64, 2**70, 1.5, "3", True, [], [1, 2], [-1], np.int64(4)]
+#: Options for reset: only None or an empty dict are valid (the envs take no options).
+RESET_OPTIONS: list[Any] = [None, {}, {"n_way": 3}, {1: 2, "a": 3}, [], 0, "x"]
+#: The dtypes of random tensor actions: only the integer ones but bool are valid.
+ACTION_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64, torch.uint16, torch.uint64,
+                 torch.float16, torch.bfloat16, torch.float32, torch.complex64]
+#: Configs with wrong types, negative sizes, non-finite numbers, unknown keys: the error names the first key.
+BAD_CONFIGS: list[dict[str, Any]] = [
+    {"num_envs": "many"}, {"num_envs": -1}, {"hidden": 0}, {"learning_rate": float("nan")},
+    {"gamma": float("inf")}, {"core": "transformer"}, {"encoder_hidden": [8, -1]}, {"num_env": 4},
+    {"seed": 2**64}, {"device": "tpu"}, {"checkpoint_every": 0}, {"skip_nonfinite_updates": "yes"},
+]
+#: Impossible tasks and unknown keys in env_kwargs: the error names the key.
+BAD_ENV_KWARGS: list[dict[str, Any]] = [{"n_way": 99}, {"instances_per_class": 50}, {"n_wya": 3},
+                                        {"feedback": "labels"}]
 
-    Each distinct input is tried once (a random draw that repeats an earlier one is skipped).
-    """
-    from meta_rl.envs import FewShotEnv
 
-    rng = random.Random(11)
-    failures: list[str] = []
+class Refusals:
+    """Bad inputs, each tried once (counted by :meth:`Outcome.hostile`), and the ones that were mishandled."""
 
-    def expect(call: Callable[[], Any], ok: bool, what: str, *types: type[BaseException]) -> None:
-        if not ok and not out.hostile(what):
+    def __init__(self, out: Outcome) -> None:
+        self.out = out
+        self.failures: list[str] = []
+
+    def expect(self, call: Callable[[], Any], ok: bool, what: str, *types: type[BaseException]) -> None:
+        """Call ``call``: a valid input (``ok``) must pass; a bad one must raise one of ``types`` with a message.
+
+        A bad input tried before is skipped. Any other outcome is recorded in :attr:`failures`.
+        """
+        if not ok and not self.out.hostile(what):
             return  # tried already
         try:
             call()
         except types as exc:
             if ok or not str(exc).strip():
-                failures.append(f"{what}: {type(exc).__name__}: {exc}")
+                self.failures.append(f"{what}: {type(exc).__name__}: {exc}")
             return
         except Exception as exc:  # any other type is a failure
-            failures.append(f"{what}: unexpected {type(exc).__name__}: {exc}")
+            self.failures.append(f"{what}: unexpected {type(exc).__name__}: {exc}")
             return
         if not ok:
-            failures.append(f"{what}: accepted")
+            self.failures.append(f"{what}: accepted")
 
-    vec = make_vec_env(lab.config(1), "train", 4, torch.device("cpu"))
 
-    def good_seed(seed: Any, lists: bool) -> bool:
-        if isinstance(seed, list) and lists:
-            if not seed or not all(isinstance(s, int) for s in seed):
-                return False
-            seed = seed[0]
-        return seed is None or bool(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
-                                    and 0 <= seed < 2**64)
+def valid_seed(seed: Any, lists: bool) -> bool:
+    """Whether reset must accept ``seed``: None, an int in [0, 2**64), or (``lists``) a list of ints led by one."""
+    if isinstance(seed, list) and lists:
+        if not seed or not all(isinstance(s, int) for s in seed):
+            return False
+        seed = seed[0]
+    return seed is None or bool(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+                                and 0 <= seed < 2**64)
 
-    dtypes = [torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64, torch.uint16, torch.uint64, torch.float16,
-              torch.bfloat16, torch.float32, torch.complex64]
-    for _ in range(150):
+
+def random_tensor_action(rng: random.Random, values: list[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
+    """``values`` as a tensor of a random dtype and device, and whether the env (4 tasks, 3 actions) must accept it."""
+    dtype = rng.choice(ACTION_DTYPES)
+    base = torch.tensor(values).reshape(shape)
+    base = base.abs() if dtype == torch.bool or not (dtype.is_signed or dtype.is_floating_point) else base
+    action = base.to(dtype).to(rng.choice(["cpu", "cpu", "meta"]))
+    ok = (action.shape == (4,) and action.device.type == "cpu" and not action.dtype.is_floating_point
+          and not action.dtype.is_complex and action.dtype != torch.bool
+          and bool(((action.long() >= 0) & (action.long() < 3)).all()))
+    return action, ok
+
+
+def random_array_action(rng: random.Random, values: list[int], shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+    """``|values|`` as a numpy array of a random dtype, and whether the env (4 tasks, 3 actions) must accept it."""
+    dtype = np.dtype(rng.choice(["i1", "u2", "i8", ">i4", "f4", "?", "O"]))
+    action = np.abs(np.array(values, dtype=np.int64)).reshape(shape).astype(dtype)
+    return action, dtype.kind in "iu" and action.shape == (4,) and bool((action < 3).all())
+
+
+def random_action(rng: random.Random) -> tuple[Any, bool]:
+    """A random action (a tensor, an array or another type, of a random shape) and whether it is valid."""
+    kind = rng.choice(["torch", "numpy", "other"])
+    shape = rng.choice([(4,), (4,), (), (3,), (4, 1), (0,)])
+    values = [rng.randint(-2, 4) for _ in range(math.prod(shape))]
+    if kind == "torch":
+        return random_tensor_action(rng, values, shape)
+    if kind == "numpy":
+        return random_array_action(rng, values, shape)
+    return rng.choice([None, 3, 2.5, "a", [0, 1, 2, 0]]), False
+
+
+def try_bad_actions(vec: Any, refusals: Refusals, draws: int = 150) -> None:
+    """Random actions on the vector env: each valid one is taken, each bad one refused."""
+    rng = random.Random(11)
+    for _ in range(draws):
         vec.reset(seed=0)
-        kind = rng.choice(["torch", "numpy", "other"])
-        shape = rng.choice([(4,), (4,), (), (3,), (4, 1), (0,)])
-        values = [rng.randint(-2, 4) for _ in range(math.prod(shape))]
-        action: Any
-        if kind == "torch":
-            dtype = rng.choice(dtypes)
-            base = torch.tensor(values).reshape(shape)
-            base = base.abs() if dtype == torch.bool or not (dtype.is_signed or dtype.is_floating_point) else base
-            action = base.to(dtype).to(rng.choice(["cpu", "cpu", "meta"]))
-            ok = (action.shape == (4,) and action.device.type == "cpu" and not action.dtype.is_floating_point
-                  and not action.dtype.is_complex and action.dtype != torch.bool
-                  and bool(((action.long() >= 0) & (action.long() < 3)).all()))
-        elif kind == "numpy":
-            dtype_np = np.dtype(rng.choice(["i1", "u2", "i8", ">i4", "f4", "?", "O"]))
-            action = np.abs(np.array(values, dtype=np.int64)).reshape(shape).astype(dtype_np)
-            ok = dtype_np.kind in "iu" and action.shape == (4,) and bool((action < 3).all())
-        else:
-            action, ok = rng.choice([None, 3, 2.5, "a", [0, 1, 2, 0]]), False
-        expect(functools.partial(vec.step, action), ok, f"step({action!r})", ValueError, TypeError)
-    seeds: list[Any] = [None, 0, 7, -1, 2**63, 2**64, 2**70, 1.5, "3", True, [], [1, 2], [-1], np.int64(4)]
-    options: list[Any] = [None, {}, {"n_way": 3}, {1: 2, "a": 3}, [], 0, "x"]
-    for seed in seeds:
-        for option in options:
-            ok = good_seed(seed, lists=True) and (option is None or (isinstance(option, dict) and not option))
-            expect(functools.partial(vec.reset, seed=seed, options=option), ok, f"reset({seed!r}, {option!r})",
-                   ValueError, TypeError)
+        action, ok = random_action(rng)
+        refusals.expect(functools.partial(vec.step, action), ok, f"step({action!r})", ValueError, TypeError)
+
+
+def try_bad_resets(vec: Any, refusals: Refusals) -> None:
+    """Every seed with every option on the vector env's reset."""
+    for seed in SEEDS:
+        for option in RESET_OPTIONS:
+            ok = valid_seed(seed, lists=True) and (option is None or (isinstance(option, dict) and not option))
+            refusals.expect(functools.partial(vec.reset, seed=seed, options=option), ok, f"reset({seed!r}, {option!r})",
+                            ValueError, TypeError)
+
+
+def try_single_env_misuse(refusals: Refusals) -> None:
+    """The single env: a step before reset, a step after the episode ended, and every seed but the lists."""
+    from meta_rl.envs import FewShotEnv
+
     single = FewShotEnv(dataset=DATASET, n_way=3, instances_per_class=3)
-    expect(lambda: single.step(0), False, "single step before reset", ValueError)
+    refusals.expect(lambda: single.step(0), False, "single step before reset", ValueError)
     single.reset(seed=0)
     for _ in range(single.episode_length or 0):
         single.step(0)
-    expect(lambda: single.step(0), False, "single step after termination", ValueError)
-    for seed in seeds:
+    refusals.expect(lambda: single.step(0), False, "single step after termination", ValueError)
+    for seed in SEEDS:
         if not isinstance(seed, list):
-            expect(functools.partial(single.reset, seed=seed), good_seed(seed, lists=False),
-                   f"single reset({seed!r})", ValueError, TypeError)
-    # Configs: wrong types, negative sizes, non-finite numbers, unknown keys, impossible tasks.
-    bad_configs: list[dict[str, Any]] = [
-        {"num_envs": "many"}, {"num_envs": -1}, {"hidden": 0}, {"learning_rate": float("nan")},
-        {"gamma": float("inf")}, {"core": "transformer"}, {"encoder_hidden": [8, -1]}, {"num_env": 4},
-        {"seed": 2**64}, {"device": "tpu"}, {"checkpoint_every": 0}, {"skip_nonfinite_updates": "yes"},
-    ]
-    for bad in bad_configs:
+            refusals.expect(functools.partial(single.reset, seed=seed), valid_seed(seed, lists=False),
+                            f"single reset({seed!r})", ValueError, TypeError)
+
+
+def try_bad_configs(refusals: Refusals) -> None:
+    """Each of :data:`BAD_CONFIGS`: a ConfigError naming its key."""
+    for bad in BAD_CONFIGS:
         key = next(iter(bad))
-        if not out.hostile(f"config {bad}"):
+        if not refusals.out.hostile(f"config {bad}"):
             continue
         try:
             TrainConfig.from_dict(bad)
-            failures.append(f"config {bad} accepted")
+            refusals.failures.append(f"config {bad} accepted")
         except ConfigError as exc:
             if key not in str(exc):
-                failures.append(f"config {bad}: the error does not name {key!r}: {exc}")
-    for kwargs in ({"n_way": 99}, {"instances_per_class": 50}, {"n_wya": 3}, {"feedback": "labels"}):
+                refusals.failures.append(f"config {bad}: the error does not name {key!r}: {exc}")
+
+
+def try_bad_env_kwargs(lab: Lab, refusals: Refusals) -> None:
+    """Each of :data:`BAD_ENV_KWARGS` when the env is made: a ConfigError whose cause names its key."""
+    for kwargs in BAD_ENV_KWARGS:
         cfg = lab.config(1, env_kwargs={"dataset": DATASET, "n_way": 3, "instances_per_class": K, **kwargs})
         key = next(iter(kwargs))
-        if not out.hostile(f"env_kwargs {kwargs}"):
+        if not refusals.out.hostile(f"env_kwargs {kwargs}"):
             continue
         try:
             make_vec_env(cfg, "train", 2, torch.device("cpu"))
-            failures.append(f"env_kwargs {kwargs} accepted")
+            refusals.failures.append(f"env_kwargs {kwargs} accepted")
         except ConfigError as exc:
             inner = str(exc.__cause__) if exc.__cause__ is not None else str(exc)  # the wrapper quotes env_kwargs
             if key not in inner:
-                failures.append(f"env_kwargs {kwargs}: the error does not name {key!r}: {inner}")
-    # Loaders: malformed files raise DatasetError naming the file.
-    folder = lab.folder("files")
+                refusals.failures.append(f"env_kwargs {kwargs}: the error does not name {key!r}: {inner}")
+
+
+def write_malformed_files(folder: Path) -> list[tuple[Path, Callable[[Path], Any]]]:
+    """Truncated miniImageNet caches, broken IDX headers and unreadable images in an image folder.
+
+    Args:
+        folder: Where to write them (created).
+
+    Returns:
+        Each file with the loader that must refuse it.
+    """
     folder.mkdir()
     cache = {"image_data": np.zeros((4, 4, 4, 3), np.uint8), "class_dict": {"a": [0, 1], "b": [2, 3]}}
     raw = pickle.dumps(cache, protocol=4)
@@ -892,17 +943,38 @@ def bad_inputs_scenario(lab: Lab, out: Outcome) -> None:
         p = root / "cls" / "img.png"
         p.write_bytes(content)
         files.append((p, lambda p: load_image_folder(p.parent.parent)))
-    for path, load in files:
-        if not out.hostile(f"file {path.name}"):
+    return files
+
+
+def try_malformed_files(lab: Lab, refusals: Refusals) -> None:
+    """Each malformed file: a DatasetError naming the file."""
+    for path, load in write_malformed_files(lab.folder("files")):
+        if not refusals.out.hostile(f"file {path.name}"):
             continue
         try:
             load(path)
-            failures.append(f"{path.name} loaded")
+            refusals.failures.append(f"{path.name} loaded")
         except DatasetError as exc:
             if str(path) not in str(exc):
-                failures.append(f"{path.name}: the error does not name the file: {exc}")
+                refusals.failures.append(f"{path.name}: the error does not name the file: {exc}")
         except Exception as exc:
-            failures.append(f"{path.name}: unexpected {type(exc).__name__}: {exc}")
+            refusals.failures.append(f"{path.name}: unexpected {type(exc).__name__}: {exc}")
+
+
+def bad_inputs_scenario(lab: Lab, out: Outcome) -> None:
+    """Random bad actions, seeds, options, configs and malformed files: ValueError/TypeError with a message.
+
+    Each distinct input is tried once (a random draw that repeats an earlier one is skipped).
+    """
+    refusals = Refusals(out)
+    vec = make_vec_env(lab.config(1), "train", 4, torch.device("cpu"))
+    try_bad_actions(vec, refusals)
+    try_bad_resets(vec, refusals)
+    try_single_env_misuse(refusals)
+    try_bad_configs(refusals)
+    try_bad_env_kwargs(lab, refusals)
+    try_malformed_files(lab, refusals)
+    failures = refusals.failures
     check(not failures, f"{len(failures)} bad inputs mishandled: {failures[:3]}")
     out.detail = f"{out.bad_inputs} distinct bad inputs, each refused with a clear ValueError/TypeError/DatasetError"
 
