@@ -43,11 +43,8 @@ _EXPECTED = "BernoulliBanditVectorEnv"
 class BanditEnv(TrialEnv, Protocol):
     """What the bandit policies read of an env (:class:`~meta_rl.envs.bandits.BernoulliBanditVectorEnv` has it)."""
 
-    @property
-    def arms(self) -> int: ...
-
-    @property
-    def pulls(self) -> int: ...
+    arms: int
+    pulls: int
 
     def probabilities(self) -> torch.Tensor:
         """(B, arms) the current success probabilities (the oracle reads them)."""

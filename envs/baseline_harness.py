@@ -47,14 +47,9 @@ Learn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], 
 class TrialEnv(Protocol):
     """What the trial loops read of a task vector env: B tasks of ``episode_length`` steps on ``device``."""
 
-    @property
-    def num_envs(self) -> int: ...
-
-    @property
-    def device(self) -> torch.device: ...
-
-    @property
-    def episode_length(self) -> int | None: ...
+    num_envs: int
+    device: torch.device
+    episode_length: int | None
 
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None

@@ -27,8 +27,7 @@ _EXPECTED = "CartPoleTaskVectorEnv"
 class CartPoleEnv(TrialEnv, Protocol):
     """What the CartPole policies read of an env (:class:`~meta_rl.envs.cartpole.CartPoleTaskVectorEnv` has it)."""
 
-    @property
-    def episodes_per_trial(self) -> int: ...
+    episodes_per_trial: int | None
 
     def tasks(self) -> dict[str, torch.Tensor]:
         """The current physics and actuator signs, (B,) tensors (the oracle reads them)."""

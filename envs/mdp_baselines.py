@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from meta_rl.contract import trial_episodes
 from meta_rl.envs.baseline_harness import Act, Learn, TrialEnv, check_run, play_trials
 from meta_rl.envs.seeded_sampling import sample_gamma
 
@@ -27,17 +28,10 @@ _EXPECTED = "TabularMDPVectorEnv"
 class MDPEnv(TrialEnv, Protocol):
     """What the MDP policies read of an env (:class:`~meta_rl.envs.tabular_mdp.TabularMDPVectorEnv` has it)."""
 
-    @property
-    def states(self) -> int: ...
-
-    @property
-    def actions(self) -> int: ...
-
-    @property
-    def horizon(self) -> int: ...
-
-    @property
-    def episodes_per_trial(self) -> int: ...
+    states: int
+    actions: int
+    horizon: int
+    episodes_per_trial: int | None
 
     def mdp(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The current mean rewards (B, S, A) and transition probabilities (B, S, A, S) (value iteration reads them)."""
@@ -94,7 +88,7 @@ def mdp_value_iteration(
     def begin() -> tuple[Act, Learn | None]:
         mu, transitions = env.mdp()
         q = finite_horizon_q(mu, transitions, env.horizon)  # (H, B, S, A)
-        expected.append(env.episodes_per_trial * q[-1, :, 0].max(-1).values.double())  # (B,)
+        expected.append(trial_episodes(env) * q[-1, :, 0].max(-1).values.double())  # (B,)
 
         def act(t: int, obs: torch.Tensor) -> torch.Tensor:
             to_go = env.horizon - t % env.horizon

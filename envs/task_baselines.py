@@ -1,9 +1,10 @@
-"""The classic baselines of the bandit, tabular-MDP and CartPole tasks in one place, and the command that prints them.
+"""``python -m meta_rl.envs.task_baselines``: every classic baseline on every bandit, tabular-MDP and CartPole setting.
 
-The policies live beside their envs (:mod:`~meta_rl.envs.bandit_baselines`,
-:mod:`~meta_rl.envs.mdp_baselines`, :mod:`~meta_rl.envs.cartpole_baselines`, which the env
-modules import for ``reference_returns``; what they share is in
-:mod:`~meta_rl.envs.baseline_harness`); this module imports the envs and re-exports them all.
+The baselines live beside their envs, which import them for ``reference_returns``:
+:mod:`~meta_rl.envs.bandit_baselines`, :mod:`~meta_rl.envs.mdp_baselines` and
+:mod:`~meta_rl.envs.cartpole_baselines`, with what they share (rounds, seeding, ``mean_ci``) in
+:mod:`~meta_rl.envs.baseline_harness`. This command module imports the envs and plays them all;
+nothing imports it.
 
 Every baseline takes a constructed vector env, a seed and a number of trials; it plays
 ``ceil(trials / B)`` rounds of one trial per env, round i after ``env.reset(seed=seed + i)`` (as
@@ -13,82 +14,44 @@ whatever the actions, so one seed gives every baseline the same sequence of task
 ``reset(seed=...)`` with the split gives the same tasks a meta-learner is evaluated on. The
 baselines' own randomness comes from a separate generator seeded from the same seed. Everything
 runs as tensors over the B tasks (a Python loop over time steps only); none of them reads the
-hidden task except the oracles (:func:`bandit_oracle`, :func:`mdp_value_iteration`).
+hidden task except the oracles (``bandit_oracle``, ``mdp_value_iteration``, ``cartpole_oracle``).
 
 Bandits (:class:`~meta_rl.envs.bandits.BernoulliBanditVectorEnv`, Duan et al. 2016, Table 1):
-:func:`bandit_random`, :func:`bandit_greedy`, :func:`bandit_epsilon_greedy`,
-:func:`bandit_thompson`, :func:`bandit_ucb1`, :func:`bandit_gittins` and :func:`bandit_oracle`.
+``bandit_random``, ``bandit_greedy``, ``bandit_epsilon_greedy``, ``bandit_thompson``,
+``bandit_ucb1``, ``bandit_gittins`` and ``bandit_oracle``.
 
 Tabular MDPs (:class:`~meta_rl.envs.tabular_mdp.TabularMDPVectorEnv`, Table 2):
-:func:`mdp_random`, :func:`mdp_value_iteration` (the known-MDP upper bound) and :func:`mdp_psrl`.
+``mdp_random``, ``mdp_value_iteration`` (the known-MDP upper bound) and ``mdp_psrl``.
 
-CartPole (:class:`~meta_rl.envs.cartpole.CartPoleTaskVectorEnv`): :func:`cartpole_random` and
-:func:`cartpole_oracle` (LQR on the known physics, :func:`cartpole_lqr_gain`). Their trials end
-at different times, so they return (trials, episodes_per_trial) returns per inner episode of
-each env's first trial (see :func:`cartpole_random`). On ``meta_rl/CartPole-v0`` (2 inner
-episodes of at most 100 steps, 2,000 test-split trials, seed 0) random pushes last 26.4 +- 0.6
-and 26.6 +- 0.7 steps per inner episode and the oracle 100.0 and 100.0 (every episode).
+CartPole (:class:`~meta_rl.envs.cartpole.CartPoleTaskVectorEnv`): ``cartpole_random`` and
+``cartpole_oracle`` (LQR on the known physics, ``cartpole_lqr_gain``). Their trials end at
+different times, so they return (trials, episodes_per_trial) returns per inner episode of each
+env's first trial. On ``meta_rl/CartPole-v0`` (2 inner episodes of at most 100 steps, 2,000
+test-split trials, seed 0) random pushes last 26.4 +- 0.6 and 26.6 +- 0.7 steps per inner
+episode and the oracle 100.0 and 100.0 (every episode).
 
-:func:`mean_ci` gives the mean and a 95% interval of the returns. ``python -m
-meta_rl.envs.task_baselines`` prints them all; with its defaults (2,000 test-split trials,
-seed 0) it gave, against Duan et al.'s Table 1 (random / Gittins / Thompson / UCB1 / greedy):
+The command prints the mean and a 95% interval (``mean_ci``) of every baseline's returns; with
+its defaults (2,000 test-split trials, seed 0) it gave, against Duan et al.'s Table 1 (random /
+Gittins / Thompson / UCB1 / greedy):
 
 * k=5, n=10: 5.0 / 6.7 / 5.8 / 5.7 / 6.7 (paper 5.0 / 6.6 / 5.7 / 6.7 / 6.6);
 * k=5, n=100: 49.8 / 78.8 / 75.3 / 65.9 / 75.9 (paper 49.9 / 78.3 / 74.7 / 78.0 / 74.8);
 * k=50, n=500: 250.4 / 463.7 / 426.0 / 313.3 / 409.5 (paper 249.6 / 463.7 / 427.2 / 457.6 / 402.8).
 
-The textbook UCB1 (``c=2``) explores more than the paper's tuned one (see :func:`bandit_ucb1`).
+The textbook UCB1 (``c=2``) explores more than the paper's tuned one (see ``bandit_ucb1``).
 """
 
 from __future__ import annotations
 
-from meta_rl.envs.bandit_baselines import (
-    BANDIT_BASELINES,
-    bandit_epsilon_greedy,
-    bandit_gittins,
-    bandit_greedy,
-    bandit_oracle,
-    bandit_random,
-    bandit_thompson,
-    bandit_ucb1,
-    default_gittins_gamma,
-    gittins_table,
-)
+from meta_rl.envs.bandit_baselines import BANDIT_BASELINES
 from meta_rl.envs.bandits import BernoulliBanditVectorEnv
-from meta_rl.envs.baseline_harness import Summary, mean_ci
+from meta_rl.envs.baseline_harness import mean_ci
 from meta_rl.envs.cartpole import CartPoleTaskVectorEnv
-from meta_rl.envs.cartpole_baselines import CONTROL_BASELINES, cartpole_lqr_gain, cartpole_oracle, cartpole_random
-from meta_rl.envs.cartpole_physics import cartpole_linearization
-from meta_rl.envs.mdp_baselines import MDP_BASELINES, finite_horizon_q, mdp_psrl, mdp_random, mdp_value_iteration
-from meta_rl.envs.seeded_sampling import sample_beta, sample_gamma
+from meta_rl.envs.cartpole_baselines import CONTROL_BASELINES
+from meta_rl.envs.mdp_baselines import MDP_BASELINES
 from meta_rl.envs.tabular_mdp import TabularMDPVectorEnv
 
-__all__ = [
-    "BANDIT_BASELINES",
-    "CONTROL_BASELINES",
-    "MDP_BASELINES",
-    "Summary",
-    "bandit_epsilon_greedy",
-    "bandit_gittins",
-    "bandit_greedy",
-    "bandit_oracle",
-    "bandit_random",
-    "bandit_thompson",
-    "bandit_ucb1",
-    "cartpole_linearization",
-    "cartpole_lqr_gain",
-    "cartpole_oracle",
-    "cartpole_random",
-    "default_gittins_gamma",
-    "finite_horizon_q",
-    "gittins_table",
-    "mdp_psrl",
-    "mdp_random",
-    "mdp_value_iteration",
-    "mean_ci",
-    "sample_beta",
-    "sample_gamma",
-]
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,14 +38,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from meta_rl.algorithms import make_algorithm
 from meta_rl.allocator import tune_malloc
 from meta_rl.config import TrainConfig, load_config
 from meta_rl.data import ImageDataset, load_splits
 from meta_rl.data.synthetic import random_dataset
+from meta_rl.distributed import World
 from meta_rl.encoders import PRECISIONS, native_bfloat16
 from meta_rl.envs import FewShotEnv, FewShotVectorEnv
 from meta_rl.evaluation import evaluate
-from meta_rl.train import build_policy, make_vec_env, reinforce_gradients, reinforce_update, resolve_gamma, train
+from meta_rl.train import build_policy, gradients, make_vec_env, optimize, resolve_gamma, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sb3_baseline
@@ -247,13 +249,13 @@ def update_profile(cfg: TrainConfig) -> dict[str, float]:
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed)
 
-    gamma = resolve_gamma(cfg.gamma, env)
+    algorithm = make_algorithm(cfg, resolve_gamma(cfg.gamma, env))
 
     def act() -> Any:
         return collect(env, policy, steps, generator, reset_seed=0, embed_with_grad=True)
 
     def iteration() -> None:  # as in training: the rollout's encoder graph feeds the update's backward pass
-        reinforce_gradients(policy, optimizer, act(), cfg, gamma=gamma)
+        gradients(policy, optimizer, algorithm, act(), cfg, World())
         optimizer.step()
 
     acting_flops, iteration_flops = _flops(act), _flops(iteration)
@@ -392,7 +394,7 @@ def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     policy = build_policy(cfg, env, steps).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    gamma = resolve_gamma(cfg.gamma, env)
+    algorithm = make_algorithm(cfg, resolve_gamma(cfg.gamma, env))
     trained_s, env_steps, update, curve = 0.0, 0, 0, []
     cap = args.cap_minutes * 60
     reached = False
@@ -400,7 +402,7 @@ def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < args.eval_seconds and trained_s + time.perf_counter() - t0 < cap:
             ro = collect(env, policy, steps, generator, reset_seed=update, embed_with_grad=True)
-            reinforce_update(policy, optimizer, ro, cfg, gamma=gamma)  # the trainer's step, PopArt statistics included
+            optimize(policy, optimizer, algorithm, ro, cfg)  # the trainer's step, PopArt statistics included
             update += 1
             env_steps += steps * cfg.num_envs
         if device.type == "cuda":

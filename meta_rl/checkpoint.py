@@ -1,8 +1,9 @@
 """Checkpoints written atomically and read back with checks, never silently.
 
-A checkpoint is a ``torch.save`` dict. Since format version 2 it carries a SHA-256 checksum of
-its content (``"checksum"``), so a flipped bit anywhere is caught on load instead of resuming
-from silently damaged parameters; version 1 files (no checksum) are still read.
+A checkpoint is a ``torch.save`` dict with its format version, the meta-rl version that wrote it and a
+SHA-256 checksum of its content (``"checksum"``), so a flipped bit anywhere is caught on load instead
+of resuming from silently damaged parameters. A checkpoint of another format version is refused with a
+message naming that version and the release that wrote it: meta-rl 0.x keeps no readers of old formats.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib.metadata
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,9 +33,11 @@ __all__ = [
     "state_leaves",
 ]
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: no checksum
+#: 3: the config in sections with ``core_kwargs`` and ``read_head``, batch-first core states, the policy's
+#: memory-read head as one module (``read_head.*``); 2 had a checksum; 1 had none.
+FORMAT_VERSION = 3
 REQUIRED_KEYS = ("format_version", "config", "policy", "optimizer", "counters", "rng")
+WRITER_KEY = "meta_rl_version"
 CHECKSUM_KEY = "checksum"
 
 
@@ -85,7 +89,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         CheckpointWriteError: the file could not be written (the message says why, e.g. disk full).
     """
     path = Path(path)
-    data = {"format_version": FORMAT_VERSION, **payload}
+    data = {"format_version": FORMAT_VERSION, WRITER_KEY: _package_version(), **payload}
     data[CHECKSUM_KEY] = checksum(data)
     buffer = io.BytesIO()
     torch.save(data, buffer)
@@ -133,23 +137,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by meta-rl's trainer.")
     version = data["format_version"]
-    if type(version) is not int or version not in READABLE_VERSIONS:
+    if type(version) is not int or version != FORMAT_VERSION:
+        writer = data.get(WRITER_KEY, "0.1.0 before 2026-12-07" if version in (1, 2) else "an unknown version")
         raise CheckpointError(
-            f"checkpoint {path} has format version {version!r}, this meta-rl reads versions "
-            f"{list(READABLE_VERSIONS)}; use the meta-rl release that wrote it."
+            f"checkpoint {path} has format version {version!r}, written by meta-rl {writer}; this meta-rl "
+            f"{_package_version()} reads format version {FORMAT_VERSION} only. Evaluate or resume it with the "
+            "meta-rl release that wrote it, or start a new run."
         )
-    if version >= 2:
-        if CHECKSUM_KEY not in data:
-            raise CheckpointError(
-                f"checkpoint {path} lacks its {CHECKSUM_KEY!r}; it is corrupt or was not written by meta-rl's "
-                "trainer. Restore it from a backup or start a new run."
-            )
-        if data[CHECKSUM_KEY] != checksum(data):
-            raise CheckpointError(
-                f"checkpoint {path} fails its checksum: its content was damaged after it was written (bit "
-                "flips, a bad disk or copy). Restore it from a backup or start a new run."
-            )
+    if CHECKSUM_KEY not in data:
+        raise CheckpointError(
+            f"checkpoint {path} lacks its {CHECKSUM_KEY!r}; it is corrupt or was not written by meta-rl's "
+            "trainer. Restore it from a backup or start a new run."
+        )
+    if data[CHECKSUM_KEY] != checksum(data):
+        raise CheckpointError(
+            f"checkpoint {path} fails its checksum: its content was damaged after it was written (bit "
+            "flips, a bad disk or copy). Restore it from a backup or start a new run."
+        )
     return data
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("meta-rl")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "(not installed)"
 
 
 def load_state(module: Any, state: Any, path: str | Path, what: str) -> None:

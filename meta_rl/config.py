@@ -25,9 +25,11 @@ else:  # pragma: no cover
 
 import torch
 
-from meta_rl.encoders import PRECISIONS
+from meta_rl.cores import CORES
+from meta_rl.encoders import ENCODERS, PRECISIONS
 from meta_rl.errors import ConfigError
 from meta_rl.memory_read import ReadHeadConfig
+from meta_rl.registry import Registry
 
 __all__ = [
     "ALGOS",
@@ -41,6 +43,7 @@ __all__ = [
     "TaskConfig",
     "TrainConfig",
     "available_devices",
+    "check_part",
     "check_read_head",
     "check_type",
     "config_help",
@@ -352,6 +355,22 @@ class TrainConfig(ConfigBase, RunConfig, AlgorithmConfig, ModelConfig, TaskConfi
                 "and pass dataset = name."
             )
         check_read_head(self.read_head)
+        if not self.model_module:  # the registries hold every name there is: check names and options now
+            check_part(CORES, self.core, self.core_kwargs)
+            if self.encoder != "auto":
+                check_part(ENCODERS, self.encoder, self.encoder_kwargs)
+            elif self.encoder_kwargs:
+                raise ConfigError(f"encoder_kwargs {sorted(self.encoder_kwargs)} need a named encoder, but encoder = "
+                                  "'auto' picks one from the observation; name it (encoder=cnn or encoder=mlp).")
+
+
+def check_part(registry: Registry[Any], name: str, options: dict[str, Any]) -> None:
+    """``name`` is registered and takes ``options`` (:meth:`~meta_rl.registry.Registry.check_options`).
+
+    Raises:
+        ConfigError: an unknown name (with the registered ones) or an option the part does not take.
+    """
+    registry.check_options(name, options)
 
 
 def check_read_head(table: dict[str, Any]) -> ReadHeadConfig:
@@ -535,7 +554,7 @@ def _is(value: Any, typ: type) -> bool:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Parse ``key=value`` strings; values are read as TOML (``3``, ``1e-3``, ``true``, ``[64, 64]``,
-    ``{n_way = 20}``), else kept as plain strings. ``env_kwargs.n_way=20`` sets one env kwarg."""
+    ``{n_way = 20}``), else kept as plain strings. ``env_kwargs.n_way=20`` sets one key of a table."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -545,8 +564,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
-        if key.startswith("env_kwargs."):
-            out.setdefault("env_kwargs", {})[key.split(".", 1)[1]] = value
+        table, dot, inner = key.partition(".")
+        if dot and inner:  # a key of a table: env_kwargs.n_way=20, core_kwargs.key_dim=32, read_head.read_gain=0
+            out.setdefault(table, {})[inner] = value
         else:
             out[key] = value
     return out

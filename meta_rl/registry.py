@@ -69,7 +69,7 @@ class Registry(Generic[F]):
             hint = f" Did you mean {self.key}={close[0]}?" if close else ""
             raise ConfigError(
                 f"{self.key} = {name!r} is not a registered {self.kind}; registered: {', '.join(self.names())}.{hint} "
-                f"A {self.kind} of your own registers itself in a module you name with model_module=your.module."
+                f"One of your own registers itself in a module you name with model_module=your.module."
             )
         return self._factories[name]
 

@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
 
@@ -24,7 +24,7 @@ import meta_rl.atomic as atomic_module
 from meta_rl.lifecycle import CHECKPOINT_NAME
 from meta_rl.runlock import LOCK_NAME
 
-__all__ = ["CAUSES", "SITES", "WRITE_SITES", "Fault", "inject", "named"]
+__all__ = ["CAUSES", "SITES", "WRITE_SITES", "Fault", "Site", "inject", "named"]
 
 #: What the error message of a write failing with each errno says: its cause and the start of its fix.
 CAUSES = {
@@ -32,18 +32,6 @@ CAUSES = {
     errno.EROFS: ("the file system is read-only (EROFS)", "Choose a folder on a writable file system"),
     errno.EACCES: ("permission denied (EACCES)", "writable by this user"),
 }
-
-#: Where a fault can be injected, and the call it is injected into.
-SITES = {
-    "mkdir": "pathlib.Path.mkdir (the run directory)",
-    "open": "os.open with O_CREAT (the lock)",
-    "mkstemp": "tempfile.mkstemp (an atomic write's temporary file)",
-    "write": "meta_rl.atomic._write_all (half the bytes land, then the error)",
-    "fsync": "os.fsync",
-    "rename": "os.replace",
-    "events": "tensorboard's LocalFileSystem._write (the event file)",
-}
-
 
 class Fault:
     """``OSError(code)`` from the ``nth`` (1-based) call whose path ``matches``; ``seen`` counts matching calls."""
@@ -69,11 +57,13 @@ def named(fragment: str) -> Callable[[str], bool]:
 
 
 def _fd_path(fd: int) -> str:
+    """The path of the file open as ``fd``."""
     return os.readlink(f"/proc/self/fd/{fd}")  # Linux
 
 
 @contextlib.contextmanager
 def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name`` set to ``value`` inside the block, restored after it."""
     before = getattr(owner, name)
     setattr(owner, name, value)
     try:
@@ -167,27 +157,34 @@ def _failing_event_write(fault: Fault) -> Callable[..., None]:
     return write
 
 
-def _patch(site: str, fault: Fault) -> tuple[Any, str, Callable[..., Any]]:
-    """The owner, the attribute name and the failing replacement that install ``fault`` at ``site``.
+class Site(NamedTuple):
+    """A call a fault can be injected into.
 
-    Raises:
-        ValueError: ``site`` is not a key of :data:`SITES`.
+    Attributes:
+        description: The call, and what training writes through it.
+        owner: The module or class that holds the call.
+        attribute: The call's name in ``owner``.
+        failing: Builds the stand-in that raises a given :class:`Fault` and otherwise makes the real call.
     """
-    if site == "mkdir":
-        return Path, "mkdir", _failing_mkdir(fault)
-    if site == "open":
-        return os, "open", _failing_open(fault)
-    if site == "mkstemp":
-        return tempfile, "mkstemp", _failing_mkstemp(fault)
-    if site == "write":
-        return atomic_module, "_write_all", _failing_write_all(fault)
-    if site == "fsync":
-        return os, "fsync", _failing_fsync(fault)
-    if site == "rename":
-        return os, "replace", _failing_replace(fault)
-    if site == "events":
-        return LocalFileSystem, "_write", _failing_event_write(fault)
-    raise ValueError(f"site = {site!r} is not one of {sorted(SITES)}; pick one of those.")
+
+    description: str
+    owner: Any
+    attribute: str
+    failing: Callable[[Fault], Callable[..., Any]]
+
+
+#: Where a fault can be injected, by name.
+SITES: dict[str, Site] = {
+    "mkdir": Site("pathlib.Path.mkdir (the run directory)", Path, "mkdir", _failing_mkdir),
+    "open": Site("os.open with O_CREAT (the lock)", os, "open", _failing_open),
+    "mkstemp": Site("tempfile.mkstemp (an atomic write's temporary file)", tempfile, "mkstemp", _failing_mkstemp),
+    "write": Site("meta_rl.atomic._write_all (half the bytes land, then the error)", atomic_module, "_write_all",
+                  _failing_write_all),
+    "fsync": Site("os.fsync", os, "fsync", _failing_fsync),
+    "rename": Site("os.replace", os, "replace", _failing_replace),
+    "events": Site("tensorboard's LocalFileSystem._write (the event file)", LocalFileSystem, "_write",
+                   _failing_event_write),
+}
 
 
 @contextlib.contextmanager
@@ -204,12 +201,15 @@ def inject(site: str, fault: Fault) -> Iterator[Fault]:
     Raises:
         ValueError: ``site`` is not a key of :data:`SITES`.
     """
-    owner, name, value = _patch(site, fault)
-    with _replaced(owner, name, value):
+    if site not in SITES:
+        raise ValueError(f"site = {site!r} is not one of {sorted(SITES)}; pick one of those.")
+    where = SITES[site]
+    with _replaced(where.owner, where.attribute, where.failing(fault)):
         yield fault
 
 
 def _checkpoint_exists(path: str) -> bool:
+    """An event file whose run directory already holds a checkpoint."""
     return "tfevents" in path and (Path(path).parent / CHECKPOINT_NAME).exists()
 
 

@@ -2,14 +2,17 @@
 
 Each builder returns a small file (or its bytes) that expands enormously when loaded naively:
 deflate streams of zeros, PNGs of huge all-black images, pickles whose opcodes build arrays larger
-than the file or share references ("billion laughs"). :func:`peak_of` measures what refusing one costs.
+than the file or share references ("billion laughs"). :class:`BombFolder` writes one of each kind
+(:data:`BOMBS`) for the fault drills; :func:`peak_of` measures what refusing one costs.
 """
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import struct
 import tracemalloc
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +20,17 @@ from typing import Any
 
 import numpy as np
 
+from meta_rl.data import load_cifar, load_idx, load_image_folder, load_mini_imagenet, load_omniglot
+
 __all__ = [
+    "BOMBS",
     "BOMB_BYTES",
     "HOSTILE_ARRAYS",
     "LAUGHS",
     "N_HOSTILE",
     "OMNIGLOT_MEMBER",
     "PEAK_LIMIT",
+    "BombFolder",
     "Reduce",
     "black_png",
     "cifar10",
@@ -137,3 +144,79 @@ def peak_of(load: Callable[[], object]) -> tuple[BaseException | None, int]:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     return error, peak
+
+
+class BombFolder:
+    """A folder of loader bombs, each expanding to >= ``BOMB_BYTES`` when loaded naively.
+
+    Each method writes one bomb and returns the call that loads it.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir()
+        self.folder = folder
+        self.labels = folder / "labels-idx1-ubyte"  # two labels, for the IDX image files
+        self.labels.write_bytes(struct.pack(">II", 0x801, 2) + bytes(2))
+        self.gz_zeros = deflated_zeros(BOMB_BYTES, 16 + zlib.MAX_WBITS)
+
+    def idx(self, dims: tuple[int, ...]) -> Callable[[], Any]:
+        """A gzipped IDX images file declaring ``dims``, followed by ``BOMB_BYTES`` of zeros."""
+        path = self.folder / f"images-{'x'.join(map(str, dims))}-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(struct.pack(">IIII", 0x803, *dims)) + self.gz_zeros)
+        return lambda: load_idx(path, self.labels)
+
+    def omniglot_zip(self) -> Callable[[], Any]:
+        """An Omniglot ``images_background.zip`` whose one image member holds ``BOMB_BYTES`` of zeros."""
+        root = self.folder / "omniglot-zip"
+        root.mkdir()
+        zip_path = root / "images_background.zip"
+        with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf, \
+                zf.open(OMNIGLOT_MEMBER, "w") as member:
+            for _ in range(BOMB_BYTES >> 20):
+                member.write(bytes(1 << 20))
+        return lambda: load_omniglot(root)
+
+    def pixels(self) -> Callable[[], Any]:
+        """An image folder holding an all-black PNG of 12000x12000 (144 M) pixels."""
+        root = self.folder / "png-folder"
+        (root / "cls").mkdir(parents=True)
+        (root / "cls" / "bomb.png").write_bytes(black_png(12000, 12000))
+        return lambda: load_image_folder(root, image_size=8)
+
+    def cifar_array(self, kind: str) -> Callable[[], Any]:
+        """A CIFAR-10 test batch whose ``data`` is ``HOSTILE_ARRAYS[kind]``: 307 MB from a few bytes."""
+        (self.folder / f"cifar-{kind}").mkdir()
+        root = cifar10(self.folder / f"cifar-{kind}",
+                       test_batch=dict_pickle((b"data", HOSTILE_ARRAYS[kind]), (b"labels", ops([0] * 10))))
+        return lambda: load_cifar(root)
+
+    def cifar_laughs(self, shared: str) -> Callable[[], Any]:
+        """A CIFAR-10 test batch whose ``labels`` are a billion laughs (``LAUGHS[shared]``)."""
+        batch = dict_pickle((b"data", ops(np.zeros((2, 3072), np.uint8))), (b"labels", LAUGHS[shared]()))
+        (self.folder / f"cifar-laughs-{shared}").mkdir()
+        root = cifar10(self.folder / f"cifar-laughs-{shared}", test_batch=batch)
+        return lambda: load_cifar(root)
+
+    def mini_imagenet_laughs(self, shared: str) -> Callable[[], Any]:
+        """A miniImageNet cache whose ``class_dict`` holds a billion laughs (``LAUGHS[shared]``)."""
+        path = self.folder / f"laughs-{shared}" / "mini-imagenet-cache-train.pkl"
+        path.parent.mkdir()
+        class_dict = b"}(" + ops("n01") + LAUGHS[shared]() + b"u"
+        path.write_bytes(dict_pickle(("image_data", ops(np.zeros((2, 4, 4, 3), np.uint8))),
+                                      ("class_dict", class_dict)))
+        return lambda: load_mini_imagenet(path)
+
+
+#: Each bomb, and how it is written into a :class:`BombFolder`.
+BOMBS: dict[str, Callable[[BombFolder], Callable[[], Any]]] = {
+    "IDX gzip: 2 images declared, 128 MiB trailing": lambda bombs: bombs.idx((2, 28, 28)),
+    "IDX gzip: 1 GB declared in 130 KB": lambda bombs: bombs.idx((1000, 1000, 1000)),
+    "Omniglot zip member of 128 MiB zeros": lambda bombs: bombs.omniglot_zip(),
+    "PNG of 12000x12000 pixels in an image folder": lambda bombs: bombs.pixels(),
+    "CIFAR ndarray((100000, 3072)) reduce": lambda bombs: bombs.cifar_array("ndarray"),
+    "CIFAR numpy _reconstruct of (100000, 3072)": lambda bombs: bombs.cifar_array("reconstruct"),
+    "CIFAR labels: billion laughs (memo)": lambda bombs: bombs.cifar_laughs("memo"),
+    "CIFAR labels: billion laughs (DUP)": lambda bombs: bombs.cifar_laughs("dup"),
+    "miniImageNet class_dict: billion laughs (memo)": lambda bombs: bombs.mini_imagenet_laughs("memo"),
+    "miniImageNet class_dict: billion laughs (DUP)": lambda bombs: bombs.mini_imagenet_laughs("dup"),
+}

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from meta_rl.baselines.cli import build_baseline
-from meta_rl.baselines.common import CHECKPOINT_NAME, BaselineConfig, train_baseline
+from meta_rl.baselines.config import BaselineConfig
 from meta_rl.baselines.protonet import ProtoNetConfig
+from meta_rl.baselines.training import CHECKPOINT_NAME, train_baseline
 from meta_rl.checkpoint import load_checkpoint
 from meta_rl.cli import main
 from meta_rl.config import ConfigError

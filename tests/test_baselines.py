@@ -36,7 +36,7 @@ from meta_rl.baselines.cli import (
     is_baseline_run,
     load_baseline_run,
 )
-from meta_rl.baselines.common import CHECKPOINT_NAME, train_baseline
+from meta_rl.baselines.training import CHECKPOINT_NAME, train_baseline
 from meta_rl.checkpoint import load_checkpoint
 from meta_rl.cli import main
 from meta_rl.config import ConfigError

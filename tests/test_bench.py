@@ -17,13 +17,13 @@ def test_time_to_accuracy_trains_with_the_trainers_update_and_the_overrides(
     bench = import_script("bench")
 
     calls: list[Any] = []
-    update = bench.reinforce_update
+    update = bench.optimize
 
-    def spy(policy: Any, optimizer: Any, ro: Any, cfg: Any, **kw: Any) -> Any:
+    def spy(policy: Any, optimizer: Any, algorithm: Any, ro: Any, cfg: Any, **kw: Any) -> Any:
         calls.append(cfg)
-        return update(policy, optimizer, ro, cfg, **kw)
+        return update(policy, optimizer, algorithm, ro, cfg, **kw)
 
-    monkeypatch.setattr(bench, "reinforce_update", spy)
+    monkeypatch.setattr(bench, "optimize", spy)
     bench.main(["time-to-accuracy", "--json", "--no-sb3", "--cap-minutes", "0.01", "--eval-seconds", "0.2",
                 "--eval-episodes", "4", "--num-envs", "2", "--target", "1.01", "hidden=8", "learning_rate=0.003"])
     out = json.loads(capsys.readouterr().out)

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from env_checks import assert_bad_resets_refused, assert_single_env_passes_checkers, bad_action_cases
 from gymnasium import spaces
-from gymnasium.utils.env_checker import check_env as gym_check_env
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from meta_rl.envs import CartPoleTaskEnv, CartPoleTaskVectorEnv, SingleTaskEnv
+from meta_rl.envs import CartPoleTaskEnv, CartPoleTaskVectorEnv
+from meta_rl.envs.baseline_harness import mean_ci
+from meta_rl.envs.cartpole_baselines import CONTROL_BASELINES, cartpole_lqr_gain, cartpole_oracle, cartpole_random
+from meta_rl.envs.cartpole_physics import cartpole_linearization
 from meta_rl.envs.checker import check_vector_env
-from meta_rl.envs.task_baselines import (
-    CONTROL_BASELINES,
-    cartpole_linearization,
-    cartpole_lqr_gain,
-    cartpole_oracle,
-    cartpole_random,
-    mean_ci,
-)
 
 GYM_PHYSICS = {"length": 0.5, "masspole": 0.1, "masscart": 1.0, "force_mag": 10.0, "sign": 1.0}
 
@@ -53,13 +46,7 @@ def test_vector_env_passes_the_checker() -> None:
 
 
 def test_single_env_passes_gymnasium_and_sb3_checkers() -> None:
-    env = gym.make("meta_rl/CartPole-v0")
-    assert isinstance(env.unwrapped, SingleTaskEnv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        gym_check_env(env.unwrapped, skip_render_check=True)
-        sb3_check_env(env, warn=True)
-    env.close()
+    assert_single_env_passes_checkers("meta_rl/CartPole-v0")
 
 
 def test_single_env_matches_the_vector_env() -> None:
@@ -207,18 +194,7 @@ def test_same_seed_repeats_and_splits_differ() -> None:
         assert not torch.allclose(other["length"], tasks["length"])
 
 
-@pytest.mark.parametrize(
-    ("actions", "error", "match"),
-    [
-        (torch.tensor([0, 2]), ValueError, r"actions \[2\] are out of range; valid actions are 0..1"),
-        (torch.tensor([-1, 0]), ValueError, r"actions \[-1\] are out of range"),
-        (torch.zeros(2), TypeError, r"integer dtype, got torch.float32; cast with actions.long\(\)"),
-        (torch.zeros(3, dtype=torch.long), ValueError, r"shape \(2,\), one action per task, got \(3,\)"),
-        (np.zeros(2, dtype=np.float32), TypeError, r"must be integers, got numpy dtype float32"),
-        ([0, 1], TypeError, r"must be a torch.Tensor .* got list"),
-        (torch.zeros(2, dtype=torch.long, device="meta"), ValueError, r"are on meta but the env runs on cpu"),
-    ],
-)
+@pytest.mark.parametrize(("actions", "error", "match"), bad_action_cases(2))
 def test_bad_actions_are_refused(actions: Any, error: type[Exception], match: str) -> None:
     env = CartPoleTaskVectorEnv(2)
     obs, _ = env.reset(seed=0)
@@ -244,11 +220,7 @@ def test_bad_constructor_arguments(kwargs: dict[str, Any], error: type[Exception
 
 
 def test_bad_reset_arguments() -> None:
-    env = CartPoleTaskVectorEnv(2)
-    with pytest.raises(ValueError, match="takes no options"):
-        env.reset(options={"length": 1.0})
-    with pytest.raises(ValueError, match="seed must be a non-negative int"):
-        env.reset(seed=-1)
+    assert_bad_resets_refused(CartPoleTaskVectorEnv(2), options={"length": 1.0})
 
 
 # -- baselines -----------------------------------------------------------------------------------

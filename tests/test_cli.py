@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meta_rl.checkpoint import load_checkpoint, save_checkpoint
+from meta_rl.checkpoint import load_checkpoint
 from meta_rl.cli import main
 from meta_rl.train import CHECKPOINT_NAME
 
@@ -24,7 +24,7 @@ STEPS_PER_UPDATE = 4 * 3 * K
 def train_args(dataset: str, updates: int) -> list[str]:
     return [
         "num_envs=4", "env_id=meta_rl/FewShot-v0", f"env_kwargs.dataset={dataset}", "env_kwargs.n_way=3",
-        f"env_kwargs.instances_per_class={K}", "encoder_hidden=[16]", "hidden=8", "key_dim=8", "device=cpu",
+        f"env_kwargs.instances_per_class={K}", "encoder_hidden=[16]", "hidden=8", "device=cpu",
         "eval_every=2", "eval_episodes=4", "log_every=1", f"total_env_steps={updates * STEPS_PER_UPDATE}",
         "--no-progress",
     ]
@@ -139,18 +139,15 @@ def test_resume_continues(
     assert "already holds a checkpoint" in capsys.readouterr().err
 
 
-def test_resume_a_checkpoint_written_before_the_critic_setting(
-    cli_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A config saved before ``critic`` existed resumes: the missing key means the shared critic it was trained with."""
-    run_dir = tmp_path / "run"
-    shutil.copytree(cli_run, run_dir)
-    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    del ckpt["config"]["critic"]
-    save_checkpoint(run_dir / CHECKPOINT_NAME, ckpt)
-    capsys.readouterr()
-    assert main(["train", "--resume", str(run_dir), f"total_env_steps={3 * STEPS_PER_UPDATE}", "--no-progress"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["updates"] == 3
+def test_train_help_groups_the_keys_by_section(capsys: pytest.CaptureFixture[str]) -> None:
+    """``meta-rl train --help``: the keys most runs set first, then task, model, algorithm and run sections."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    first = out.index("most runs set only: env_id, env_module, env_kwargs, num_envs, encoder, core")
+    sections = [out.index(f"\n{name}: ") for name in ("task", "model", "algorithm", "run")]
+    assert first < sections[0] and sections == sorted(sections)
+    assert sections[1] < out.index("  core_kwargs (") < sections[2] < out.index("  algo_kwargs (") < sections[3]
 
 
 def test_console_script_help() -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import make_synthetic_dataset
 
+from meta_rl.algorithms import make_algorithm
 from meta_rl.checkpoint import load_checkpoint, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig
 from meta_rl.contract import MetaVectorEnv, fixed_length, myopic
@@ -30,8 +31,6 @@ from meta_rl.train import (
     CHECKPOINT_NAME,
     FIXED_LENGTH_GAMMA,
     build_policy,
-    policy_for_spaces,
-    reinforce_gradients,
     resolve_gamma,
     resolve_index_head,
     train,
@@ -100,49 +99,43 @@ def test_config_takes_auto_or_a_unit_number_and_names_the_fix() -> None:
         TrainConfig(gamma=float("nan")).validate()
 
 
-def test_the_update_needs_the_resolved_discount_and_uses_it() -> None:
+def test_the_algorithm_uses_the_discount_it_is_given() -> None:
     env = BernoulliBanditVectorEnv(num_envs=4, arms=2, pulls=6)
     cfg = TrainConfig(env_id="meta_rl/Bandit-k5-n10-v0", encoder="mlp", core="gru", hidden=8, encoder_hidden=[8])
     torch.manual_seed(0)
     policy = build_policy(cfg, env, 6)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     ro = collect(env, policy, 6, torch.Generator().manual_seed(0), reset_seed=0)
-    with pytest.raises(ValueError, match=r"cfg.gamma is 'auto'.*gamma=resolve_gamma\(cfg.gamma, env\)"):
-        reinforce_gradients(policy, optimizer, ro, cfg)
-    by_number = reinforce_gradients(policy, optimizer, ro, TrainConfig(**{**cfg.to_dict(), "gamma": 0.9}))
-    resolved = reinforce_gradients(policy, optimizer, ro, cfg, gamma=resolve_gamma(cfg.gamma, env))
+    by_number = make_algorithm(TrainConfig(**{**cfg.to_dict(), "gamma": 0.9}), 0.9)(policy, ro)[1]
+    resolved = make_algorithm(cfg, resolve_gamma(cfg.gamma, env))(policy, ro)[1]
     assert torch.equal(by_number["losses/value_target_mean"], resolved["losses/value_target_mean"])
-    far = reinforce_gradients(policy, optimizer, ro, cfg, gamma=0.99)
+    far = make_algorithm(cfg, 0.99)(policy, ro)[1]
     assert far["losses/value_target_mean"] > resolved["losses/value_target_mean"]  # later rewards count at 0.99
     env.close()
 
 
 def test_a_resumed_run_keeps_the_discount_it_was_trained_with(tmp_path: Path) -> None:
-    """The checkpoint records the discount in use; one written before it did (no ``gamma`` entry) was trained
-    under the earlier rule, which gave every fixed-length task 0, and resumes with that."""
+    """The checkpoint records the discount in use, and a resumed ``gamma = "auto"`` run goes on with it whatever
+    the rule would give now (here a recorded 0.5 stands in for an earlier rule)."""
     run_dir = tmp_path / "run"
-    cfg = TrainConfig(env_id="meta_rl/Bandit-k5-n10-v0", num_envs=4, hidden=8, encoder_hidden=[8], key_dim=4,
-                      total_env_steps=40, eval_every=0, torch_threads=1)
+    cfg = TrainConfig(env_id="meta_rl/Bandit-k5-n10-v0", num_envs=4, hidden=8, encoder_hidden=[8],
+                      core_kwargs={"key_dim": 4}, total_env_steps=40, eval_every=0, torch_threads=1)
     train(cfg, run_dir, progress=False)
     path = run_dir / CHECKPOINT_NAME
     assert load_checkpoint(path)["gamma"] == FIXED_LENGTH_GAMMA
-    assert load_checkpoint(path)["config"]["index_head"] is True  # "auto" recorded as what it built
+    assert load_checkpoint(path)["config"]["read_head"]["index_head"] is True  # "auto" recorded as what it built
     ckpt = load_checkpoint(path)
-    del ckpt["gamma"]  # as a checkpoint of 2026-12-06 was written
-    save_checkpoint(path, ckpt)
+    ckpt["gamma"] = 0.5
+    save_checkpoint(path, {k: v for k, v in ckpt.items() if k not in ("checksum", "format_version")})
     train(TrainConfig(**{**cfg.to_dict(), "total_env_steps": 80}), run_dir, resume=True, progress=False)
     resumed = load_checkpoint(path)
-    assert resumed["counters"]["update"] == 2 and resumed["gamma"] == 0.0
-    train(TrainConfig(**{**cfg.to_dict(), "total_env_steps": 120}), run_dir, resume=True, progress=False)
-    assert load_checkpoint(path)["gamma"] == 0.0  # kept from then on
+    assert resumed["counters"]["update"] == 2 and resumed["gamma"] == 0.5
 
 
 def test_auto_gives_the_index_head_to_fixed_length_tasks_that_are_not_myopic() -> None:
-    """``index_head = "auto"``: an exploration index on fixed-length tasks that are not myopic (a bandit, active
-    classification), none where the likeliest answer is also the most informative (label or reward feedback) or
-    where tasks can end early (CartPole); a bool is used as it is."""
-    cfg = TrainConfig(encoder="mlp", hidden=8, encoder_hidden=[8], key_dim=4)
-    assert cfg.index_head == "auto"
+    """``read_head.index_head = "auto"``: an exploration index on fixed-length tasks that are not myopic (a bandit,
+    active classification), none where the likeliest answer is also the most informative (label or reward feedback)
+    or where tasks can end early (CartPole); a bool is used as it is."""
+    cfg = TrainConfig(encoder="mlp", hidden=8, encoder_hidden=[8], core_kwargs={"key_dim": 4})
     bandit = BernoulliBanditVectorEnv(num_envs=2, arms=3, pulls=4)
     envs = {feedback: FewShotVectorEnv(num_envs=2, dataset=_tiny_dataset(), feedback=feedback)
             for feedback in ("label", "reward", "active")}
@@ -152,11 +145,11 @@ def test_auto_gives_the_index_head_to_fixed_length_tasks_that_are_not_myopic() -
     cartpole = CartPoleTaskVectorEnv(num_envs=2)
     assert not resolve_index_head("auto", cartpole) and not resolve_index_head("auto", object())
     cartpole.close()
-    assert build_policy(cfg, bandit, 4).index_head is not None
-    assert build_policy(cfg, envs["reward"], envs["reward"].episode_length).index_head is None
-    with pytest.raises(ValueError, match=r"cfg.index_head is 'auto', which depends on the env; use build_policy"):
-        policy_for_spaces(cfg, bandit.single_observation_space, bandit.single_action_space, 4)
-    with pytest.raises(ConfigError, match=r"index_head must be true, false or 'auto', got 'maybe'; use index_head="):
-        TrainConfig(index_head="maybe").validate()
+    assert build_policy(cfg, bandit, 4).read_head_settings["index_head"] is True
+    assert build_policy(cfg, envs["reward"], envs["reward"].episode_length).read_head_settings["index_head"] is False
+    with pytest.raises(ConfigError, match=r"read_head.index_head must be true, false or 'auto', got 'maybe'"):
+        TrainConfig(read_head={"index_head": "maybe"}).validate()
+    with pytest.raises(ConfigError, match=r"read_head has no key 'index'; did you mean read_head.index_head\?"):
+        TrainConfig(read_head={"index": True}).validate()
     for env in (bandit, *envs.values()):
         env.close()

@@ -21,6 +21,7 @@ import tiny_runs
 import torch
 from tiny_runs import NUM_ENVS, K  # 3-way, K instances per class: T = 9
 
+from meta_rl.algorithms import make_algorithm
 from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import TrainConfig
 from meta_rl.distributed import param_digest, rank_seed
@@ -30,7 +31,7 @@ from meta_rl.train import (
     _task_seed,
     build_policy,
     make_vec_env,
-    reinforce_update,
+    optimize,
     resolve_gamma,
     train,
 )
@@ -61,8 +62,8 @@ def tiny_config(dataset: str, **changes: Any) -> TrainConfig:
 def overrides(cfg: TrainConfig) -> list[str]:
     out = []
     for key, value in cfg.to_dict().items():
-        if key == "env_kwargs":
-            out += [f"env_kwargs.{k}={json.dumps(v)}" for k, v in value.items()]
+        if isinstance(value, dict):  # a table: one key=value per entry (env_kwargs.n_way=3)
+            out += [f"{key}.{k}={json.dumps(v)}" for k, v in value.items()]
         else:
             out.append(f"{key}={json.dumps(value)}")  # JSON scalars and lists read as TOML
     return out
@@ -138,7 +139,7 @@ def test_two_ranks_under_torchrun_match_one_process_and_resume(proto_dataset: st
                  for seed, gen in zip(seeds, gens)]
         combined = cat_rollouts(policy, parts)
         assert combined.rewards.shape == (steps, WORLD * NUM_ENVS)
-        reinforce_update(policy, optimizer, combined, ref_cfg, gamma=resolve_gamma(ref_cfg.gamma, vec))
+        optimize(policy, optimizer, make_algorithm(ref_cfg, resolve_gamma(ref_cfg.gamma, vec)), combined, ref_cfg)
 
     combined_update(0)
     got = dict(trained.named_parameters())
@@ -221,8 +222,8 @@ def test_cuda_update_matches_cpu(proto_dataset: str, monkeypatch: pytest.MonkeyP
     gen = torch.Generator().manual_seed(cfg.seed)
     for update in range(3):
         ro = collect(vec, cpu_policy, steps, gen, reset_seed=_task_seed(cfg.seed, update))
-        reinforce_update(cpu_policy, cpu_opt, _to(ro, CPU), cfg, gamma=resolve_gamma(cfg.gamma, vec))
-        reinforce_update(gpu_policy, gpu_opt, _to(ro, cuda), cfg, gamma=resolve_gamma(cfg.gamma, vec))
+        optimize(cpu_policy, cpu_opt, make_algorithm(cfg, resolve_gamma(cfg.gamma, vec)), _to(ro, CPU), cfg)
+        optimize(gpu_policy, gpu_opt, make_algorithm(cfg, resolve_gamma(cfg.gamma, vec)), _to(ro, cuda), cfg)
     for name, p in cpu_policy.named_parameters():
         torch.testing.assert_close(dict(gpu_policy.named_parameters())[name].detach().cpu(), p.detach(),
                                    rtol=1e-4, atol=1e-4, msg=name)

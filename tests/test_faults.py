@@ -433,12 +433,15 @@ def test_checksum_catches_edited_content(good_checkpoint: tuple[Path, bytes], tm
     torch.save({k: v for k, v in data.items() if k != "checksum"}, path)
     with pytest.raises(CheckpointError, match="lacks its 'checksum'"):
         load_checkpoint(path)
-    # Version 1 (before checksums) is still read.
-    torch.save({**{k: v for k, v in data.items() if k != "checksum"}, "format_version": 1}, path)
-    assert load_checkpoint(path)["counters"] == data["counters"]
-    for version in (0, 3, 99, "2", 2.0):
+    # An older format (1: no checksum, 2: the flat config) is refused, naming the version and its writer.
+    torch.save({**{k: v for k, v in data.items() if k not in ("checksum", "meta_rl_version")}, "format_version": 2},
+               path)
+    with pytest.raises(CheckpointError, match=r"format version 2, written by meta-rl 0\.1\.0 before 2026-12-07; "
+                                              rf"this meta-rl .* reads format version {FORMAT_VERSION} only"):
+        load_checkpoint(path)
+    for version in (0, 1, 99, "3", 3.0):
         torch.save({**data, "format_version": version}, path)
-        with pytest.raises(CheckpointError, match=r"format version .* reads versions \[1, 2\]"):
+        with pytest.raises(CheckpointError, match=rf"format version .* reads format version {FORMAT_VERSION} only"):
             load_checkpoint(path)
 
 

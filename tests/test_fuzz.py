@@ -332,7 +332,7 @@ FILE_KINDS = ["png", "png_other_size", "garbage_png", "empty_png", "text_png", "
 
 
 def fuzz_file_path(folder: Path, i: int, kind: str) -> Path:
-    """The ``i``-th fuzzed file's path: ``{i}_{kind}`` with a .png suffix, but .txt for ``txt`` and .jpg for ``jpg_header``."""
+    """The ``i``-th file's path in ``folder``: ``{i}_{kind}.png``, but .txt for ``txt``, .jpg for ``jpg_header``."""
     suffix = "jpg" if kind == "jpg_header" else "txt" if kind == "txt" else "png"
     return folder / f"{i}_{kind}.{suffix}"
 
@@ -393,7 +393,7 @@ def test_fuzz_image_folders_name_the_file(tmp_path_factory: pytest.TempPathFacto
         (root / "c").mkdir()
     named = paths_an_error_may_name(root, written, empty_class)
     err = raises_clearly(lambda: load_image_folder(root), DatasetError)
-    if not named:
+    if not named:  # nothing wrong to name: the folder loads
         assert err is None
         return
     assert err is not None

@@ -10,11 +10,14 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from meta_rl.cores import CRITICS, EpisodicMemoryCore, RNNCore, make_core
+from meta_rl.config import CRITICS, ModelConfig
+from meta_rl.cores import Core, EpisodicMemoryCore, make_core
 from meta_rl.data import ImageDataset
-from meta_rl.encoders import Conv4Encoder, MLPEncoder, SeedCNNEncoder, make_encoder
+from meta_rl.encoders import Conv4Encoder, MLPEncoder, SeedCNNEncoder, build_encoder, make_encoder
 from meta_rl.envs import FewShotVectorEnv
-from meta_rl.policy import VALUE_READ_EPS, IndexHead, MetaPolicy, action_counts, action_value_read
+from meta_rl.errors import ConfigError
+from meta_rl.memory_read import VALUE_READ_EPS, IndexHead, action_counts, action_value_read
+from meta_rl.policy import MetaPolicy
 from meta_rl.rollout import collect
 
 CPU = torch.device("cpu")
@@ -63,10 +66,13 @@ def test_mlp_encoder() -> None:
 
 
 def test_bad_encoders() -> None:
-    with pytest.raises(ValueError, match="unknown encoder 'resnet'"):
+    with pytest.raises(ConfigError, match="encoder = 'resnet' is not a registered encoder; registered: cnn, conv4"):
         make_encoder("resnet", (1, 28, 28))
-    with pytest.raises(ValueError, match="conv4 needs"):
+    with pytest.raises(ConfigError, match=r"encoder = 'conv4' needs \(C, H, W\) inputs, got shape \(784,\)"):
         make_encoder("conv4", (784,))
+    with pytest.raises(ConfigError, match=r"encoder_kwargs \['width'\] do nothing for encoder = 'cnn', which takes "
+                                          r"channels \(default \(32, 64, 64\)\)"):
+        build_encoder("cnn", (1, 28, 28), hidden=[8], options={"width": 3})
     with pytest.raises(ValueError, match="too small"):
         make_encoder("conv4", (1, 8, 8))
     with pytest.raises(ValueError, match="norm"):
@@ -88,12 +94,13 @@ T, B, E, U = 10, 4, 6, 5
 CORE_NAMES = ("memory", "gru", "lstm")
 
 
-def _core(name: str) -> RNNCore | EpisodicMemoryCore:
+def _core(name: str) -> Core:
     torch.manual_seed(0)
-    return make_core(name, E, U, hidden=8, key_dim=4, capacity=T).double()
+    options = {"key_dim": 4} if name == "memory" else {}
+    return make_core(name, E, U, hidden=8, task_length=T, options=options).double()
 
 
-def _state(core: RNNCore | EpisodicMemoryCore | MetaPolicy, batch: int = B) -> tuple[torch.Tensor, ...]:
+def _state(core: Core | MetaPolicy, batch: int = B) -> tuple[torch.Tensor, ...]:
     """A core's (or a policy's) initial state in float64."""
     return tuple(s.double() if s.is_floating_point() else s for s in core.initial_state(batch, CPU))
 
@@ -161,7 +168,7 @@ def test_core_resets_at_task_starts(name: str) -> None:
 
 def test_memory_core_retrieves_by_content() -> None:
     """The read at a repeated key returns the context stored with that key's first showing."""
-    core = EpisodicMemoryCore(3, 4, hidden=4, key_dim=3, capacity=8).double()
+    core = EpisodicMemoryCore(3, 4, hidden=4, key_dim=3, capacity=8).double()  # a core is a plain module too
     with torch.no_grad():
         core.key.weight.copy_(torch.eye(3, dtype=torch.float64))
         core.key.bias.zero_()
@@ -189,10 +196,25 @@ def image_space() -> spaces.Dict:
     return spaces.Dict({"image": spaces.Box(0, 255, (1, 28, 28), np.uint8), "label": spaces.Discrete(N_WAY + 1)})
 
 
+READ_HEAD_KEYS = ("read_gain", "taken_gain", "value_read", "value_read_gain", "index_head")
+
+
 def small_policy(obs_space: spaces.Space[Any], act_space: spaces.Space[Any], **kw: Any) -> MetaPolicy:
+    """A small policy: ``kw`` sets ModelConfig fields, and the memory-read head's keys go to its table."""
     torch.manual_seed(0)
-    args: dict[str, Any] = {"encoder_hidden": (16,), "hidden": 8, "key_dim": 4, "memory_capacity": 12, **kw}
-    return MetaPolicy(obs_space, act_space, **args)
+    read_head = {k: kw.pop(k) for k in READ_HEAD_KEYS if k in kw}
+    core_kwargs = {"key_dim": 4} if kw.get("core", "memory") == "memory" else {}
+    model = ModelConfig(**{"encoder_hidden": [16], "hidden": 8, "core_kwargs": core_kwargs, "read_head": read_head,
+                           **kw})
+    return MetaPolicy(obs_space, act_space, model, task_length=12)
+
+
+def value_read(policy: MetaPolicy) -> bool:
+    return policy.read_head is not None and policy.read_head.value_read
+
+
+def index_head(policy: MetaPolicy) -> IndexHead | None:
+    return None if policy.read_head is None else policy.read_head.index_head
 
 
 def test_rl2_context_layout() -> None:
@@ -244,7 +266,7 @@ def test_image_obs_encoding_and_discrete_head() -> None:
 def test_bfloat16_encoder_keeps_float32_parameters_and_features() -> None:
     """Under ``encoder_precision="bfloat16"`` the conv net computes in bfloat16 (autocast) but returns
     float32 features near the float32 ones, and its gradients land on float32 parameters."""
-    exact = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn")
+    exact = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn", encoder_precision="float32")
     half = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn", encoder_precision="bfloat16")
     images = torch.randint(0, 256, (4, 3, 1, 28, 28), dtype=torch.uint8)
     want, got = exact.encode(images, (4, 3)), half.encode(images, (4, 3))  # same seed, same weights
@@ -259,12 +281,13 @@ def test_bfloat16_encoder_keeps_float32_parameters_and_features() -> None:
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bfloat16_only_for_images_on_native_hardware(native: bool, monkeypatch: Any) -> None:
     monkeypatch.setattr("meta_rl.policy.native_bfloat16", lambda device: native)
-    exact = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn")
+    exact = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn", encoder_precision="float32")
     auto = small_policy(image_space(), spaces.Discrete(N_WAY), encoder="cnn", encoder_precision="auto")
     images = torch.randint(0, 256, (3, 2, 1, 28, 28), dtype=torch.uint8)
     assert torch.equal(auto.encode(images, (3, 2)), exact.encode(images, (3, 2))) is not native
     vector = small_policy(spaces.Box(-1, 1, (5,), np.float32), spaces.Discrete(2), core="gru", encoder_precision="auto")
-    plain = small_policy(spaces.Box(-1, 1, (5,), np.float32), spaces.Discrete(2), core="gru")
+    plain = small_policy(spaces.Box(-1, 1, (5,), np.float32), spaces.Discrete(2), core="gru",
+                         encoder_precision="float32")
     x = torch.randn(3, 2, 5)
     assert torch.equal(vector.encode(x, (3, 2)), plain.encode(x, (3, 2)))  # vectors: float32 everywhere
     # Meta tensors (memory estimates) have no autocast: float32, the larger bound, even when asked for bfloat16.
@@ -409,11 +432,10 @@ def test_memory_read_of_a_label_starts_voting_for_that_action() -> None:
     hidden = 8  # the read follows the controller's hidden state; its first entries are the label one-hot
     expected[torch.arange(N_WAY), hidden + torch.arange(N_WAY)] = 2.5
     torch.testing.assert_close(prior.policy_head.weight - plain.policy_head.weight, expected)
-    # Only where there is a memory read of a revealed label.
-    for core in ("gru", "lstm"):
-        a = small_policy(image_space(), spaces.Discrete(N_WAY), core=core, read_gain=0.0)
-        b = small_policy(image_space(), spaces.Discrete(N_WAY), core=core, read_gain=2.5)
-        assert torch.equal(a.policy_head.weight, b.policy_head.weight)
+    # Only where there is a memory read: elsewhere the setting would do nothing, and is refused.
+    for core in ("gru", "lstm", "transformer"):
+        with pytest.raises(ConfigError, match=r"read_head \['read_gain'\] does nothing here.*core = '" + core):
+            small_policy(image_space(), spaces.Discrete(N_WAY), core=core, read_gain=2.5)
     no_label = spaces.Dict({"image": image_space()["image"]})
     a = small_policy(no_label, spaces.Discrete(N_WAY), read_gain=0.0)
     b = small_policy(no_label, spaces.Discrete(N_WAY), read_gain=2.5)
@@ -440,14 +462,15 @@ def test_value_read_feeds_the_heads_only_with_memory_and_discrete_actions() -> N
     no_label = spaces.Dict({"image": image_space()["image"]})
     on = small_policy(no_label, spaces.Discrete(N_WAY), value_read=True)
     off = small_policy(no_label, spaces.Discrete(N_WAY))
-    assert on.value_read and not off.value_read
+    assert value_read(on) and not value_read(off)
     assert on.policy_head.in_features == off.policy_head.in_features + 2 * N_WAY
     assert on.value_head.in_features == on.policy_head.in_features
     # The vote prior: mean reward of action j for j's logit, "taken" against it (an untaken action sits between).
     mean = on.core.out_dim + torch.arange(N_WAY)
     tried = mean + N_WAY
     rows = torch.arange(N_WAY)
-    plain = small_policy(no_label, spaces.Discrete(N_WAY), read_gain=0.0, taken_gain=0.0, value_read=True)
+    plain = small_policy(no_label, spaces.Discrete(N_WAY), read_gain=0.0, taken_gain=0.0, value_read=True,
+                         value_read_gain=0.0)
     for gain in (0.0, 3.0):
         voted = small_policy(no_label, spaces.Discrete(N_WAY), value_read=True, value_read_gain=gain)
         delta = voted.policy_head.weight - plain.policy_head.weight
@@ -456,9 +479,10 @@ def test_value_read_feeds_the_heads_only_with_memory_and_discrete_actions() -> N
         core_part = slice(0, on.core.out_dim)  # the credit vote on the memory's read is the same whatever this gain
         torch.testing.assert_close(voted.policy_head.weight[:, core_part], on.policy_head.weight[:, core_part])
     for core in ("gru", "lstm"):
-        assert not small_policy(no_label, spaces.Discrete(N_WAY), core=core, value_read=True).value_read
-    box = small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), value_read=True)
-    assert not box.value_read
+        with pytest.raises(ConfigError, match="does nothing here"):
+            small_policy(no_label, spaces.Discrete(N_WAY), core=core, value_read=True)
+    with pytest.raises(ConfigError, match=r"does nothing here.*Discrete actions \(the action space is Box"):
+        small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), value_read=True)
     # Forward on a short sequence gives heads of the right shapes.
     t, b = 3, 2
     img = torch.randint(0, 256, (t, b, *no_label["image"].shape), dtype=torch.uint8)
@@ -491,7 +515,8 @@ def test_action_counts_are_hand_counted_pulls_where_every_step_matches() -> None
     embed, ctx, starts = _bandit_inputs(policy, [0, 2, 0, 0, 1], [1.0, 0.0, 0.0, 1.0, 1.0])
     feats, _ = policy.core(embed, ctx, starts, _state(policy.core, 1))  # (T, 1, F)
     layout = policy.core.output_layout()
-    taken, credit = policy._read_slices()
+    assert policy.read_head is not None
+    taken, credit = policy.read_head.taken, policy.read_head.credit
     counts = action_counts(feats[..., taken], feats[..., layout["mass"]])  # (T, 1, A)
     hand = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 0, 1], [2, 0, 1], [3, 0, 1], [3, 1, 1]], dtype=torch.float64)
     torch.testing.assert_close(counts[:, 0], torch.log1p(hand), atol=1e-9, rtol=0)
@@ -502,11 +527,12 @@ def test_action_counts_are_hand_counted_pulls_where_every_step_matches() -> None
 
 def test_index_head_starts_silent_and_scores_every_action_with_one_rule() -> None:
     with_head, without = _bandit_policy(index_head=True), _bandit_policy(value_read=True)
-    assert with_head.value_read and with_head.index_head is not None and without.index_head is None
+    assert value_read(with_head) and index_head(with_head) is not None and index_head(without) is None
     assert with_head.policy_head.in_features == without.policy_head.in_features  # the counts go to the index head
     embed, ctx, starts = _bandit_inputs(with_head, [0, 2, 0], [1.0, 0.0, 1.0])
     logits, _, _ = with_head(embed, ctx, starts, _state(with_head, 1))
-    head = with_head.index_head
+    head = index_head(with_head)
+    assert head is not None
     stats = torch.zeros(*logits.shape, IndexHead.STATS, dtype=torch.float64)  # (T, 1, A, 3)
     assert torch.equal(head(stats, torch.randn(*logits.shape[:2], 8, dtype=torch.float64)), torch.zeros_like(logits))
     # Equivariance: permuting the actions' statistics permutes the head's output the same way.
@@ -519,8 +545,9 @@ def test_index_head_starts_silent_and_scores_every_action_with_one_rule() -> Non
 
 def test_index_head_acts_step_by_step_as_it_recomputes() -> None:
     policy = _bandit_policy(index_head=True)
-    assert policy.index_head is not None
-    torch.nn.init.normal_(policy.index_head.mlp[2].weight)  # make its term matter
+    head = index_head(policy)
+    assert head is not None
+    torch.nn.init.normal_(head.mlp[2].weight)  # make its term matter
     embed, ctx, starts = _bandit_inputs(policy, [1, 1, 0, 2, 0, 1], [0.0, 1.0, 1.0, 0.0, 1.0, 0.0])
     logits, _, _ = policy(embed, ctx, starts, _state(policy, 1))
     state, step_logits = _state(policy, 1), []
@@ -531,10 +558,14 @@ def test_index_head_acts_step_by_step_as_it_recomputes() -> None:
 
 
 def test_index_head_needs_the_memory_and_discrete_actions() -> None:
+    """Set where it cannot be built, the index head is refused; the policy records what it built."""
     for core in ("gru", "lstm"):
-        assert _bandit_policy(core=core, index_head=True).index_head is None
-    box = small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), index_head=True)
-    assert box.index_head is None and not box.value_read
+        with pytest.raises(ConfigError, match=r"read_head \['index_head'\] does nothing here"):
+            _bandit_policy(core=core, index_head=True)
+    with pytest.raises(ConfigError, match="does nothing here"):
+        small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), index_head=True)
+    assert _bandit_policy(index_head=True).read_head_settings["index_head"] is True
+    assert _bandit_policy(core="gru").read_head_settings == {}  # nothing built, nothing recorded
 
 
 # --------------------------------------------------------------------------------------------

@@ -158,11 +158,12 @@ def test_popart_first_update_takes_the_batch_moments_then_averages_at_the_rate()
 def test_popart_update_keeps_every_predicted_value() -> None:
     from gymnasium import spaces
 
+    from meta_rl.config import ModelConfig
     from meta_rl.policy import MetaPolicy
 
     torch.manual_seed(0)
-    policy = MetaPolicy(spaces.Box(-1, 1, (3,), np.float32), spaces.Discrete(2), core="gru", hidden=8,
-                        encoder_hidden=(8,))
+    policy = MetaPolicy(spaces.Box(-1, 1, (3,), np.float32), spaces.Discrete(2),
+                        ModelConfig(core="gru", hidden=8, encoder_hidden=[8]), task_length=5)
     embed = policy.encode(torch.randn(5, 4, 3), (5, 4))
     starts = torch.zeros(5, 4, dtype=torch.bool)
     ctx = policy.context(None, torch.zeros(5, 4, dtype=torch.long), torch.rand(5, 4), starts)

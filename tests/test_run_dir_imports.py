@@ -54,8 +54,8 @@ def evil_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         cfg = TrainConfig(env_id="meta_rl/FewShot-v0", env_module=EVIL,
                           env_kwargs={"dataset": "evil-synthetic", "n_way": 3, "instances_per_class": 2},
-                          num_envs=2, encoder="mlp", encoder_hidden=[8], hidden=8, key_dim=8, total_env_steps=24,
-                          log_every=1, eval_every=0, checkpoint_every=1, device="cpu").validate()
+                          num_envs=2, encoder="mlp", encoder_hidden=[8], hidden=8, core_kwargs={"key_dim": 8},
+                          total_env_steps=24, log_every=1, eval_every=0, checkpoint_every=1, device="cpu").validate()
         train(cfg, run_dir, progress=False)
     finally:
         sys.path.remove(str(run_dir))

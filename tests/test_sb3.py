@@ -12,6 +12,7 @@ import torch
 from stable_baselines3.common.evaluation import evaluate_policy
 
 import meta_rl.envs  # noqa: F401  (registers the ids)
+from meta_rl.config import ModelConfig
 from meta_rl.data import ImageDataset
 from meta_rl.envs import FewShotEnv
 from meta_rl.policy import MetaPolicy
@@ -20,8 +21,9 @@ from meta_rl.sb3_adapter import PREV_REWARD_KEY, RL2ObservationWrapper, RL2State
 
 def _policy(env: gym.Env[Any, Any], **kwargs: Any) -> MetaPolicy:
     torch.manual_seed(0)
-    return MetaPolicy(env.observation_space, env.action_space, **{"encoder": "mlp", "encoder_hidden": (32,),
-                                                                  "hidden": 32, **kwargs})
+    model = ModelConfig(**{"encoder": "mlp", "encoder_hidden": [32], "hidden": 32, **kwargs})
+    return MetaPolicy(env.observation_space, env.action_space, model,
+                      task_length=getattr(env.unwrapped, "episode_length", None) or 64)
 
 
 def _evaluate(policy: MetaPolicy, env: gym.Env[Any, Any], episodes: int) -> tuple[float, float]:
@@ -104,6 +106,6 @@ def test_predict_matches_vector_rollout(synthetic: ImageDataset) -> None:
 def test_predict_with_memory_beats_chance(proto_dataset: str) -> None:
     """The memory core's label-vote priors already match easy prototypes: well above chance (1/5)."""
     env = FewShotEnv(dataset=proto_dataset, split="test")
-    policy = _policy(env, core="memory", encoder_hidden=(64,))
+    policy = _policy(env, core="memory", encoder_hidden=[64])
     mean, _ = _evaluate(policy, RL2ObservationWrapper(env), 10)
     assert mean / env.episode_length > 0.4

@@ -30,7 +30,7 @@ EVAL_BATCH = 256
 def tiny(dataset: str, **changes: Any) -> TrainConfig:
     cfg = TrainConfig(
         env_id="meta_rl/FewShot-v0", env_kwargs={"dataset": dataset, "n_way": 3, "instances_per_class": 3},
-        num_envs=4, encoder_hidden=[16], hidden=8, key_dim=8, total_env_steps=4 * 9 * 4, log_every=1,
+        num_envs=4, encoder_hidden=[16], hidden=8, core_kwargs={"key_dim": 8}, total_env_steps=4 * 9 * 4, log_every=1,
         eval_every=0, checkpoint_every=2, device="cpu",
     )
     return dataclasses.replace(cfg, **changes).validate()

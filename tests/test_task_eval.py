@@ -10,7 +10,7 @@ import torch
 from gymnasium import spaces
 
 from meta_rl.cli import main
-from meta_rl.config import TrainConfig
+from meta_rl.config import ConfigError, ModelConfig, TrainConfig
 from meta_rl.envs import BernoulliBanditVectorEnv, FewShotVectorEnv, PointNavVectorEnv
 from meta_rl.evaluation import EvalResult, TrialReturns, evaluate, evaluate_task, reports_instances, returns_table
 from meta_rl.policy import MetaPolicy
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _policy(env: object, **kw: object) -> MetaPolicy:
-    cfg = TrainConfig(env_id="unused", env_module="", encoder_hidden=[8], hidden=8, key_dim=4, **kw)  # type: ignore[arg-type]
+    cfg = TrainConfig(env_id="unused", env_module="", encoder_hidden=[8], hidden=8, core_kwargs={"key_dim": 4}, **kw)  # type: ignore[arg-type]
     return build_policy(cfg, env, int(env.episode_length))  # type: ignore[attr-defined]
 
 
@@ -71,7 +71,8 @@ def test_bandit_run_logs_returns_and_eval_prints_them_beside_the_baselines(
 ) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = TrainConfig(env_id="meta_rl/Bandit-k5-n10-v0", num_envs=8, hidden=8, key_dim=4, encoder_hidden=[8],
+    cfg = TrainConfig(env_id="meta_rl/Bandit-k5-n10-v0", num_envs=8, hidden=8, core_kwargs={"key_dim": 4},
+                      encoder_hidden=[8],
                       total_env_steps=8 * 10 * 4, eval_every=2, eval_episodes=16, log_every=1, device="cpu")
     result = train(cfg, tmp_path / "run", progress=False)
     assert set(result) >= {"eval/return"} and not any("accuracy" in k for k in result)
@@ -108,18 +109,18 @@ def test_accuracy_tasks_keep_their_table(synthetic: object) -> None:
 def test_credit_vote_prior_only_without_revealed_labels() -> None:
     """Reward-only discrete tasks: the memory's read of "j earned r" starts as a vote for j, of "j taken" against."""
     obs = spaces.Box(-1.0, 1.0, (3,))
-    kw = {"encoder_hidden": (8,), "hidden": 8, "key_dim": 4, "memory_capacity": 6}
-    torch.manual_seed(0)
-    plain = MetaPolicy(obs, spaces.Discrete(3), read_gain=0.0, taken_gain=0.0, **kw)  # type: ignore[arg-type]
-    torch.manual_seed(0)
-    prior = MetaPolicy(obs, spaces.Discrete(3), read_gain=5.0, taken_gain=2.0, **kw)  # type: ignore[arg-type]
+
+    def policy(core: str = "memory", **read_head: float) -> MetaPolicy:
+        torch.manual_seed(0)
+        model = ModelConfig(encoder_hidden=[8], hidden=8, core=core, read_head=read_head,
+                            core_kwargs={"key_dim": 4} if core == "memory" else {})
+        return MetaPolicy(obs, spaces.Discrete(3), model, task_length=6)
+
+    plain, prior = policy(read_gain=0.0, taken_gain=0.0), policy(read_gain=5.0, taken_gain=2.0)
     read = 8  # the read follows the controller's hidden state: a (3), r, start, a * r (3)
     expected = torch.zeros_like(plain.policy_head.weight)
     expected[torch.arange(3), read + torch.arange(3)] = -2.0
     expected[torch.arange(3), read + 5 + torch.arange(3)] = 7.0
     torch.testing.assert_close(prior.policy_head.weight - plain.policy_head.weight, expected)
-    torch.manual_seed(0)
-    gru_plain = MetaPolicy(obs, spaces.Discrete(3), core="gru", read_gain=0.0, **kw)  # type: ignore[arg-type]
-    torch.manual_seed(0)
-    gru = MetaPolicy(obs, spaces.Discrete(3), core="gru", read_gain=5.0, **kw)  # type: ignore[arg-type]
-    assert torch.equal(gru.policy_head.weight, gru_plain.policy_head.weight)
+    with pytest.raises(ConfigError, match="does nothing here"):  # a GRU has no memory to read
+        policy("gru", read_gain=5.0)

@@ -4,43 +4,36 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from env_checks import assert_bad_resets_refused, assert_single_env_passes_checkers, bad_action_cases
 from gymnasium import spaces
-from gymnasium.utils.env_checker import check_env as gym_check_env
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from meta_rl.envs import (
     REGISTERED_IDS,
     BernoulliBanditEnv,
     BernoulliBanditVectorEnv,
     DependentBanditVectorEnv,
-    SingleTaskEnv,
     TabularMDPEnv,
     TabularMDPVectorEnv,
 )
-from meta_rl.envs.checker import check_vector_env
-from meta_rl.envs.task_baselines import (
+from meta_rl.envs.bandit_baselines import (
     bandit_gittins,
     bandit_greedy,
     bandit_oracle,
     bandit_random,
     bandit_thompson,
     bandit_ucb1,
-    finite_horizon_q,
     gittins_table,
-    mdp_psrl,
-    mdp_random,
-    mdp_value_iteration,
-    mean_ci,
-    sample_beta,
-    sample_gamma,
 )
+from meta_rl.envs.baseline_harness import mean_ci
+from meta_rl.envs.checker import check_vector_env
+from meta_rl.envs.mdp_baselines import finite_horizon_q, mdp_psrl, mdp_random, mdp_value_iteration
+from meta_rl.envs.seeded_sampling import sample_beta, sample_gamma
 
 NEW_IDS = [i for i in REGISTERED_IDS if "Bandit" in i or "TabularMDP" in i]
 
@@ -61,13 +54,7 @@ def test_all_ids_are_registered() -> None:
 @pytest.mark.parametrize("env_id", NEW_IDS)
 def test_registered_ids_pass_the_vector_and_single_env_checkers(env_id: str) -> None:
     check_vector_env(lambda: gym.make_vec(env_id, num_envs=4, vectorization_mode="vector_entry_point"))
-    env = gym.make(env_id)
-    assert isinstance(env.unwrapped, SingleTaskEnv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        gym_check_env(env.unwrapped, skip_render_check=True)
-        sb3_check_env(env, warn=True)
-    env.close()
+    assert_single_env_passes_checkers(env_id)
 
 
 # -- bandit env --------------------------------------------------------------------------------
@@ -144,18 +131,7 @@ def test_bandit_bad_constructor_arguments(kwargs: dict[str, Any], match: str) ->
         BernoulliBanditVectorEnv(**kwargs)
 
 
-@pytest.mark.parametrize(
-    ("actions", "error", "match"),
-    [
-        (torch.tensor([0, 5]), ValueError, r"actions \[5\] are out of range; valid actions are 0..4"),
-        (torch.tensor([-1, 0]), ValueError, r"actions \[-1\] are out of range"),
-        (torch.zeros(2), TypeError, r"integer dtype, got torch.float32; cast with actions.long\(\)"),
-        (torch.zeros(3, dtype=torch.long), ValueError, r"shape \(2,\), one action per task, got \(3,\)"),
-        (np.zeros(2, dtype=np.float32), TypeError, r"must be integers, got numpy dtype float32"),
-        ([0, 1], TypeError, r"must be a torch.Tensor .* got list"),
-        (torch.zeros(2, dtype=torch.long, device="meta"), ValueError, r"are on meta but the env runs on cpu"),
-    ],
-)
+@pytest.mark.parametrize(("actions", "error", "match"), bad_action_cases(5))
 def test_bad_actions_are_refused(actions: Any, error: type[Exception], match: str) -> None:
     env = BernoulliBanditVectorEnv(2)
     env.reset(seed=0)
@@ -166,11 +142,7 @@ def test_bad_actions_are_refused(actions: Any, error: type[Exception], match: st
 
 
 def test_bad_reset_arguments() -> None:
-    env = BernoulliBanditVectorEnv(2)
-    with pytest.raises(ValueError, match="takes no options"):
-        env.reset(options={"arms": 3})
-    with pytest.raises(ValueError, match="seed must be a non-negative int"):
-        env.reset(seed=-1)
+    assert_bad_resets_refused(BernoulliBanditVectorEnv(2), options={"arms": 3})
 
 
 def test_single_bandit_env_matches_the_vector_env() -> None:

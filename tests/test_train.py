@@ -17,7 +17,7 @@ from meta_rl.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint,
 from meta_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from meta_rl.data import ImageDataset
 from meta_rl.evaluation import evaluate
-from meta_rl.train import CHECKPOINT_NAME, HELDOUT_SEED, build_policy, make_vec_env, resolve_index_head, train
+from meta_rl.train import CHECKPOINT_NAME, HELDOUT_SEED, build_policy, make_vec_env, train, with_built_read_head
 
 CPU = torch.device("cpu")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "meta_rl" / "configs"
@@ -41,7 +41,7 @@ def tiny_config(dataset: str, **changes: Any) -> TrainConfig:
         num_envs=4,
         encoder_hidden=[16],
         hidden=8,
-        key_dim=8,
+        core_kwargs={"key_dim": 8},
         total_env_steps=UPDATES * STEPS_PER_UPDATE,
         log_every=1,
         eval_every=2,
@@ -113,7 +113,7 @@ def test_memory_agent_learns_what_no_memoryless_agent_can(offset_dataset: str, t
         encoder="mlp",
         encoder_hidden=[32],
         hidden=32,
-        key_dim=16,
+        core_kwargs={"key_dim": 16},
         core="memory",
         total_env_steps=250 * 32 * 12,  # 250 updates, about 5 s of one CPU core
         log_every=1000,
@@ -248,9 +248,11 @@ def test_experiment_config_runs_one_update(path: Path, proto_dataset: str, cifar
     classification = "PointNav" not in shipped.env_id
     source = cifar_source if shipped.encoder == "seed_cnn" else proto_dataset
     overrides = [
-        "num_envs=2", "total_env_steps=1", "hidden=8", "key_dim=8", "encoder_hidden=[16]", "conv_filters=4",
+        "num_envs=2", "total_env_steps=1", "hidden=8", "encoder_hidden=[16]",
         "log_every=1", "eval_every=1", "eval_episodes=2", "checkpoint_every=1", "device=cpu",
     ]
+    overrides += ["core_kwargs.key_dim=8"] if shipped.core == "memory" else []
+    overrides += ["encoder_kwargs.filters=4"] if shipped.encoder == "conv4" else []
     if classification:
         overrides.append(f"env_kwargs.dataset={source}")
     cfg = load_config(path, overrides)
@@ -263,7 +265,8 @@ def test_experiment_config_runs_one_update(path: Path, proto_dataset: str, cifar
     assert result["updates"] == 1
     assert result["env_steps"] == cfg.num_envs * (cfg.rollout_steps or probe.episode_length)
     ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert ckpt["config"] == {**cfg.to_dict(), "index_head": resolve_index_head(cfg.index_head, probe)}
+    steps = cfg.rollout_steps or probe.episode_length
+    assert ckpt["config"] == with_built_read_head(cfg, probe, steps).to_dict()  # what was built is recorded
     assert ckpt["counters"] == {"update": 1, "env_steps": result["env_steps"]}
     if classification:
         assert 0.0 <= result["eval/accuracy_instance_1"] <= 1.0
@@ -302,9 +305,11 @@ def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
         (["gae_lambda=-0.1"], r"gae_lambda must lie in \[0, 1\]"),
         (["learning_rate=0"], "learning_rate must be > 0"),
         (["entropy_coef=-0.01"], "entropy_coef must be >= 0"),
-        (["core=transformer"], r"core = 'transformer' is not one of \['memory', 'gru', 'lstm'\]"),
-        (["encoder=resnet"], r"encoder = 'resnet' is not one of \['auto', 'conv4', 'seed_cnn', 'cnn', 'mlp'\]"),
-        (["conv_norm=layer"], "conv_norm"),
+        (["core=mamba"], r"core = 'mamba' is not a registered core; registered: gru, lstm, memory, transformer"),
+        (["encoder=resnet"], r"encoder = 'resnet' is not a registered encoder; registered: cnn, conv4, seed_cnn, mlp"),
+        (["core_kwargs.key=8"], r"core_kwargs \['key'\] do nothing for core = 'memory', which takes key_dim"),
+        (["core=gru", "core_kwargs.key_dim=8"], r"core_kwargs \['key_dim'\] do nothing for core = 'gru'"),
+        (["algo=sac"], r"algo = 'sac' is not one of \['reinforce', 'ppo'\]"),
         (["device=tpu"], "device = 'tpu'"),
         (["num_envs"], "must look like key=value"),
     ],
@@ -405,42 +410,33 @@ def test_new_run_refuses_a_directory_with_a_checkpoint(tiny_run: Run) -> None:
     assert (run_dir / CHECKPOINT_NAME).read_bytes() == before
 
 
-def test_checkpoint_from_before_value_read_loads_and_resumes_as_it_was_trained(
+def test_the_saved_config_records_the_read_head_built_and_a_resume_must_match_it(
     proto_dataset: str, tmp_path: Path
 ) -> None:
-    """A checkpoint whose config predates ``value_read`` rebuilds the policy it was trained with (no value read)."""
+    """The memory-read head's settings are saved as built (``auto`` resolved); changing one refuses the resume."""
     from meta_rl.loading import load
-    from meta_rl.train import load_run_config
 
-    cfg = tiny_config(proto_dataset, value_read=False, index_head=False, total_env_steps=2 * STEPS_PER_UPDATE,
-                      eval_every=0)
+    cfg = tiny_config(proto_dataset, total_env_steps=2 * STEPS_PER_UPDATE, eval_every=0)
     train(cfg, tmp_path, progress=False)
-    path = tmp_path / CHECKPOINT_NAME
-    ckpt = load_checkpoint(path)
-    for key in ("value_read", "index_head"):  # as written before the keys existed
-        del ckpt["config"][key]
-    save_checkpoint(path, ckpt)
-    assert load_run_config(tmp_path).value_read is False and load_run_config(tmp_path).index_head is False
-    assert not load(tmp_path).policy.value_read and load(tmp_path).policy.index_head is None
-    with pytest.raises(CheckpointError, match=r"value_read: False -> True"):
-        train(tiny_config(proto_dataset, value_read=True, index_head=False, total_env_steps=4 * STEPS_PER_UPDATE,
+    saved = load_checkpoint(tmp_path / CHECKPOINT_NAME)["config"]["read_head"]
+    assert saved == {"read_gain": 5.0, "taken_gain": 2.0, "value_read": False, "value_read_gain": 5.0,
+                     "index_head": False}  # label feedback: myopic, so "auto" built no index head
+    policy = load(tmp_path).policy
+    assert policy.read_head is not None and policy.read_head.index_head is None
+    with pytest.raises(CheckpointError, match=r"read_head: .*'value_read': False.* -> .*'value_read': True"):
+        train(tiny_config(proto_dataset, read_head={"value_read": True}, total_env_steps=4 * STEPS_PER_UPDATE,
                           eval_every=0), tmp_path, progress=False, resume=True)
     train(dataclasses.replace(cfg, total_env_steps=4 * STEPS_PER_UPDATE), tmp_path, progress=False, resume=True)
 
 
 def test_encoder_precision_is_a_compute_setting_that_a_resume_may_change(tiny_run: Run, tmp_path: Path) -> None:
-    """A checkpoint from before ``encoder_precision`` reads as float32 (how it was trained); a resume may switch
-    the encoder's arithmetic (like ``device``) and records the new setting, and an evaluation may choose it."""
+    """A resume may switch the encoder's arithmetic (like ``device``) and records the new setting, and an evaluation
+    may choose it."""
     from meta_rl.loading import load
-    from meta_rl.train import load_run_config
 
     cfg, run_dir, _ = tiny_run
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    ckpt = load_checkpoint(run / CHECKPOINT_NAME)
-    del ckpt["config"]["encoder_precision"]  # as written before the key existed
-    save_checkpoint(run / CHECKPOINT_NAME, ckpt)
-    assert load_run_config(run).encoder_precision == "float32"
     for precision in ("bfloat16", "float32"):
         more = dataclasses.replace(cfg, encoder_precision=precision,
                                    total_env_steps=load_checkpoint(run / CHECKPOINT_NAME)["counters"]["env_steps"]

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 HAS_FASHION = FASHION_MNIST_DIR.is_dir()
 TINY = ["num_envs=4", "total_env_steps=600", "eval_every=0", "log_every=1", "encoder=mlp", "encoder_hidden=[32]",
-        "hidden=32", "key_dim=16", "torch_threads=1"]
+        "hidden=32", "core_kwargs.key_dim=16", "torch_threads=1"]
 
 
 def readme_block(heading: str, lang: str) -> str:

@@ -10,7 +10,6 @@ naming the path, the cause and the fix, keep the last checkpoint and leave no te
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import stat
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 from fault_injection import CAUSES, WRITE_SITES, Fault, inject, named
+from tiny_runs import tiny_config
 
 import meta_rl.checkpoint as checkpoint_module
 from meta_rl.atomic import WriteError
@@ -41,12 +41,8 @@ UPDATES = 4
 
 
 def tiny(dataset: str, **changes: Any) -> TrainConfig:
-    cfg = TrainConfig(
-        env_id="meta_rl/FewShot-v0", env_kwargs={"dataset": dataset, "n_way": 3, "instances_per_class": 3},
-        num_envs=4, encoder="mlp", encoder_hidden=[16], hidden=8, key_dim=8, total_env_steps=UPDATES * 36,
-        log_every=1, eval_every=0, checkpoint_every=1, device="cpu",
-    )
-    return dataclasses.replace(cfg, **changes).validate()
+    """A tiny run of ``UPDATES`` updates with an MLP encoder, checkpointed every update, never evaluated."""
+    return tiny_config(dataset, UPDATES, **{"encoder": "mlp", "eval_every": 0, "checkpoint_every": 1, **changes})
 
 
 def leftovers(run_dir: Path) -> list[str]:
@@ -88,7 +84,7 @@ def test_cli_reports_a_write_fault_without_a_traceback(
 ) -> None:
     site, matches, nth, _, _ = WRITE_SITES[where]
     args = [f"env_kwargs.dataset={proto_dataset}", "env_kwargs.n_way=3", "env_kwargs.instances_per_class=3",
-            "num_envs=4", "encoder=mlp", "encoder_hidden=[16]", "hidden=8", "key_dim=8",
+            "num_envs=4", "encoder=mlp", "encoder_hidden=[16]", "hidden=8", "core_kwargs.key_dim=8",
             f"total_env_steps={UPDATES * 36}", "log_every=1", "eval_every=0", "checkpoint_every=1", "device=cpu"]
     with inject(site, Fault(errno.EROFS, matches, nth)):
         code = main(["train", "--run-dir", str(tmp_path / "run"), "--no-progress", *args])

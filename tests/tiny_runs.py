@@ -36,7 +36,7 @@ def tiny_config(dataset: str, updates: int, **changes: Any) -> TrainConfig:
         num_envs=NUM_ENVS,
         encoder_hidden=[16],
         hidden=8,
-        key_dim=8,
+        core_kwargs={"key_dim": 8},
         total_env_steps=updates * STEPS_PER_UPDATE,
         log_every=1,
         device="cpu",

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from meta_rl.baselines.common import (
-    Baseline,
-    BaselineConfig,
-    Episode,
+from meta_rl.baselines.config import BaselineConfig, load_baseline_config
+from meta_rl.baselines.episodes import Episode, draw_episode
+from meta_rl.baselines.eval_protocols import (
     KShotResult,
     calibrate_threshold,
-    draw_episode,
     evaluate_kshot,
     evaluate_stream,
-    load_baseline_config,
     stream_predictions,
-    train_baseline,
 )
+from meta_rl.baselines.learner import Baseline
 from meta_rl.baselines.maml import MAML, MAMLConfig, adapt, adapted_outputs, meta_gradient
 from meta_rl.baselines.protonet import (
     PixelNearestMean,

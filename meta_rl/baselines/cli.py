@@ -16,27 +16,18 @@ from typing import Any
 
 import torch
 
-from meta_rl.baselines.common import (
-    CHECKPOINT_NAME,
-    HELDOUT_SEED,
-    RESUMABLE_KEYS,
-    Baseline,
-    BaselineConfig,
-    calibrate_stream_threshold,
-    evaluate_kshot,
-    evaluate_stream,
-    load_baseline_config,
-    load_split,
-    resolve_device,
-    train_baseline,
-)
+from meta_rl.baselines.config import BaselineConfig, load_baseline_config
+from meta_rl.baselines.episodes import load_split
+from meta_rl.baselines.eval_protocols import calibrate_stream_threshold, evaluate_kshot, evaluate_stream
+from meta_rl.baselines.learner import Baseline
 from meta_rl.baselines.maml import MAML, MAMLConfig
 from meta_rl.baselines.protonet import ProtoNet, ProtoNetConfig, pixel_nn_accuracy
+from meta_rl.baselines.training import RESUMABLE_KEYS, train_baseline
 from meta_rl.checkpoint import CheckpointError, load_checkpoint
-from meta_rl.config import ConfigError, parse_overrides
+from meta_rl.config import ConfigError, parse_overrides, resolve_device
 from meta_rl.data import EpisodeSampler
-from meta_rl.evaluation import santoro_table
-from meta_rl.lifecycle import add_run_arguments
+from meta_rl.evaluation import HELDOUT_SEED, santoro_table
+from meta_rl.lifecycle import CHECKPOINT_NAME, add_run_arguments
 
 __all__ = [
     "BASELINES",

@@ -26,7 +26,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from meta_rl.baselines.common import Baseline, BaselineConfig, Episode
+from meta_rl.baselines.config import BaselineConfig
+from meta_rl.baselines.episodes import Episode
+from meta_rl.baselines.learner import Baseline
 from meta_rl.config import ConfigError
 from meta_rl.encoders import make_encoder
 

@@ -13,13 +13,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from meta_rl.baselines.common import (
-    Baseline,
-    BaselineConfig,
-    Episode,
-    KShotResult,
-    evaluate_kshot,
-)
+from meta_rl.baselines.config import BaselineConfig
+from meta_rl.baselines.episodes import Episode
+from meta_rl.baselines.eval_protocols import KShotResult, evaluate_kshot
+from meta_rl.baselines.learner import Baseline
 from meta_rl.config import ConfigError
 from meta_rl.data import EpisodeSampler
 from meta_rl.encoders import make_encoder

@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from meta_rl.errors import ConfigError
 from meta_rl.registry import Registry
 
 __all__ = ["CORES", "Core", "State", "make_core", "register_core"]
@@ -82,14 +81,15 @@ def make_core(
 ) -> Core:
     """Build the core registered as ``name``.
 
+    ``outputs`` are requests: a core adds those it offers and ignores the rest, and the part that asked checks
+    :meth:`Core.output_layout`.
+
     Raises:
-        ConfigError: an unknown name or option, or the core lacks one of the named ``outputs`` asked for.
+        ConfigError: an unknown name or option.
+        TypeError: the factory built something that is not a :class:`Core`.
     """
     core = CORES.build(name, embed_dim, context_dim, hidden=hidden, task_length=task_length, outputs=tuple(outputs),
                        options=options)
     if not isinstance(core, Core):
         raise TypeError(f"core {name!r} built a {type(core).__name__}, not a meta_rl.cores.Core; subclass Core.")
-    missing = [o for o in outputs if o not in core.output_layout()]
-    if missing:
-        raise ConfigError(f"core = {name!r} has no output named {missing} (it offers {list(core.output_layout())}).")
     return core
