@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from meta_rl import __version__
 from meta_rl.allocator import tune_malloc
@@ -24,7 +25,7 @@ from meta_rl.config import (
     parse_overrides,
 )
 from meta_rl.contract import reference_returns
-from meta_rl.evaluation import TrialReturns, evaluate_task, returns_table, santoro_table
+from meta_rl.evaluation import TrialReturns, evaluate_task, query_accuracy, returns_table, santoro_table
 from meta_rl.lifecycle import add_run_arguments
 from meta_rl.loading import load
 from meta_rl.train import (
@@ -44,7 +45,8 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         over = parse_overrides(args.overrides)
         named = over.get("env_module", args.env_module)
-        saved = load_run_config(run_dir, env_module=named, flag="--env-module").to_dict()
+        saved = load_run_config(run_dir, env_module=named, model_module=over.get("model_module", args.model_module),
+                                flag="--env-module").to_dict()
         if "env_kwargs" in over:
             over["env_kwargs"] = {**saved["env_kwargs"], **over["env_kwargs"]}
         saved.update(over)
@@ -68,9 +70,16 @@ def _eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if is_baseline_run(run_dir):  # a ProtoNet/MAML run from `meta-rl baseline`
         return evaluate_baseline_run(run_dir, args.episodes, args.split, args.seed, args.json)
-    agent = load(run_dir, device=args.device, env_module=args.env_module, overrides=args.overrides)
+    overrides = list(args.overrides)
+    if args.shots is not None:  # N-way K-shot: the run's classes and setting, as shots then queries
+        overrides += ["env_id=meta_rl/FewShot-v0", f"env_kwargs.shots={args.shots}",
+                      f"env_kwargs.queries_per_class={args.queries}"]
+    agent = load(run_dir, device=args.device, env_module=args.env_module, model_module=args.model_module,
+                 overrides=overrides)
     cfg, ckpt = agent.config, agent.checkpoint
     env = agent.make_env(args.split, min(args.batch, args.episodes))
+    if args.shots is not None:
+        return _print_query_accuracy(args, agent, env)
     result = evaluate_task(env, agent.policy, args.episodes, seed=args.seed, steps=agent.steps)
     baselines = reference_returns(env, args.episodes, args.seed) if isinstance(result, TrialReturns) else {}
     if args.json:
@@ -90,6 +99,19 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_query_accuracy(args: argparse.Namespace, agent: Any, env: Any) -> int:
+    """``meta-rl eval --shots K``: accuracy on the queries, beside the supervised baselines' K-shot figures."""
+    acc, half, tasks = query_accuracy(env, agent.policy, args.episodes, agent.steps, seed=args.seed, shots=args.shots)
+    n_way = int(getattr(env, "n_way", 0))
+    if args.json:
+        print(json.dumps({"accuracy": acc, "ci95": half, "episodes": tasks, "n_way": n_way, "shots": args.shots,
+                          "queries_per_class": args.queries, "split": args.split, "core": agent.config.core}))
+    else:
+        print(f"{n_way}-way {args.shots}-shot query accuracy ({agent.config.core} core, {args.split}): "
+              f"{100 * acc:.1f} ± {100 * half:.1f} over {tasks} tasks")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meta-rl", description="Meta-reinforcement learning on vision tasks.")
     parser.add_argument("--version", action="version", version=f"meta-rl {__version__}")
@@ -104,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--env-module", metavar="NAME",
                    help="with --resume: the plug-in module that registers the run's env (never imported from a "
                         "checkpoint unless named here)")
+    t.add_argument("--model-module", metavar="NAME",
+                   help="with --resume: the module that registers the run's own core or encoder (likewise)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="evaluate a trained run on held-out tasks (accuracy or return)")
@@ -117,9 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=int, default=250, help="tasks run in parallel")
     e.add_argument("--device", help="device (default: the run's)")
     e.add_argument("--json", action="store_true", help="print one JSON line")
+    e.add_argument("--shots", type=int, metavar="K",
+                   help="score N-way K-shot tasks instead: K labelled shots per class, then queries that reveal "
+                        "nothing (the supervised baselines' protocol); prints the query accuracy")
+    e.add_argument("--queries", type=int, default=15, help="with --shots: queries per class (default 15)")
     e.add_argument("--env-module", metavar="NAME",
                    help="the plug-in module that registers the run's env (never imported from a checkpoint unless "
                         "named here)")
+    e.add_argument("--model-module", metavar="NAME",
+                   help="the module that registers the run's own core or encoder (likewise)")
     e.set_defaults(func=_eval)
 
     add_baseline_parser(sub)  # meta-rl baseline protonet|maml [CONFIG] --run-dir DIR [key=value ...]

@@ -28,6 +28,7 @@ __all__ = [
     "evaluate_task",
     "first_instance_limit",
     "half_width95",
+    "query_accuracy",
     "held_out_rollouts",
     "ordinal",
     "reports_instances",
@@ -150,6 +151,19 @@ class EvaluationStopped(Exception):
         super().__init__(f"evaluation stopped after {batches_done} of {batches} batches")
         self.batches_done = batches_done
         self.batches = batches
+
+
+def query_accuracy(
+    env: VectorEnv, policy: MetaPolicy, tasks: int, steps: int, *, seed: int, shots: int
+) -> tuple[float, float, int]:
+    """Accuracy on the queries of N-way K-shot tasks (labelled shots, then queries that reveal nothing), with tasks
+    as units: the mean over ``tasks`` tasks, its 95% half-width and the number of tasks."""
+    per_task = []
+    for ro in held_out_rollouts(env, policy, tasks, steps, seed=seed):
+        query = ro.instance > shots  # (T, B): the query steps
+        per_task.append((ro.correct() & query).sum(0).double() / query.sum(0).double())  # (B,)
+    acc = torch.cat(per_task)[:tasks]  # (tasks,)
+    return float(acc.mean()), float(half_width95(acc.unsqueeze(-1))[0]), int(acc.numel())
 
 
 def held_out_rollouts(

@@ -76,7 +76,7 @@ class TrainedAgent:
 
 
 def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_module: str | None = None,
-         overrides: list[str] | dict[str, Any] | None = None) -> TrainedAgent:
+         model_module: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainedAgent:
     """The trained agent in ``run_dir`` (written by ``meta-rl train``), ready to act on ``device``.
 
     Args:
@@ -84,6 +84,7 @@ def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_m
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; default: the run's own setting.
         env_module: the plug-in module that registers the run's env, if it has one (meta-rl never imports a
             module because a checkpoint names it).
+        model_module: the module that registers the run's own core or encoder, if it has one (likewise).
         overrides: changes to the task (``["env_kwargs.dataset=fashion_mnist"]`` or a dict); the keys the
             policy's architecture depends on cannot change.
 
@@ -92,7 +93,7 @@ def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_m
         ConfigError: a bad device or override, or a plug-in module not named.
     """
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir, env_module=env_module)
+    cfg = load_run_config(run_dir, env_module=env_module, model_module=model_module)
     over = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
     fixed = sorted(set(over) - set(TASK_KEYS))
     if fixed:

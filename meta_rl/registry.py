@@ -42,7 +42,7 @@ class Registry(Generic[F]):
 
         def add(factory: F) -> F:
             old = self._factories.get(name)
-            if old is not None and old is not factory:
+            if old is not None and _where(old) != _where(factory):  # a module imported again registers anew
                 raise ValueError(f"{self.kind} {name!r} is already registered ({old!r}); pick another name.")
             self._factories[name] = factory
             return factory
@@ -97,6 +97,10 @@ class Registry(Generic[F]):
         options = dict(options or {})
         self.check_options(name, options)
         return self.get(name)(*args, **fixed, **options)
+
+
+def _where(factory: Callable[..., Any]) -> tuple[str, str]:
+    return getattr(factory, "__module__", ""), getattr(factory, "__qualname__", repr(factory))
 
 
 def import_plugin(module: str, key: str) -> None:

@@ -49,7 +49,7 @@ import torch
 from fault_injection import CAUSES, WRITE_SITES, Fault, inject
 from hostile_files import BOMB_BYTES, BOMBS, PEAK_LIMIT, BombFolder, peak_of
 from tiny_runs import STEPS_PER_UPDATE as S
-from tiny_runs import K, tiny_config
+from tiny_runs import K, tiny_config, with_terms
 from train_process import saved_update, spawn_train, wait_for, wait_to_kill
 
 from meta_rl.atomic import WriteError
@@ -408,7 +408,7 @@ def nan_scenario(lab: Lab, out: Outcome) -> None:
         run_dir = lab.folder(f"nan-{how}")
         out.expect(run_dir, 6)
         try:
-            train(lab.config(6), run_dir, progress=False, losses=losses, collector=collector)
+            train(lab.config(6), run_dir, progress=False, algorithm=with_terms(losses), collector=collector)
             raise AssertionError(f"no NonFiniteError for a non-finite {how}")
         except NonFiniteError as exc:
             messages.append(str(exc).split(";")[0])
@@ -429,7 +429,8 @@ def nan_scenario(lab: Lab, out: Outcome) -> None:
         return result
 
     run_dir = lab.folder("nan-skip")
-    result = train(lab.config(6, skip_nonfinite_updates=True), run_dir, progress=False, losses=skip_losses)
+    result = train(lab.config(6, skip_nonfinite_updates=True), run_dir, progress=False,
+                   algorithm=with_terms(skip_losses))
     out.faults += len(poisoned)
     check(result["skipped_updates"] == len(poisoned), f"skipped {result['skipped_updates']}")
     out.detail = "; ".join(messages) + f"; skip mode skipped {result['skipped_updates']} of 6"
@@ -682,7 +683,7 @@ ACTION_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64, 
 #: Configs with wrong types, negative sizes, non-finite numbers, unknown keys: the error names the first key.
 BAD_CONFIGS: list[dict[str, Any]] = [
     {"num_envs": "many"}, {"num_envs": -1}, {"hidden": 0}, {"learning_rate": float("nan")},
-    {"gamma": float("inf")}, {"core": "transformer"}, {"encoder_hidden": [8, -1]}, {"num_env": 4},
+    {"gamma": float("inf")}, {"core": "mamba"}, {"encoder_hidden": [8, -1]}, {"num_env": 4},
     {"seed": 2**64}, {"device": "tpu"}, {"checkpoint_every": 0}, {"skip_nonfinite_updates": "yes"},
 ]
 #: Impossible tasks and unknown keys in env_kwargs: the error names the key.

@@ -165,3 +165,14 @@ def test_resume_override_back_to_the_default_value(proto_dataset: str, tmp_path:
     more = f"total_env_steps={2 * STEPS_PER_UPDATE}"
     assert main(["train", "--resume", str(run_dir), more, "max_minutes=0", "--no-progress"]) == 0
     assert load_checkpoint(run_dir / CHECKPOINT_NAME)["config"]["max_minutes"] == 0
+
+
+def test_eval_scores_k_shot_queries(cli_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``meta-rl eval --shots K``: the run's agent on N-way K-shot tasks, scored on the queries only."""
+    capsys.readouterr()
+    assert main(["eval", str(cli_run), "--shots", "1", "--queries", "2", "--episodes", "6", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["shots"] == 1 and out["queries_per_class"] == 2 and out["episodes"] == 6 and out["n_way"] == 3
+    assert 0.0 <= out["accuracy"] <= 1.0 and out["ci95"] >= 0.0
+    assert main(["eval", str(cli_run), "--shots", "1", "--queries", "2", "--episodes", "6"]) == 0
+    assert "3-way 1-shot query accuracy (memory core, test)" in capsys.readouterr().out

@@ -25,7 +25,7 @@ def test_an_int_for_a_float_key_is_saved_as_a_float(cls: type) -> None:
     (TrainConfig, "gamma", 1.5, "gamma must lie in [0, 1], got 1.5."),
     (MAMLConfig, "learning_rate", 0.0, "learning_rate must be > 0, got 0.0."),
     (ProtoNetConfig, "max_minutes", -1.0, "max_minutes must be >= 0, got -1.0."),
-    (TrainConfig, "core", "transformer", "core = 'transformer' is not one of"),
+    (TrainConfig, "core", "mamba", "core = 'mamba' is not a registered core; registered: gru, lstm, memory"),
     (MAMLConfig, "encoder", "vit", "encoder = 'vit' is not one of"),
     (ProtoNetConfig, "device", "tpu", "device = 'tpu'; use 'auto', 'cpu', 'cuda' or 'cuda:N'."),
 ])

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_runs import STEPS_PER_UPDATE, tiny_config
+from tiny_runs import STEPS_PER_UPDATE, tiny_config, with_terms
 from train_process import saved_update, spawn_train, wait_for, wait_to_kill
 
 import meta_rl.atomic as atomic_module
@@ -252,8 +252,8 @@ def test_fresh_restart_purges_a_killed_attempts_events(plugin: Path, tmp_path: P
 
 
 def poison_losses(at: set[int], how: str) -> Callable[..., dict[str, torch.Tensor]]:
-    """Loss terms (for ``train(losses=...)``) whose loss (``how="loss"``) or gradients (``how="grad"``) are
-    non-finite at the given calls."""
+    """Loss terms (for ``train(algorithm=with_terms(...))``) whose loss (``how="loss"``) or gradients
+    (``how="grad"``) are non-finite at the given calls."""
     real = reinforce_losses
     calls = 0
 
@@ -290,10 +290,11 @@ def test_nan_loss_stops_before_saving(plugin: Path, tmp_path: Path, monkeypatch:
                                       reference: Callable[[int], dict[str, Any]]) -> None:
     ref = reference(2)
     losses = poison_losses({3, 4}, "loss")  # the 4th call: update 3 again, after resuming
-    monkeypatch.setattr(cli_module, "train", functools.partial(train, losses=losses))  # the CLI's resume below
+    # The CLI's resume below trains with the same poisoned terms.
+    monkeypatch.setattr(cli_module, "train", functools.partial(train, algorithm=with_terms(losses)))
     with pytest.raises(NonFiniteError, match=rf"losses/policy is nan at update 3 \(env step {3 * S}\).*"
                                              r"update 2\) is intact.*skip_nonfinite_updates") as info:
-        train(fault_config(6), tmp_path, progress=False, losses=losses)
+        train(fault_config(6), tmp_path, progress=False, algorithm=with_terms(losses))
     assert (info.value.quantity, info.value.update, info.value.env_steps) == ("losses/policy", 3, 3 * S)
     assert_same_state(load_checkpoint(tmp_path / CHECKPOINT_NAME), ref)
     assert [s for s, _ in scalars(tmp_path, "losses/policy")] == [S, 2 * S]
@@ -303,7 +304,8 @@ def test_nan_loss_stops_before_saving(plugin: Path, tmp_path: Path, monkeypatch:
 
 def test_nan_gradient_and_parameter_are_named(plugin: Path, tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError, match=r"gradient of \S+ is nan at update 2 "):
-        train(fault_config(4), tmp_path / "grad", progress=False, losses=poison_losses({2}, "grad"))
+        train(fault_config(4), tmp_path / "grad", progress=False,
+              algorithm=with_terms(poison_losses({2}, "grad")))
     assert load_checkpoint(tmp_path / "grad" / CHECKPOINT_NAME)["counters"]["update"] == 1
     with pytest.raises(NonFiniteError, match=r"parameter \S+ is inf at update 3 "):
         train(fault_config(4), tmp_path / "param", progress=False, collector=poisoned_collect(3, float("inf")))
@@ -312,7 +314,7 @@ def test_nan_gradient_and_parameter_are_named(plugin: Path, tmp_path: Path) -> N
 
 def test_skip_nonfinite_updates(plugin: Path, tmp_path: Path) -> None:
     result = train(fault_config(6, skip_nonfinite_updates=True), tmp_path, progress=False,
-                   losses=poison_losses({2, 4}, "grad"))
+                   algorithm=with_terms(poison_losses({2, 4}, "grad")))
     assert result["updates"] == 6 and result["skipped_updates"] == 2
     ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert ckpt["faults"] == {"skipped_updates": 2}
@@ -335,7 +337,7 @@ def test_deferred_check_on_accelerators(plugin: Path, tmp_path: Path) -> None:
     """Without a host read per update (as on CUDA) the fault is found at the next checkpoint, named by update."""
     with pytest.raises(NonFiniteError, match=r"losses/policy.* is nan or inf at update 3 .*update 2\) is intact"):
         train(fault_config(8, checkpoint_every=2, log_every=100), tmp_path, progress=False,
-              losses=poison_losses({3}, "loss"), eager_guard=False)
+              algorithm=with_terms(poison_losses({3}, "loss")), eager_guard=False)
     ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert ckpt["counters"]["update"] == 2
     assert all(torch.isfinite(p).all() for p in ckpt["policy"].values() if p.is_floating_point())
@@ -591,7 +593,7 @@ def test_lock_released_on_errors(plugin: Path, tmp_path: Path) -> None:
         train(fault_config(1, env_kwargs={"dataset": DATASET, "n_way": 99}), tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()  # a failed start leaves no folder behind
     with pytest.raises(NonFiniteError):
-        train(fault_config(2), tmp_path / "b", progress=False, losses=poison_losses({1}, "loss"))
+        train(fault_config(2), tmp_path / "b", progress=False, algorithm=with_terms(poison_losses({1}, "loss")))
     no_leftovers(tmp_path / "b")
 
 

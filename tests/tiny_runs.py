@@ -8,8 +8,13 @@ on one CPU thread: an update takes a fraction of a second.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
+import torch
+
+from meta_rl.algorithms import Algorithm, make_algorithm
 from meta_rl.config import TrainConfig
 
 __all__ = ["NUM_ENVS", "STEPS_PER_UPDATE", "K", "tiny_config"]
@@ -43,3 +48,9 @@ def tiny_config(dataset: str, updates: int, **changes: Any) -> TrainConfig:
         torch_threads=1,
     )
     return dataclasses.replace(cfg, **changes).validate()
+
+
+def with_terms(terms: Callable[..., dict[str, torch.Tensor]]) -> Callable[..., Algorithm]:
+    """An algorithm factory for ``train(algorithm=...)``: REINFORCE whose loss terms are ``terms`` (a fault to inject
+    in :func:`meta_rl.returns.reinforce_losses`'s place)."""
+    return functools.partial(make_algorithm, terms=terms)
