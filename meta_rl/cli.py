@@ -112,6 +112,16 @@ def _print_query_accuracy(args: argparse.Namespace, agent: Any, env: Any) -> int
     return 0
 
 
+def _add_module_flags(parser: argparse.ArgumentParser, when: str) -> None:
+    """``--env-module`` and ``--model-module``: the user's modules a saved run needs, which meta-rl never imports
+    because a checkpoint names them."""
+    parser.add_argument("--env-module", metavar="NAME",
+                        help=f"{when}the plug-in module that registers the run's env (never imported from a "
+                             "checkpoint unless named here)")
+    parser.add_argument("--model-module", metavar="NAME",
+                        help=f"{when}the module that registers the run's own core or encoder (likewise)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meta-rl", description="Meta-reinforcement learning on vision tasks.")
     parser.add_argument("--version", action="version", version=f"meta-rl {__version__}")
@@ -123,11 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=f"named configs: {names}\n\n{config_help(TrainConfig)}")
     add_run_arguments(t, what="run", config=f"a shipped name ({names}) or a .toml file (default: the defaults)",
                       overrides="num_envs=32 env_kwargs.n_way=20")
-    t.add_argument("--env-module", metavar="NAME",
-                   help="with --resume: the plug-in module that registers the run's env (never imported from a "
-                        "checkpoint unless named here)")
-    t.add_argument("--model-module", metavar="NAME",
-                   help="with --resume: the module that registers the run's own core or encoder (likewise)")
+    _add_module_flags(t, "with --resume: ")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="evaluate a trained run on held-out tasks (accuracy or return)")
@@ -145,11 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score N-way K-shot tasks instead: K labelled shots per class, then queries that reveal "
                         "nothing (the supervised baselines' protocol); prints the query accuracy")
     e.add_argument("--queries", type=int, default=15, help="with --shots: queries per class (default 15)")
-    e.add_argument("--env-module", metavar="NAME",
-                   help="the plug-in module that registers the run's env (never imported from a checkpoint unless "
-                        "named here)")
-    e.add_argument("--model-module", metavar="NAME",
-                   help="the module that registers the run's own core or encoder (likewise)")
+    _add_module_flags(e, "")
     e.set_defaults(func=_eval)
 
     add_baseline_parser(sub)  # meta-rl baseline protonet|maml [CONFIG] --run-dir DIR [key=value ...]

@@ -89,12 +89,23 @@ class ConfigBase:
 
     def validate(self: _Config) -> _Config:
         """Check every value; raise :class:`ConfigError` naming the key and what is allowed."""
+        self._check_types()
+        self._check_rules()
+        self._check_choices()
+        self.check()
+        return self
+
+    def _check_types(self) -> None:
+        """Each value fits its field's type hint; numbers of float fields are saved as floats."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             check_type(f.name, value, hints[f.name])
             if _is(value, float) and float in _options(hints[f.name]):  # 0 and 0.0 mean the same: save one
                 setattr(self, f.name, float(value))
+
+    def _check_rules(self) -> None:
+        """The numeric rules of the tables (``POSITIVE``, ...) and the encoder's layer sizes."""
         rules: list[tuple[tuple[str, ...], Any, str]] = [
             (self.POSITIVE, lambda v: v >= 1, "must be >= 1"),
             (self.DEFAULTED, lambda v: v >= 0, "must be >= 0 (0 picks the default)"),
@@ -104,21 +115,21 @@ class ConfigBase:
         ]
         for names, ok, rule in rules:
             for name in names:
-                if isinstance(getattr(self, name), str):  # a named setting (gamma = "auto"): check() vets the name
-                    continue
-                if not ok(getattr(self, name)):
-                    raise ConfigError(f"{name} {rule}, got {getattr(self, name)}.")
+                value = getattr(self, name)
+                if not isinstance(value, str) and not ok(value):  # a named setting (gamma = "auto"): check() vets it
+                    raise ConfigError(f"{name} {rule}, got {value}.")
         encoder_hidden = getattr(self, "encoder_hidden", [1])
         if not encoder_hidden or any(h < 1 for h in encoder_hidden):
             raise ConfigError(f"encoder_hidden must be a non-empty list of sizes >= 1, got {encoder_hidden}.")
+
+    def _check_choices(self) -> None:
+        """Keys whose value must be one of a few names (``CHOICES``), and the device's name."""
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r} is not one of {list(allowed)}.")
         device = str(getattr(self, "device", "cpu"))
         if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
             raise ConfigError(f"device = {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-        self.check()
-        return self
 
     def check(self) -> None:
         """Checks beyond the tables (none here)."""

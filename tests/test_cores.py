@@ -59,14 +59,10 @@ def _state(core: Core, batch: int = B) -> tuple[torch.Tensor, ...]:
     return tuple(s.double() if s.is_floating_point() else s for s in core.initial_state(batch, CPU))
 
 
-def _cores(my_cores: str) -> list[str]:
-    return CORES.names()
-
-
 @pytest.mark.parametrize("name", ["memory", "gru", "lstm", "transformer", "ema"])
 def test_every_core_keeps_the_protocol(name: str, my_cores: str) -> None:
     """Step form equals sequence form; the state is batch-first, so a subset of tasks continues alike."""
-    assert set(_cores(my_cores)) >= {"memory", "gru", "lstm", "transformer", "ema"}
+    assert set(CORES.names()) >= {"memory", "gru", "lstm", "transformer", "ema"}  # the README's core registered
     core = _core(name)
     e, u, starts = _inputs()
     seq, seq_state = core(e, u, starts, _state(core))
@@ -77,10 +73,12 @@ def test_every_core_keeps_the_protocol(name: str, my_cores: str) -> None:
         steps.append(out)
     torch.testing.assert_close(torch.cat(steps), seq, atol=1e-10, rtol=0)
     assert all(s.shape[0] == B for s in seq_state)  # batch first
-    tasks = torch.tensor([2, 0])
-    picked = tuple(s[tasks] for s in seq_state)
     more = _inputs()
     whole, _ = core(more[0], more[1], torch.zeros_like(starts), seq_state)
+    after_steps, _ = core(more[0], more[1], torch.zeros_like(starts), state)  # both forms' states go on alike
+    torch.testing.assert_close(after_steps, whole, atol=1e-10, rtol=0)
+    tasks = torch.tensor([2, 0])
+    picked = tuple(s[tasks] for s in seq_state)
     part, _ = core(more[0][:, tasks], more[1][:, tasks], torch.zeros_like(starts[:, tasks]), picked)
     torch.testing.assert_close(part, whole[:, tasks], atol=1e-10, rtol=0)
 

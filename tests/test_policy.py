@@ -117,21 +117,6 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", CORE_NAMES)
-def test_core_sequence_equals_steps(name: str) -> None:
-    core = _core(name)
-    e, u, starts = _inputs()
-    whole, end = core(e, u, starts, _state(core))
-    assert whole.shape == (T, B, core.out_dim)
-    state, outs = _state(core), []
-    for t in range(T):
-        out, state = core(e[t : t + 1], u[t : t + 1], starts[t : t + 1], state)
-        outs.append(out)
-    torch.testing.assert_close(torch.cat(outs), whole, atol=1e-10, rtol=0)
-    for a, b in zip(state, end):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
-
-
-@pytest.mark.parametrize("name", CORE_NAMES)
 @pytest.mark.parametrize("half", [3, 4, 7])
 def test_core_split_sequence_continues_from_state(name: str, half: int) -> None:
     core = _core(name)
