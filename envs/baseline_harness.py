@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-from meta_rl.contract import task_length, trial_episodes
+from meta_rl.env_contract import task_length, trial_episodes
 from meta_rl.envs.task_vector_env import check_seed
 
 __all__ = [

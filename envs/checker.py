@@ -15,7 +15,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.contract import task_length
+from meta_rl.env_contract import task_length
 
 __all__ = ["EnvCheckError", "check_finite_actions", "check_vector_env"]
 

@@ -11,8 +11,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.contract import MetaVectorEnv
 from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
+from meta_rl.env_contract import MetaVectorEnv
 from meta_rl.envs.single_task_env import SingleTaskEnv
 from meta_rl.envs.task_vector_env import check_discrete_actions, check_seed, env_device, same_step_autoreset
 

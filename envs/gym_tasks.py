@@ -28,7 +28,7 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.contract import MetaVectorEnv
+from meta_rl.env_contract import MetaVectorEnv
 from meta_rl.envs.checker import check_finite_actions
 from meta_rl.envs.task_vector_env import SPLIT_STREAMS, check_split, env_device
 

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from meta_rl.contract import trial_episodes
+from meta_rl.env_contract import trial_episodes
 from meta_rl.envs.baseline_harness import Act, Learn, TrialEnv, check_run, play_trials
 from meta_rl.envs.seeded_sampling import sample_gamma
 

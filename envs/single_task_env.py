@@ -15,7 +15,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-from meta_rl.contract import task_length
+from meta_rl.env_contract import task_length
 from meta_rl.envs.checker import check_finite_actions
 from meta_rl.envs.task_vector_env import check_seed
 

@@ -19,7 +19,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.contract import MetaVectorEnv
+from meta_rl.env_contract import MetaVectorEnv
 
 __all__ = [
     "SPLIT_STREAMS",

@@ -6,7 +6,7 @@
 tasks and seeds and the published RL² figure (``../shared/ANCHORS.md``; Duan et al. 2016).
 
 * Bandits, MDPs and control report the return per trial (and by inner episode where a trial has
-  several); the baselines come from the env (:func:`meta_rl.contract.reference_returns`).
+  several); the baselines come from the env (:func:`meta_rl.env_contract.reference_returns`).
 * Classification reports accuracy (%) at the 1st / 2nd / 3rd / 5th / 10th instance; reward-only
   glyphs add the elimination oracle on the same streams and the agent's share of it; active
   glyphs add the label-request rate.
@@ -36,7 +36,7 @@ import torch
 from meta_rl.allocator import tune_malloc
 from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import TrainConfig, parse_overrides
-from meta_rl.contract import reference_returns, task_length
+from meta_rl.env_contract import reference_returns, task_length
 from meta_rl.env_factory import make_vec_env
 from meta_rl.evaluation import TABLE_INSTANCES, EvalResult, TrialReturns, evaluate_task, half_width95
 from meta_rl.train import CHECKPOINT_NAME, build_policy, train

@@ -24,16 +24,16 @@ from meta_rl.config import (
     named_configs,
     parse_overrides,
 )
-from meta_rl.contract import reference_returns
+from meta_rl.env_contract import reference_returns
 from meta_rl.evaluation import TrialReturns, evaluate_task, query_accuracy, returns_table, santoro_table
 from meta_rl.lifecycle import add_run_arguments
-from meta_rl.loading import load
 from meta_rl.train import (
     NonFiniteError,
     TrainingInterrupted,
     load_run_config,
     train,
 )
+from meta_rl.trained_agent import load
 
 __all__ = ["main"]
 

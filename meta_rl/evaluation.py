@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-from meta_rl.contract import label_request_action, task_length, trial_episodes
+from meta_rl.env_contract import label_request_action, task_length, trial_episodes
 from meta_rl.policy import MetaPolicy
 from meta_rl.rollout import Rollout, collect
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from gymnasium.vector import VectorEnv
 
-from meta_rl.contract import known_images, task_length
 from meta_rl.cores import State
+from meta_rl.env_contract import known_images, task_length
 from meta_rl.policy import MetaPolicy
 
 __all__ = ["Rollout", "collect"]

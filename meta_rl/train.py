@@ -28,8 +28,8 @@ from meta_rl.algorithms import Algorithm, make_algorithm
 from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
 from meta_rl.config import ConfigError, ModelConfig, TrainConfig, resolve_device
-from meta_rl.contract import fixed_length, myopic, task_length
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
+from meta_rl.env_contract import fixed_length, myopic, task_length
 from meta_rl.env_factory import make_vec_env
 from meta_rl.evaluation import (
     HELDOUT_SEED,
@@ -39,7 +39,6 @@ from meta_rl.evaluation import (
     TrialReturns,
     evaluate_task,
 )
-from meta_rl.guard import NonFiniteError, NonFiniteGuard, eager_by_default
 from meta_rl.lifecycle import (
     CHECKPOINT_NAME,
     EventWriter,
@@ -51,12 +50,13 @@ from meta_rl.lifecycle import (
     locked_run_dir,
 )
 from meta_rl.logger import MetricLogger
-from meta_rl.monitoring import accuracy_figure, episode_strip
+from meta_rl.memory_estimate import check_fits, check_threads, estimate_training_memory
+from meta_rl.nonfinite_guard import NonFiniteError, NonFiniteGuard, eager_by_default
 from meta_rl.policy import MetaPolicy
 from meta_rl.registry import import_plugin
-from meta_rl.resources import check_fits, check_threads, estimate_training_memory
 from meta_rl.rollout import Rollout, collect
 from meta_rl.spaces import space_to_dict
+from meta_rl.tensorboard_figures import accuracy_figure, episode_strip
 
 __all__ = [
     "AUTO_GAMMA",
@@ -93,8 +93,8 @@ def build_policy(cfg: ModelConfig, env: VectorEnv, steps: int) -> MetaPolicy:
 
 def resolve_index_head(index_head: bool | str, env: object) -> bool:
     """Whether ``read_head.index_head`` builds an :class:`~meta_rl.memory_read.IndexHead` on ``env``: ``auto`` where
-    the env declares fixed-length tasks (:func:`meta_rl.contract.fixed_length`: a budget of steps, each scored by
-    its reward, as in a bandit or an MDP) and is not myopic (:func:`meta_rl.contract.myopic`: there is exploring
+    the env declares fixed-length tasks (:func:`meta_rl.env_contract.fixed_length`: a budget of steps, each scored by
+    its reward, as in a bandit or an MDP) and is not myopic (:func:`meta_rl.env_contract.myopic`: there is exploring
     to value); a bool as it is."""
     if isinstance(index_head, str):
         return fixed_length(env) and not myopic(env)
@@ -127,8 +127,8 @@ FIXED_LENGTH_GAMMA = 0.9
 
 def resolve_gamma(gamma: float | str, env: object) -> float:
     """The discount a ``gamma`` setting gives on ``env``: a number as it is; ``auto`` 0 where the env declares
-    itself myopic (:func:`meta_rl.contract.myopic`: classification with label or reward feedback),
-    :data:`FIXED_LENGTH_GAMMA` where it declares fixed-length tasks (:func:`meta_rl.contract.fixed_length`),
+    itself myopic (:func:`meta_rl.env_contract.myopic`: classification with label or reward feedback),
+    :data:`FIXED_LENGTH_GAMMA` where it declares fixed-length tasks (:func:`meta_rl.env_contract.fixed_length`),
     else :data:`AUTO_GAMMA`."""
     if isinstance(gamma, str):
         if myopic(env):

@@ -17,8 +17,8 @@ from meta_rl.baselines.training import CHECKPOINT_NAME, train_baseline
 from meta_rl.checkpoint import load_checkpoint
 from meta_rl.cli import main
 from meta_rl.config import ConfigError
-from meta_rl.guard import NonFiniteError
 from meta_rl.lifecycle import TrainingInterrupted
+from meta_rl.nonfinite_guard import NonFiniteError
 from meta_rl.runlock import RunLockedError, run_lock
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,8 +15,8 @@ from conftest import make_synthetic_dataset
 from meta_rl.algorithms import make_algorithm
 from meta_rl.checkpoint import load_checkpoint, save_checkpoint
 from meta_rl.config import ConfigError, TrainConfig
-from meta_rl.contract import MetaVectorEnv, fixed_length, myopic
 from meta_rl.data import ImageDataset
+from meta_rl.env_contract import MetaVectorEnv, fixed_length, myopic
 from meta_rl.envs import (
     BernoulliBanditVectorEnv,
     CartPoleTaskVectorEnv,

@@ -17,7 +17,7 @@ import meta_rl.evaluation as evaluation_module
 from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import ConfigError, TrainConfig
 from meta_rl.evaluation import EvaluationStopped, evaluate
-from meta_rl.resources import MemoryEstimate, check_fits, check_threads
+from meta_rl.memory_estimate import MemoryEstimate, check_fits, check_threads
 from meta_rl.train import CHECKPOINT_NAME, TrainingInterrupted, build_policy, make_vec_env, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,7 +57,7 @@ def test_config_beyond_the_machine_is_refused_before_allocation(
 
 
 def test_estimate_names_the_largest_part_and_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("meta_rl.resources.available_memory", lambda device: 10 * 2**30)
+    monkeypatch.setattr("meta_rl.memory_estimate.available_memory", lambda device: 10 * 2**30)
     fits = MemoryEstimate(parameters=2**30, activations=2**30, rollout=2**30, env=2**30, evaluation=2**30)
     check_fits(fits, CPU, ConfigError)  # 5 GiB of 8 usable
     too_big = dataclasses.replace(fits, rollout=6 * 2**30)
@@ -67,12 +67,12 @@ def test_estimate_names_the_largest_part_and_the_free_memory(monkeypatch: pytest
 
 
 def test_unknown_free_memory_skips_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("meta_rl.resources.available_memory", lambda device: None)
+    monkeypatch.setattr("meta_rl.memory_estimate.available_memory", lambda device: None)
     check_fits(MemoryEstimate(2**60, 0, 0, 0, 0), CPU, ConfigError)
 
 
 def test_estimate_grows_with_the_sizes_it_names(proto_dataset: str) -> None:
-    from meta_rl.resources import estimate_training_memory
+    from meta_rl.memory_estimate import estimate_training_memory
 
     cfg = tiny(proto_dataset)
     probe = make_vec_env(cfg, cfg.train_split, 1, CPU)

@@ -414,7 +414,7 @@ def test_the_saved_config_records_the_read_head_built_and_a_resume_must_match_it
     proto_dataset: str, tmp_path: Path
 ) -> None:
     """The memory-read head's settings are saved as built (``auto`` resolved); changing one refuses the resume."""
-    from meta_rl.loading import load
+    from meta_rl.trained_agent import load
 
     cfg = tiny_config(proto_dataset, total_env_steps=2 * STEPS_PER_UPDATE, eval_every=0)
     train(cfg, tmp_path, progress=False)
@@ -432,7 +432,7 @@ def test_the_saved_config_records_the_read_head_built_and_a_resume_must_match_it
 def test_encoder_precision_is_a_compute_setting_that_a_resume_may_change(tiny_run: Run, tmp_path: Path) -> None:
     """A resume may switch the encoder's arithmetic (like ``device``) and records the new setting, and an evaluation
     may choose it."""
-    from meta_rl.loading import load
+    from meta_rl.trained_agent import load
 
     cfg, run_dir, _ = tiny_run
     run = tmp_path / "run"

@@ -25,8 +25,8 @@ from meta_rl.cli import main
 from meta_rl.config import ConfigError, TrainConfig, field_docs, load_config, named_configs
 from meta_rl.data.sources import FASHION_MNIST_DIR
 from meta_rl.evaluation import REFERENCE_ROWS, TABLE_INSTANCES, first_instance_limit, santoro_table, summarize
-from meta_rl.monitoring import accuracy_figure, episode_strip
 from meta_rl.spaces import space_from_dict, space_to_dict
+from meta_rl.tensorboard_figures import accuracy_figure, episode_strip
 from meta_rl.train import budget_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,12 +85,12 @@ def test_load_returns_a_ready_agent(run_dir: Path) -> None:
 
 
 def test_load_rebuilds_the_policy_without_an_env(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import meta_rl.loading
+    import meta_rl.trained_agent
 
     def no_env(*args: object, **kwargs: object) -> None:
         raise AssertionError("load built an env")
 
-    monkeypatch.setattr(meta_rl.loading, "make_vec_env", no_env)
+    monkeypatch.setattr(meta_rl.trained_agent, "make_vec_env", no_env)
     agent = meta_rl.load(run_dir)
     with torch.no_grad():
         params = agent.policy.state_dict()

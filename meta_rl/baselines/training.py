@@ -23,9 +23,9 @@ from meta_rl.config import ConfigError, resolve_device
 from meta_rl.data import EpisodeSampler
 from meta_rl.distributed import World
 from meta_rl.evaluation import HELDOUT_SEED
-from meta_rl.guard import NonFiniteGuard
 from meta_rl.lifecycle import CHECKPOINT_NAME
-from meta_rl.resources import check_threads
+from meta_rl.memory_estimate import check_threads
+from meta_rl.nonfinite_guard import NonFiniteGuard
 
 __all__ = ["CHECKPOINT_NAME", "RESUMABLE_KEYS", "BaselineRun", "train_baseline"]
 

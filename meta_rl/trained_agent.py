@@ -23,7 +23,7 @@ from gymnasium.vector import VectorEnv
 
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state
 from meta_rl.config import ConfigError, TrainConfig, parse_overrides, resolve_device
-from meta_rl.contract import task_length
+from meta_rl.env_contract import task_length
 from meta_rl.env_factory import make_vec_env
 from meta_rl.evaluation import EvalResult, TrialReturns, evaluate_task
 from meta_rl.lifecycle import CHECKPOINT_NAME
