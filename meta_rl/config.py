@@ -40,6 +40,7 @@ __all__ = [
     "ConfigError",
     "ModelConfig",
     "RunConfig",
+    "RunSettings",
     "TaskConfig",
     "TrainConfig",
     "available_devices",
@@ -82,7 +83,7 @@ class ConfigBase:
     EXAMPLE: ClassVar[str] = "default"
     #: The folder of ``meta_rl/configs`` that holds this kind's named configs.
     NAMED: ClassVar[str] = ""
-    #: ``--help``'s sections: (title, the dataclass that declares its keys); none: one flat list.
+    #: ``--help``'s sections: (title, the dataclass whose fields, inherited too, are its keys); none: one flat list.
     HELP_SECTIONS: ClassVar[tuple[tuple[str, type], ...]] = ()
     #: The keys ``--help`` names first.
     HELP_FIRST: ClassVar[tuple[str, ...]] = ()
@@ -297,15 +298,12 @@ class AlgorithmConfig:
 
 
 @dataclass
-class RunConfig:
-    """How long and where it runs, and what it writes."""
+class RunSettings:
+    """Where a training run computes and how often it logs, evaluates and checkpoints: what the agents'
+    :class:`RunConfig` and the supervised baselines' config share."""
 
-    total_env_steps: int = 50_000_000
-    """Stop after this many env steps (summed over the B tasks)."""
-    max_minutes: float = 0.0
-    """Stop after this many minutes of training (0: no limit)."""
     seed: int = 0
-    """Seed of parameters, tasks and action sampling."""
+    """Seed of parameters, tasks and (for the agents) action sampling."""
     device: str = "auto"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present)."""
     torch_threads: int = 0
@@ -318,6 +316,16 @@ class RunConfig:
     """Held-out tasks per evaluation during training."""
     checkpoint_every: int = 200
     """Write a checkpoint every this many updates (and always at the end)."""
+    max_minutes: float = 0.0
+    """Stop after this many minutes of training (0: no limit)."""
+
+
+@dataclass
+class RunConfig(RunSettings):
+    """How long and where it runs, and what it writes."""
+
+    total_env_steps: int = 50_000_000
+    """Stop after this many env steps (summed over the B tasks)."""
     skip_nonfinite_updates: bool = False
     """On a NaN or inf loss or gradient, skip that update (counted as ``faults/skipped_updates``)
     instead of stopping the run. May be switched on when resuming a run that stopped on one."""
@@ -479,7 +487,8 @@ def config_help(cls: type[ConfigBase]) -> str:
         lines.append(f"  most runs set only: {', '.join(cls.HELP_FIRST)}")
     sections = cls.HELP_SECTIONS or (("", cls),)
     for title, section in sections:
-        names = [n for n in fields if n in getattr(section, "__annotations__", {})] if title else list(fields)
+        declared = {f.name for f in dataclasses.fields(section)} if title else set(fields)
+        names = [n for n in fields if n in declared]
         if title:
             lines += ["", f"{title}: {(section.__doc__ or '').splitlines()[0]}"]
         for name in names:

@@ -106,13 +106,21 @@ class Outcome:
     name: str
     passed: bool = False
     detail: str = ""
-    runs: int = 0
     lost_runs: int = 0
-    bad_inputs: int = 0
     faults: int = 0
     seconds: float = 0.0
     expected: list[list[Any]] = dataclasses.field(default_factory=list)  # [run_dir, updates] to compare
     tried: set[str] = dataclasses.field(default_factory=set)  # descriptions of the hostile inputs
+
+    @property
+    def runs(self) -> int:
+        """Training runs compared with their reference: every one registered with :meth:`expect`."""
+        return len(self.expected)
+
+    @property
+    def bad_inputs(self) -> int:
+        """Distinct hostile inputs tried (:meth:`hostile`)."""
+        return len(self.tried)
 
     def expect(self, run_dir: Path, updates: int | None = None) -> list[Any]:
         """Register a run to compare with the reference of ``updates`` updates (settable later) at the end."""
@@ -125,7 +133,6 @@ class Outcome:
         if what in self.tried:
             return False
         self.tried.add(what)
-        self.bad_inputs = len(self.tried)
         return True
 
 
@@ -935,7 +942,6 @@ def run_all(scenarios: list[tuple[str, Callable[[Lab, Outcome], None]]]) -> list
                     out.detail = f"{type(exc).__name__}: {exc}"[:400]
                     ran = False
                 for run_dir, updates in out.expected:
-                    out.runs += 1
                     out.lost_runs += not lab.matches_reference(run_dir, updates)
                 out.passed = ran and out.lost_runs == 0
                 if ran and out.lost_runs:

@@ -208,8 +208,10 @@ def test_fuzz_config_values(key: str, value: Any) -> None:
         assert "valid keys are" in str(err) or "did you mean" in str(err)
     elif err is not None:
         assert key in str(err), err
-        if key in ("encoder", "core", "conv_norm") and isinstance(value, str):
-            assert "is not one of" in str(err)  # the allowed values
+        if key in ("encoder", "core") and isinstance(value, str):
+            assert "is not a registered" in str(err) and "registered: " in str(err)  # the allowed values
+        if key in ("critic", "algo", "encoder_precision") and isinstance(value, str):
+            assert "is not one of" in str(err)
     else:  # accepted: it is a legal value of the right type
         types_ok = (type(FIELDS[key]), *UNION_TYPES.get(key, ()))
         assert type(value) in types_ok or (float in types_ok and type(value) is int)

@@ -39,6 +39,17 @@ def task_starts(steps: int = STEPS) -> torch.Tensor:
     return starts
 
 
+def setup(max_len: int = 0) -> tuple[TransformerCore, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The core and inputs most tests use: ``make(max_len)``, ``inputs()`` and ``task_starts()``."""
+    core = make(max_len)
+    return (core, *inputs(), task_starts())
+
+
+def fresh(core: TransformerCore) -> State:
+    """An empty state for BATCH elements on the CPU."""
+    return core.initial_state(BATCH, torch.device("cpu"))
+
+
 def step_by_step(core: TransformerCore, e: torch.Tensor, u: torch.Tensor, starts: torch.Tensor,
                  state: State) -> tuple[torch.Tensor, State]:
     """Feed the steps one at a time (the acting form), carrying the state."""
@@ -59,12 +70,10 @@ def valid_cache(state: State, capacity: int) -> list[torch.Tensor]:
 @pytest.mark.parametrize("max_len", [0, 4])
 def test_step_form_equals_sequence_form(max_len: int) -> None:
     """max_len = 0: tasks fit the cache; max_len = 4: they overflow it (a 4-step sliding window in both forms)."""
-    core = make(max_len=max_len)
-    e, u = inputs()
-    starts = task_starts()
+    core, e, u, starts = setup(max_len)
     with torch.no_grad():
-        seq, seq_state = core(e, u, starts, core.initial_state(BATCH, torch.device("cpu")))
-        step, step_state = step_by_step(core, e, u, starts, core.initial_state(BATCH, torch.device("cpu")))
+        seq, seq_state = core(e, u, starts, fresh(core))
+        step, step_state = step_by_step(core, e, u, starts, fresh(core))
     assert seq.shape == (STEPS, BATCH, HIDDEN) and seq.dtype == torch.float64
     assert_exact(step, seq)
     assert torch.equal(seq_state[2], step_state[2]) and seq_state[2].tolist() == [12, 7, 4]
@@ -78,10 +87,9 @@ def test_two_calls_equal_one(max_len: int) -> None:
     e, u = inputs(steps=18)
     starts = task_starts(steps=18)
     starts[14, 0] = True
-    cpu = torch.device("cpu")
     with torch.no_grad():
-        whole, whole_state = core(e, u, starts, core.initial_state(BATCH, cpu))
-        first, state = core(e[:6], u[:6], starts[:6], core.initial_state(BATCH, cpu))
+        whole, whole_state = core(e, u, starts, fresh(core))
+        first, state = core(e[:6], u[:6], starts[:6], fresh(core))
         second, state = core(e[6:], u[6:], starts[6:], state)
         # The state after both calls continues like the state after one.
         e2, u2 = inputs(steps=5, seed=2)
@@ -95,18 +103,15 @@ def test_two_calls_equal_one(max_len: int) -> None:
 
 def test_tasks_are_cut() -> None:
     """A previous task's inputs, in this call or in the state, do not reach the steps after a task start."""
-    core = make()
-    e, u = inputs()
-    starts = task_starts()
-    cpu = torch.device("cpu")
+    core, e, u, starts = setup()
     with torch.no_grad():
-        out, _ = core(e, u, starts, core.initial_state(BATCH, cpu))
+        out, _ = core(e, u, starts, fresh(core))
         e2, u2 = e.clone(), u.clone()
         e2[:5, 1] += 3.0  # element 1's first task (steps 0-4)
         u2[:8, 2] -= 2.0  # element 2's tasks before its start at step 8
-        out2, _ = core(e2, u2, starts, core.initial_state(BATCH, cpu))
+        out2, _ = core(e2, u2, starts, fresh(core))
         # A state full of another task's steps is ignored where the call begins with a start.
-        _, busy = core(*inputs(seed=3), torch.zeros(STEPS, BATCH, dtype=torch.bool), core.initial_state(BATCH, cpu))
+        _, busy = core(*inputs(seed=3), torch.zeros(STEPS, BATCH, dtype=torch.bool), fresh(core))
         out3, _ = core(e, u, starts, busy)
     assert not torch.allclose(out2[:5, 1], out[:5, 1])
     assert_exact(out2[5:, 1], out[5:, 1])
@@ -118,10 +123,8 @@ def test_tasks_are_cut() -> None:
 
 
 def test_causal() -> None:
-    core = make()
-    e, u = inputs()
-    starts = task_starts()
-    state = core.initial_state(BATCH, torch.device("cpu"))
+    core, e, u, starts = setup()
+    state = fresh(core)
     with torch.no_grad():
         out, _ = core(e, u, starts, state)
         e2 = e.clone()
@@ -133,11 +136,9 @@ def test_causal() -> None:
 
 
 def test_state_has_batch_first() -> None:
-    core = make()
-    e, u = inputs()
-    starts = task_starts()
+    core, e, u, starts = setup()
     with torch.no_grad():
-        _, state = core(e[:7], u[:7], starts[:7], core.initial_state(BATCH, torch.device("cpu")))
+        _, state = core(e[:7], u[:7], starts[:7], fresh(core))
         assert all(s.shape[0] == BATCH for s in state)
         full, _ = core(e[7:], u[7:], starts[7:], state)
         idx = torch.tensor([2, 0])
@@ -168,17 +169,15 @@ def test_gradients_reach_every_parameter() -> None:
     torch.manual_seed(0)
     core = TransformerCore(E, U, hidden=HIDDEN, task_length=TASK, layers=2, heads=2)
     e, u = (x.float() for x in inputs())
-    out, _ = core(e, u, task_starts(), core.initial_state(BATCH, torch.device("cpu")), need_state=False)
+    out, _ = core(e, u, task_starts(), fresh(core), need_state=False)
     out.pow(2).sum().backward()
     for name, p in core.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 def test_need_state_false_and_meta_shapes() -> None:
-    core = make()
-    e, u = inputs()
-    starts = task_starts()
-    state = core.initial_state(BATCH, torch.device("cpu"))
+    core, e, u, starts = setup()
+    state = fresh(core)
     with torch.no_grad():
         out, _ = core(e, u, starts, state)
         lazy, same = core(e, u, starts, state, need_state=False)
@@ -194,11 +193,9 @@ def test_need_state_false_and_meta_shapes() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu() -> None:
-    core = make()
-    e, u = inputs()
-    starts = task_starts()
+    core, e, u, starts = setup()
     with torch.no_grad():
-        out, _ = core(e, u, starts, core.initial_state(BATCH, torch.device("cpu")))
+        out, _ = core(e, u, starts, fresh(core))
         gpu = core.cuda()
         dev = torch.device("cuda")
         seq, _ = gpu(e.cuda(), u.cuda(), starts.cuda(), gpu.initial_state(BATCH, dev))

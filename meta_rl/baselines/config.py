@@ -6,17 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from meta_rl.config import ConfigBase, ConfigError
+from meta_rl.config import ConfigBase, ConfigError, RunSettings
 from meta_rl.encoders import ENCODERS
 
-__all__ = ["BaselineConfig", "load_baseline_config"]
+__all__ = ["BaselineConfig", "BaselineRunSettings", "BaselineSetup", "load_baseline_config"]
 
 
 @dataclass
-class BaselineConfig(ConfigBase):
-    """Settings every supervised baseline shares. Every field can be set in TOML or as ``key=value``."""
-
-    kind: ClassVar[str] = "baseline"
+class BaselineSetup:
+    """What a supervised baseline learns and how: the task, the model and the optimiser."""
 
     # --- task -----------------------------------------------------------------------------
     dataset: str = "glyphs"
@@ -56,27 +54,33 @@ class BaselineConfig(ConfigBase):
     max_grad_norm: float = 0.0
     """Clip gradients to this global norm (0: no clipping)."""
 
-    # --- run ------------------------------------------------------------------------------
-    max_updates: int = 20_000
-    """Stop after this many Adam steps."""
-    max_minutes: float = 10.0
-    """Stop training after this many minutes (0: no limit); by default 10, like the README's agent run."""
-    seed: int = 0
-    """Seed of parameters and tasks."""
+
+@dataclass
+class BaselineRunSettings(RunSettings):
+    """The run settings the baselines share with the agents (:class:`~meta_rl.config.RunSettings`), with the
+    baselines' defaults where they differ."""
+
     device: str = "cpu"
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
-    torch_threads: int = 0
-    """CPU threads for torch (0: leave torch's default)."""
-    log_every: int = 20
-    """Log training scalars every this many updates."""
     eval_every: int = 200
     """Held-out K-shot accuracy every this many updates (0: only at the end)."""
     eval_episodes: int = 200
-    """Held-out tasks per evaluation during training."""
+    checkpoint_every: int = 500
+    max_minutes: float = 10.0
+    """Stop training after this many minutes (0: no limit); by default 10, like the README's agent run."""
+
+
+@dataclass
+class BaselineConfig(ConfigBase, BaselineRunSettings, BaselineSetup):
+    """Settings every supervised baseline shares: its setup, the run settings and the baselines' own. Every field
+    can be set in TOML or as ``key=value``."""
+
+    kind: ClassVar[str] = "baseline"
+
+    # --- run: the baselines' own ----------------------------------------------------------
+    max_updates: int = 20_000
+    """Stop after this many Adam steps."""
     eval_batch: int = 100
     """Tasks evaluated at once."""
-    checkpoint_every: int = 500
-    """Write a checkpoint every this many updates (and always at the end)."""
     calibration_episodes: int = 200
     """Training-split streams used to set the novelty threshold of the streaming protocol (at most as
     many as are evaluated)."""

@@ -19,7 +19,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -113,6 +113,21 @@ def _ndarray_request(shape: Any, dtype: Any = float, *_: Any, **__: Any) -> tupl
     return shape, dtype
 
 
+#: The opcode loaders of :class:`_RestrictedUnpickler` that replace pickle._Unpickler's, by opcode (see :func:`_loads`).
+_LOADERS: dict[int, Callable[[Any], None]] = {}
+_Loader = TypeVar("_Loader", bound=Callable[[Any], None])
+
+
+def _loads(*opcodes: bytes) -> Callable[[_Loader], _Loader]:
+    """Register the decorated method as the restricted unpickler's loader of ``opcodes``."""
+
+    def register(load: _Loader) -> _Loader:
+        _LOADERS.update({opcode[0]: load for opcode in opcodes})
+        return load
+
+    return register
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
     """A pure-Python unpickler that only builds numpy arrays, dtypes, scalars and plain containers.
 
@@ -122,7 +137,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
     refused, so a small file cannot expand into a huge object tree.
     """
 
-    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)  # + _LOADERS, below
     # Set by pickle._Unpickler.load().
     stack: list[Any]
     memo: dict[int, Any]
@@ -201,10 +216,12 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     # Opcodes that call, share or allocate, overriding pickle._Unpickler's.
 
+    @_loads(pickle.REDUCE)
     def _load_reduce(self) -> None:
         args = self.stack.pop()
         self.stack[-1] = self._call(self.stack[-1], args, {})
 
+    @_loads(pickle.NEWOBJ)
     def _load_newobj(self) -> None:
         args = self.stack.pop()
         cls = self.stack.pop()
@@ -212,6 +229,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
             self._charge_array(*_ndarray_request(*args))
         self.append(cls.__new__(cls, *args))
 
+    @_loads(pickle.NEWOBJ_EX)
     def _load_newobj_ex(self) -> None:
         kwargs = self.stack.pop()
         args = self.stack.pop()
@@ -223,6 +241,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def _instantiate(self, klass: Any, args: list[Any]) -> None:  # INST and OBJ
         self.append(self._call(klass, args, {}))
 
+    @_loads(pickle.BUILD)
     def _load_build(self) -> None:
         state = self.stack.pop()
         inst = self.stack[-1]
@@ -255,21 +274,27 @@ class _RestrictedUnpickler(pickle._Unpickler):
             self._charge(cost, lambda: f"repeats memoised {type(obj).__name__} values")
         self.append(obj)
 
+    @_loads(pickle.GET)
     def _load_get(self) -> None:
         self._memo_get(int(self.readline()[:-1]))
 
+    @_loads(pickle.BINGET)
     def _load_binget(self) -> None:
         self._memo_get(self.read(1)[0])
 
+    @_loads(pickle.LONG_BINGET)
     def _load_long_binget(self) -> None:
         self._memo_get(struct.unpack("<I", self.read(4))[0])
 
+    @_loads(pickle.DUP)
     def _load_dup(self) -> None:
         self._refuse("duplicates a reference (DUP opcode), which pickle.dump never writes")
 
+    @_loads(pickle.EXT1, pickle.EXT2, pickle.EXT4)
     def _load_ext(self) -> None:
         self._refuse("uses the copyreg extension registry (EXT opcodes), which a dataset pickle never does")
 
+    @_loads(pickle.BYTEARRAY8)
     def _load_bytearray8(self) -> None:
         (n,) = struct.unpack("<Q", self.read(8))
         if n > self._size:
@@ -278,22 +303,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self.readinto(buf)
         self.append(buf)
 
-    for _op, _load in (
-        (pickle.REDUCE, _load_reduce),
-        (pickle.NEWOBJ, _load_newobj),
-        (pickle.NEWOBJ_EX, _load_newobj_ex),
-        (pickle.BUILD, _load_build),
-        (pickle.GET, _load_get),
-        (pickle.BINGET, _load_binget),
-        (pickle.LONG_BINGET, _load_long_binget),
-        (pickle.DUP, _load_dup),
-        (pickle.EXT1, _load_ext),
-        (pickle.EXT2, _load_ext),
-        (pickle.EXT4, _load_ext),
-        (pickle.BYTEARRAY8, _load_bytearray8),
-    ):
-        dispatch[_op[0]] = _load
-    del _op, _load
+    dispatch.update(_LOADERS)
 
 
 class _BoundedReader:
@@ -308,11 +318,7 @@ class _BoundedReader:
         self._left = size
 
     def read(self, n: int | None = -1) -> bytes:
-        if n is None or n < 0 or n > self._left:
-            n = self._left
-        data = self._file.read(n)
-        self._left -= len(data)
-        return data
+        return self._count(self._file.read(self._capped(n)))
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
@@ -321,9 +327,14 @@ class _BoundedReader:
         return got
 
     def readline(self, limit: int | None = -1) -> bytes:
-        if limit is None or limit < 0 or limit > self._left:
-            limit = self._left
-        data = self._file.readline(limit)
+        return self._count(self._file.readline(self._capped(limit)))
+
+    def _capped(self, n: int | None) -> int:
+        """At most ``n`` bytes and never past the end of the file (None or negative: up to the end)."""
+        return self._left if n is None or n < 0 or n > self._left else n
+
+    def _count(self, data: bytes) -> bytes:
+        """``data``, read: what is left shrinks by its length."""
         self._left -= len(data)
         return data
 
