@@ -156,6 +156,8 @@ def optimize(
         ConfigError: the rollout's tasks do not split into the algorithm's minibatches.
     """
     world = world or World()
+    if algorithm.epochs * algorithm.minibatches > 1 and ro.embed is not None and ro.embed.requires_grad:
+        ro = dataclasses.replace(ro, embed=None)  # a graph is backpropagated once: each pass encodes anew
     batch = ro.rewards.shape[1]
     if batch % algorithm.minibatches:
         raise ConfigError(f"algo_kwargs.minibatches = {algorithm.minibatches} does not divide num_envs = {batch}; "

@@ -99,3 +99,14 @@ def test_ppo_trains_through_the_trainer(tmp_path: Path) -> None:
                       total_env_steps=80, eval_every=0, torch_threads=1, device="cpu")
     result = train(cfg, tmp_path / "run", progress=False)
     assert result["updates"] == 2 and result["env_steps"] == 80
+
+
+def test_ppo_epochs_re_encode_images_whose_graph_the_rollout_kept(proto_dataset: str, tmp_path: Path) -> None:
+    """The trainer's rollout keeps its image encoding's graph for one backward pass; a second epoch encodes anew."""
+    cfg = TrainConfig(env_id="meta_rl/FewShot-v0", env_kwargs={"dataset": proto_dataset, "n_way": 3,
+                                                               "instances_per_class": 2},
+                      num_envs=4, hidden=8, encoder_hidden=[8], core_kwargs={"key_dim": 4}, algo="ppo",
+                      algo_kwargs={"epochs": 2, "minibatches": 1}, total_env_steps=48, eval_every=0,
+                      torch_threads=1, device="cpu")
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result["updates"] == 2
