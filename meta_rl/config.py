@@ -220,8 +220,9 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    """The policy: encoder → core → (memory-read head) → action and value heads. :class:`~meta_rl.policy.MetaPolicy`
-    takes this section; its defaults are the only ones."""
+    """The policy: encoder → core → (memory-read head) → action and value heads.
+
+    :class:`~meta_rl.policy.MetaPolicy` takes this section, so its defaults are the only ones."""
 
     encoder: str = "auto"
     """Observation encoder (a registered name): ``auto`` (``cnn`` for images, ``mlp`` for vectors), ``cnn`` (light
@@ -484,7 +485,8 @@ def config_help(cls: type[ConfigBase]) -> str:
 
     lines = ["config keys (set them as key=value, or in a TOML file):"]
     if cls.HELP_FIRST:
-        lines.append(f"  most runs set only: {', '.join(cls.HELP_FIRST)}")
+        lines += textwrap.wrap(f"most runs set only: {', '.join(cls.HELP_FIRST)}", 100, initial_indent="  ",
+                               subsequent_indent="    ")
     sections = cls.HELP_SECTIONS or (("", cls),)
     for title, section in sections:
         declared = {f.name for f in dataclasses.fields(section)} if title else set(fields)
