@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +110,36 @@ def test_the_readme_core_trains_and_evaluates_from_the_command_line(
     assert main(["eval", str(run_dir), "--episodes", "4", "--json"]) == 2  # a ConfigError: exit 2
     assert f"--model-module {my_cores}" in capsys.readouterr().err
     assert main(["eval", str(run_dir), "--episodes", "4", "--json", "--model-module", my_cores]) == 0
+
+
+def test_a_user_encoder_plugs_in_through_the_registry() -> None:
+    """``register_encoder``: a feature extractor of one's own, named as ``encoder``, with its options checked."""
+    from gymnasium import spaces
+    from torch import nn
+
+    from meta_rl.config import ModelConfig, TrainConfig
+    from meta_rl.encoders import ENCODERS, register_encoder
+    from meta_rl.policy import MetaPolicy
+
+    class Pool(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.out_dim = width
+            self.net = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.LazyLinear(width))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    @register_encoder("pool4")
+    def pool4(input_shape: tuple[int, ...], *, hidden: list[int], width: int = 12) -> nn.Module:
+        return Pool(width)
+
+    assert "pool4" in ENCODERS and ENCODERS.options("pool4") == {"width": 12}
+    TrainConfig(encoder="pool4", encoder_kwargs={"width": 6}).validate()
+    with pytest.raises(ConfigError, match=r"encoder_kwargs \['depth'\] do nothing for encoder = 'pool4'"):
+        TrainConfig(encoder="pool4", encoder_kwargs={"depth": 2}).validate()
+    obs = spaces.Dict({"image": spaces.Box(0, 255, (1, 28, 28), np.uint8), "label": spaces.Discrete(4)})
+    policy = MetaPolicy(obs, spaces.Discrete(3), ModelConfig(encoder="pool4", encoder_kwargs={"width": 6}, hidden=8),
+                        task_length=5)
+    embed = policy.encode(torch.randint(0, 255, (2, 3, 1, 28, 28), dtype=torch.uint8), (2, 3))
+    assert embed.shape == (2, 3, 6) and policy.embed_dim == 6
