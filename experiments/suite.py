@@ -17,6 +17,7 @@ Usage::
     python experiments/suite.py --all                # also the n = 500 bandits and the longer MDP trials
     python experiments/suite.py --tasks bandit-k5-n100,mdp-n10 --minutes 3
     python experiments/suite.py --minutes 2 gamma=0.9 # a lever: every task with the same override
+    python experiments/suite.py --undeclared --steps N # trained as plug-ins: told nothing about the task
 
 Every figure goes to ``--out`` (default ``runs/suite``) as ``suite.json`` and ``suite.md``.
 """
@@ -24,6 +25,7 @@ Every figure goes to ``--out`` (default ``runs/suite``) as ``suite.json`` and ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -38,6 +40,7 @@ from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import TrainConfig, parse_overrides
 from meta_rl.env_contract import reference_returns, task_length
 from meta_rl.env_factory import make_vec_env
+from meta_rl.envs.undeclared import register_undeclared
 from meta_rl.evaluation import TABLE_INSTANCES, EvalResult, TrialReturns, evaluate_task, half_width95
 from meta_rl.train import CHECKPOINT_NAME, build_policy, train
 
@@ -107,12 +110,15 @@ def _oracle(env: Any, trials: int) -> EvalResult | None:
 
 
 def score_run(cfg: TrainConfig, run_dir: Path, trials: int) -> dict[str, Any]:
-    """The checkpoint in ``run_dir`` scored on ``trials`` test tasks (seed ``EVAL_SEED``), beside the task's
-    baselines (return tasks) or the elimination oracle (reward-only classification)."""
+    """The checkpoint in ``run_dir`` scored on ``trials`` test tasks (seed ``EVAL_SEED``) of ``cfg.env_id``, beside
+    the task's baselines (return tasks) or the elimination oracle (reward-only classification). The policy is
+    the one the run built (its saved config), whatever the env it is scored on declares."""
     env = make_vec_env(cfg, "test", min(trials, 500), torch.device("cpu"))
     length = cfg.rollout_steps or task_length(env)
-    policy = build_policy(cfg, env, length)
-    policy.load_state_dict(load_checkpoint(run_dir / CHECKPOINT_NAME)["policy"])
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    built = TrainConfig.from_dict({**ckpt["config"], "env_id": cfg.env_id}, source=str(run_dir))
+    policy = build_policy(built, env, length)
+    policy.load_state_dict(ckpt["policy"])
     res = evaluate_task(env, policy, trials, seed=EVAL_SEED, steps=length)
     scored: dict[str, Any] = res.to_json()
     if isinstance(res, TrialReturns):
@@ -128,14 +134,18 @@ def score_run(cfg: TrainConfig, run_dir: Path, trials: int) -> dict[str, Any]:
 
 
 def run_task(name: str, task: SuiteTask, out: Path, *, minutes: float, steps: int, trials: int, seed: int,
-             overrides: dict[str, Any]) -> dict[str, Any]:
-    """Train ``task`` with the default config (plus ``overrides``), evaluate it on test tasks; one JSON row."""
+             overrides: dict[str, Any], undeclared: bool = False) -> dict[str, Any]:
+    """Train ``task`` with the default config (plus ``overrides``), evaluate it on test tasks; one JSON row.
+
+    With ``undeclared`` the training env is the task as a plug-in sees it (:func:`register_undeclared`); the
+    scoring env is the task itself (the same test tasks, and its baselines)."""
     data = {**overrides, "env_id": task.env_id, "max_minutes": minutes, "total_env_steps": steps, "seed": seed,
             "eval_every": 0}
     cfg = TrainConfig.from_dict(data, source="the suite")
+    trained = dataclasses.replace(cfg, env_id=register_undeclared(task.env_id)) if undeclared else cfg
     run_dir = out / name
     start = time.monotonic()
-    result = train(cfg, run_dir, progress=False)
+    result = train(trained, run_dir, progress=False)
     seconds = time.monotonic() - start
     return {"task": name, "env_id": task.env_id, "minutes": round(seconds / 60, 2), "env_steps": result["env_steps"],
             "updates": result["updates"], **score_run(cfg, run_dir, trials), "reference": task.reference,
@@ -194,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=int, default=1000, help="held-out tasks per evaluation (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/suite"), help="where runs and tables go")
+    parser.add_argument("--undeclared", action="store_true",
+                        help="train every task as a plug-in sees it: its spaces and trial structure, nothing it "
+                             "declares (fixed length, myopic, known images, baselines); scored on the task itself")
     parser.add_argument("overrides", nargs="*", help="key=value for every task (to test a lever; none by default)")
     return parser
 
@@ -214,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         if (args.out / name).exists():
             raise SystemExit(f"suite: {args.out / name} exists; pass a new --out directory.")
         row = run_task(name, TASKS[name], args.out, minutes=args.minutes, steps=args.steps, trials=args.trials,
-                       seed=args.seed, overrides=overrides)
+                       seed=args.seed, overrides=overrides, undeclared=args.undeclared)
         rows.append(row)
         print(f"{name}: {_cell(row)}  [{_baselines_cell(row)}]", flush=True)
-        (args.out / "suite.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1))
+        (args.out / "suite.json").write_text(json.dumps({"overrides": overrides, "undeclared": args.undeclared,
+                                                         "rows": rows}, indent=1))
     table = markdown(rows)
     (args.out / "suite.md").write_text(table + "\n")
     print(table)

@@ -44,3 +44,35 @@ def test_episode_change_is_reported_with_its_paired_interval() -> None:
     three = {**two, "return_by_episode": {"1": 1.0, "2": 1.5, "3": 2.5}, "ci95": {"1": 0.4, "2": 0.9, "3": 1.0},
              "improvement": 1.5, "improvement_ci95": 0.2}
     assert suite._cell(three).endswith("(ep 2 - ep 1 +0.50; last - 1st +1.50 ± 0.20)")
+
+
+def test_undeclared_tasks_declare_only_spaces_and_trials(tmp_path: Path) -> None:
+    """``--undeclared``: the learner is told what a plug-in tells it (γ = 0.99, no index head on a bandit), and the
+    run is scored on the task itself, with its baselines."""
+    import gymnasium as gym
+    import torch
+
+    from meta_rl.env_contract import fixed_length, known_images, myopic, task_length
+    from meta_rl.envs.undeclared import UndeclaredVectorEnv, register_undeclared
+    from meta_rl.train import AUTO_GAMMA, resolve_gamma, resolve_index_head
+
+    name = register_undeclared("meta_rl/Bandit-k5-n10-v0")
+    assert name == "meta_rl/Undeclared-Bandit-k5-n10-v0" == register_undeclared("meta_rl/Bandit-k5-n10-v0")
+    env = gym.make_vec(name, num_envs=3, vectorization_mode="vector_entry_point", split="val")
+    assert isinstance(env, UndeclaredVectorEnv) and env.env.split == "val"  # type: ignore[attr-defined]
+    assert task_length(env) == 10 and not fixed_length(env) and not myopic(env) and known_images(env) is None
+    assert resolve_gamma("auto", env) == AUTO_GAMMA and not resolve_index_head("auto", env)
+    declared = gym.make_vec("meta_rl/Bandit-k5-n10-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                            split="val")
+    a, b = env.reset(seed=4)[0], declared.reset(seed=4)[0]
+    assert torch.equal(a, b)  # the same tasks, unchanged
+    suite = import_script("suite")
+    assert suite.main(["--tasks", "bandit-k5-n10,glyphs-label", "--steps", "400", "--minutes", "0", "--trials", "8",
+                       "--undeclared", "--out", str(tmp_path / "u"), "num_envs=4", "hidden=8",
+                       "encoder_hidden=[8]"]) == 0
+    out = json.loads((tmp_path / "u" / "suite.json").read_text())
+    assert out["undeclared"] is True
+    rows = {r["task"]: r for r in out["rows"]}
+    assert "gittins" in rows["bandit-k5-n10"]["baselines"] and len(rows["glyphs-label"]["accuracy_by_instance"]) == 10
+    saved = json.loads((tmp_path / "u" / "bandit-k5-n10" / "config.json").read_text())
+    assert saved["env_id"] == name and saved["read_head"]["index_head"] is False  # told nothing: no index head
