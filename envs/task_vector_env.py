@@ -10,6 +10,7 @@ and ``step`` make, also used by the envs that do not derive from :class:`TaskVec
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -183,7 +184,7 @@ def check_discrete_actions(
     return actions
 
 
-class TaskVectorEnv(MetaVectorEnv):
+class TaskVectorEnv(MetaVectorEnv, ABC):
     """B tasks drawn from the env's own ``torch.Generator``, stepped together, that restart in the same step.
 
     A subclass calls :meth:`_init_task_env` in its constructor (after checking its own
@@ -232,13 +233,13 @@ class TaskVectorEnv(MetaVectorEnv):
         """The observation, ``terminated`` and ``truncated`` of a step after which all B tasks end if ``done``."""
         return same_step_autoreset(done, self.num_envs, self.device, self._observe, self._new_tasks, info)
 
+    @abstractmethod
     def _new_tasks(self) -> None:
         """Draw B new tasks from ``self._generator`` and put them at the start of their trials."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _observe(self) -> torch.Tensor:
         """(B, ...) the current observation."""
-        raise NotImplementedError
 
 
 class HasClassicBaselines:

@@ -12,6 +12,7 @@ The maths are pure tensor functions in :mod:`meta_rl.returns`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ Stats = dict[str, torch.Tensor]
 TermsFn = Callable[..., dict[str, torch.Tensor]]
 
 
-class Algorithm:
+class Algorithm(ABC):
     """A loss over a policy and a rollout, with how many passes over a rollout it takes.
 
     Args:
@@ -46,9 +47,9 @@ class Algorithm:
     def __init__(self, cfg: AlgorithmConfig, gamma: float) -> None:
         self.cfg, self.gamma = cfg, float(gamma)
 
+    @abstractmethod
     def __call__(self, policy: MetaPolicy, ro: Rollout) -> tuple[torch.Tensor, Stats]:
         """The loss to minimise on ``ro`` (with gradients) and the figures to log (detached)."""
-        raise NotImplementedError
 
     # -- shared steps ----------------------------------------------------------------------
 
