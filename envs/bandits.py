@@ -66,7 +66,6 @@ class BernoulliBanditVectorEnv(HasClassicBaselines, TaskVectorEnv):
             on for the CPU, off elsewhere.
     """
 
-    fixed_length = True  # every task lasts episode_length steps whatever the agent does
     reference_baselines = BANDIT_BASELINES
 
     def __init__(

@@ -96,7 +96,6 @@ class CartPoleTaskVectorEnv(HasClassicBaselines, TaskVectorEnv):
             for the CPU, off elsewhere.
     """
 
-    fixed_length = False  # a falling pole ends an inner episode and so brings the end of the trial nearer
     reference_baselines = CONTROL_BASELINES
 
     def __init__(

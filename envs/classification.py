@@ -87,7 +87,6 @@ class FewShotVectorEnv(MetaVectorEnv):
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
-    fixed_length = True  # every task lasts episode_length steps whatever the agent does
 
     def __init__(
         self,
@@ -119,8 +118,6 @@ class FewShotVectorEnv(MetaVectorEnv):
         self.n_way = n_way
         self.feedback = feedback
         self.request_action = n_way if feedback == "active" else None  # the action that asks for the label
-        # The likeliest label is also the most informative answer, except where asking costs now and pays later.
-        self.myopic = feedback != "active"
         self.split = split
         self.episode_length = self.sampler.episode_length
         defaults = _DEFAULT_REWARDS[feedback]

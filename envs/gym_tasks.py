@@ -204,7 +204,6 @@ class GymTaskVectorEnv(MetaVectorEnv):
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
-    fixed_length = False  # the wrapped env may terminate early: nothing is known
 
     def __init__(
         self,

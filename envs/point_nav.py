@@ -59,7 +59,6 @@ class PointNavVectorEnv(TaskVectorEnv):
         device: where the tensors live.
     """
 
-    fixed_length = True  # every task lasts episode_length steps whatever the agent does
 
     def __init__(
         self,

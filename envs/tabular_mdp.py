@@ -77,7 +77,6 @@ class TabularMDPVectorEnv(HasClassicBaselines, TaskVectorEnv):
         validate_actions: check that actions are in range; default: on for the CPU, off elsewhere.
     """
 
-    fixed_length = True  # every task lasts episode_length steps whatever the agent does
     reference_baselines = MDP_BASELINES
 
     def __init__(

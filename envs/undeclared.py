@@ -1,8 +1,8 @@
 """Any task env as a user's plug-in sees it: its spaces and trial structure, and nothing else it declares.
 
 A user's ``gymnasium.Env`` declares nothing about what kind of task it is. The suite's envs do
-(:mod:`meta_rl.env_contract`: ``fixed_length``, ``myopic``, ``request_action``, the images a task will show,
-the classic baselines). :class:`UndeclaredVectorEnv` passes through the spaces, the device, the steps of a
+(:mod:`meta_rl.env_contract`: ``request_action``, the images a task will show, the classic
+baselines). :class:`UndeclaredVectorEnv` passes through the spaces, the device, the steps of a
 task and its inner episodes, and steps and resets the wrapped env unchanged, so a learner trained on it is
 told only what :func:`~meta_rl.envs.gym_tasks.register_gym_task` would tell it. ``python experiments/suite.py
 --undeclared`` trains every task through it (issue 32: the suite told nothing).

@@ -47,7 +47,7 @@ from meta_rl.distributed import World
 from meta_rl.encoders import PRECISIONS, native_bfloat16
 from meta_rl.envs import FewShotEnv, FewShotVectorEnv
 from meta_rl.evaluation import evaluate
-from meta_rl.train import build_policy, gradients, make_vec_env, optimize, resolve_gamma, train
+from meta_rl.train import build_policy, gradients, make_vec_env, optimize, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sb3_baseline
@@ -249,7 +249,7 @@ def update_profile(cfg: TrainConfig) -> dict[str, float]:
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed)
 
-    algorithm = make_algorithm(cfg, resolve_gamma(cfg.gamma, env))
+    algorithm = make_algorithm(cfg)
 
     def act() -> Any:
         return collect(env, policy, steps, generator, reset_seed=0, embed_with_grad=True)
@@ -394,7 +394,7 @@ def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     policy = build_policy(cfg, env, steps).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    algorithm = make_algorithm(cfg, resolve_gamma(cfg.gamma, env))
+    algorithm = make_algorithm(cfg)
     trained_s, env_steps, update, curve = 0.0, 0, 0, []
     cap = args.cap_minutes * 60
     reached = False

@@ -3,8 +3,8 @@
 Each task hides the goal on a cell other than the centre, where every episode starts. Reaching the
 goal pays 1 and ends the episode (so episodes end early, at the agent's doing); a trial is three
 episodes of at most 20 steps with the same goal. An agent that remembers where it found the goal
-earns close to 1 in episodes 2 and 3. It is trained with the default config (``gamma = "auto"``
-resolves to 0.99 for a plug-in) unless overrides say otherwise:
+earns close to 1 in episodes 2 and 3. It is trained with the default config, the same for
+every task, unless overrides say otherwise:
 
     python experiments/plug_in_goal_grid.py --steps 3000000 --run-dir /tmp/grid            # the defaults
     python experiments/plug_in_goal_grid.py --steps 3000000 --run-dir /tmp/grid0 gamma=0   # a myopic learner

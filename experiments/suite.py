@@ -18,6 +18,7 @@ Usage::
     python experiments/suite.py --tasks bandit-k5-n100,mdp-n10 --minutes 3
     python experiments/suite.py --minutes 2 gamma=0.9 # a lever: every task with the same override
     python experiments/suite.py --undeclared --steps N # trained as plug-ins: told nothing about the task
+    python experiments/suite.py --compare --steps N    # both ways at the same env steps, side by side
 
 Every figure goes to ``--out`` (default ``runs/suite``) as ``suite.json`` and ``suite.md``.
 """
@@ -206,9 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/suite"), help="where runs and tables go")
     parser.add_argument("--undeclared", action="store_true",
                         help="train every task as a plug-in sees it: its spaces and trial structure, nothing it "
-                             "declares (fixed length, myopic, known images, baselines); scored on the task itself")
+                             "declares (label requests, known images, baselines); scored on the task itself")
+    parser.add_argument("--compare", action="store_true",
+                        help="train every task both ways, as registered and undeclared, at the same --steps, and "
+                             "print the two side by side (they must agree: the learner reads no declaration)")
     parser.add_argument("overrides", nargs="*", help="key=value for every task (to test a lever; none by default)")
     return parser
+
+
+def compare_markdown(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """The ``--compare`` table: each task trained as registered and told nothing, at the same env steps."""
+    lines = ["| task | env steps | declared (as registered) | undeclared (told nothing) | baselines (same tasks) "
+             "| target |", "|---|---|---|---|---|---|"]
+    for declared, undeclared in pairs:
+        lines.append(f"| {declared['task']} | {declared['env_steps']:,} | {_cell(declared)} | {_cell(undeclared)} "
+                     f"| {_baselines_cell(declared)} | {declared['target']} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,19 +234,26 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"suite: unknown task(s) {unknown}; choose from {', '.join(TASKS)}.")
     if args.minutes <= 0 and args.steps >= 10**12:
         raise SystemExit("suite: give a budget: --minutes > 0 or --steps N.")
+    if args.compare and (args.undeclared or args.steps >= 10**12):
+        raise SystemExit("suite: --compare trains each task both ways at the same env steps: give --steps N "
+                         "(and no --undeclared).")
     overrides = parse_overrides(args.overrides)
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    modes = [("declared", False), ("undeclared", True)] if args.compare else [("", args.undeclared)]
+    rows: dict[str, list[dict[str, Any]]] = {mode: [] for mode, _ in modes}
     for name in names:
-        if (args.out / name).exists():
-            raise SystemExit(f"suite: {args.out / name} exists; pass a new --out directory.")
-        row = run_task(name, TASKS[name], args.out, minutes=args.minutes, steps=args.steps, trials=args.trials,
-                       seed=args.seed, overrides=overrides, undeclared=args.undeclared)
-        rows.append(row)
-        print(f"{name}: {_cell(row)}  [{_baselines_cell(row)}]", flush=True)
-        (args.out / "suite.json").write_text(json.dumps({"overrides": overrides, "undeclared": args.undeclared,
-                                                         "rows": rows}, indent=1))
-    table = markdown(rows)
+        for mode, undeclared in modes:
+            out = args.out / mode
+            if (out / name).exists():
+                raise SystemExit(f"suite: {out / name} exists; pass a new --out directory.")
+            out.mkdir(parents=True, exist_ok=True)
+            row = run_task(name, TASKS[name], out, minutes=args.minutes, steps=args.steps, trials=args.trials,
+                           seed=args.seed, overrides=overrides, undeclared=undeclared)
+            rows[mode].append(row)
+            print(f"{name}{f' ({mode})' if mode else ''}: {_cell(row)}  [{_baselines_cell(row)}]", flush=True)
+            saved = {"rows": rows[""]} if "" in rows else {"pairs": list(zip(rows["declared"], rows["undeclared"]))}
+            (args.out / "suite.json").write_text(json.dumps({"overrides": overrides, "undeclared": args.undeclared,
+                                                             "compare": args.compare, **saved}, indent=1))
+    table = markdown(rows[""]) if "" in rows else compare_markdown(list(zip(rows["declared"], rows["undeclared"])))
     (args.out / "suite.md").write_text(table + "\n")
     print(table)
     return 0

@@ -35,7 +35,6 @@ class Algorithm(ABC):
 
     Args:
         cfg: the algorithm section of the config (:class:`~meta_rl.config.AlgorithmConfig`).
-        gamma: the discount in use (``gamma = "auto"`` resolved by the trainer).
 
     Attributes:
         epochs: passes over each rollout. minibatches: slices of its tasks per pass.
@@ -44,8 +43,8 @@ class Algorithm(ABC):
     epochs = 1
     minibatches = 1
 
-    def __init__(self, cfg: AlgorithmConfig, gamma: float) -> None:
-        self.cfg, self.gamma = cfg, float(gamma)
+    def __init__(self, cfg: AlgorithmConfig) -> None:
+        self.cfg, self.gamma = cfg, float(cfg.gamma)
 
     @abstractmethod
     def __call__(self, policy: MetaPolicy, ro: Rollout) -> tuple[torch.Tensor, Stats]:
@@ -75,7 +74,8 @@ class Algorithm(ABC):
 
     @staticmethod
     def stats(terms: Stats, loss: torch.Tensor, ro: Rollout, values: torch.Tensor, returns: torch.Tensor) -> Stats:
-        """The figures an update logs (the critic's target moments feed its PopArt statistics)."""
+        """The figures an update logs (the critic's target moments feed its PopArt statistics, the mean reward
+        the policy's credit baseline)."""
         return {
             "losses/policy": terms["policy"].detach(),
             "losses/value": terms["value"].detach(),
@@ -85,6 +85,7 @@ class Algorithm(ABC):
             "charts/return": first_trial_returns(ro.rewards, ro.dones).mean(),
             "losses/value_target_mean": returns.mean(),
             "losses/value_target_second": returns.square().mean(),
+            "charts/reward_mean": ro.rewards.mean(),
         }
 
 
@@ -92,13 +93,13 @@ class Reinforce(Algorithm):
     """REINFORCE with TD(λ)-learned advantages (the default): one gradient step per rollout.
 
     Args:
-        cfg, gamma: as :class:`Algorithm`.
+        cfg: as :class:`Algorithm`.
         terms: the loss terms from log-probs, entropy, values, advantages and targets
             (:func:`meta_rl.returns.reinforce_losses`; tests inject faults through it).
     """
 
-    def __init__(self, cfg: AlgorithmConfig, gamma: float, terms: TermsFn = reinforce_losses) -> None:
-        super().__init__(cfg, gamma)
+    def __init__(self, cfg: AlgorithmConfig, terms: TermsFn = reinforce_losses) -> None:
+        super().__init__(cfg)
         self.terms = terms
 
     def __call__(self, policy: MetaPolicy, ro: Rollout) -> tuple[torch.Tensor, Stats]:
@@ -119,15 +120,15 @@ class PPO(Algorithm):
     that never binds, the policy gradient is REINFORCE's (``tests/test_algorithms.py``).
 
     Args:
-        cfg, gamma: as :class:`Algorithm`.
+        cfg: as :class:`Algorithm`.
         epochs: passes over each rollout.
         minibatches: slices of the rollout's tasks per pass (B must divide evenly).
         clip_range: ε of the clipped ratio.
     """
 
-    def __init__(self, cfg: AlgorithmConfig, gamma: float, *, epochs: int = 4, minibatches: int = 4,
+    def __init__(self, cfg: AlgorithmConfig, *, epochs: int = 4, minibatches: int = 4,
                  clip_range: float = 0.2) -> None:
-        super().__init__(cfg, gamma)
+        super().__init__(cfg)
         if epochs < 1 or minibatches < 1 or not clip_range > 0:
             raise ValueError(f"ppo needs epochs >= 1, minibatches >= 1 and clip_range > 0, got {epochs}, "
                              f"{minibatches}, {clip_range}; the defaults are 4, 4 and 0.2.")
@@ -151,6 +152,6 @@ ALGORITHMS.register("reinforce")(Reinforce)
 ALGORITHMS.register("ppo")(PPO)
 
 
-def make_algorithm(cfg: AlgorithmConfig, gamma: float, **fixed: Any) -> Algorithm:
+def make_algorithm(cfg: AlgorithmConfig, **fixed: Any) -> Algorithm:
     """The algorithm ``cfg.algo`` names, with ``cfg.algo_kwargs`` (an option it does not take is refused)."""
-    return ALGORITHMS.build(cfg.algo, cfg, gamma, options=cfg.algo_kwargs, **fixed)
+    return ALGORITHMS.build(cfg.algo, cfg, options=cfg.algo_kwargs, **fixed)

@@ -117,7 +117,7 @@ class ConfigBase:
         for names, ok, rule in rules:
             for name in names:
                 value = getattr(self, name)
-                if not isinstance(value, str) and not ok(value):  # a named setting (gamma = "auto"): check() vets it
+                if not isinstance(value, str) and not ok(value):  # a string: the type check names it
                     raise ConfigError(f"{name} {rule}, got {value}.")
         encoder_hidden = getattr(self, "encoder_hidden", [1])
         if not encoder_hidden or any(h < 1 for h in encoder_hidden):
@@ -266,11 +266,9 @@ class AlgorithmConfig:
     algo: str = "reinforce"
     """``reinforce`` (REINFORCE with GAE(λ) advantages from a TD(λ) critic: one update per rollout) or ``ppo``
     (the clipped surrogate over ``algo_kwargs.epochs`` epochs of ``algo_kwargs.minibatches`` minibatches of tasks)."""
-    gamma: float | str = "auto"
-    """Discount, or ``auto``, which reads what the env declares: 0 where it is ``myopic`` (classification with
-    label or reward feedback); 0.9 where every task lasts its full length whatever the agent does
-    (``fixed_length``: bandits, MDPs, PointNav); 0.99 where actions can end a task early or the env declares
-    nothing (a plug-in). A resumed run keeps the discount it was trained with."""
+    gamma: float = 0.9
+    """Discount of the critic's λ-returns and the policy's advantages, the same for every task: what an env
+    declares chooses no setting (BENCHMARKS.md § "One learner, told nothing")."""
     learning_rate: float = 2e-3
     """Adam step size."""
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -362,9 +360,6 @@ class TrainConfig(ConfigBase, RunConfig, AlgorithmConfig, ModelConfig, TaskConfi
     HELP_FIRST: ClassVar[tuple[str, ...]] = ESSENTIAL_KEYS
 
     def check(self) -> None:
-        if isinstance(self.gamma, str) and self.gamma != "auto":  # a number was checked with UNIT_INTERVAL
-            raise ConfigError(f"gamma must be 'auto' or a number in [0, 1], got {self.gamma!r}; use gamma=auto "
-                              "(the rule in `--help`), gamma=0 (myopic) or, e.g., gamma=0.99.")
         if not -(2**63) <= self.seed < 2**63:  # what torch.Generator.manual_seed takes
             raise ConfigError(f"seed must lie in [-2**63, 2**63), got {self.seed}.")
         bad = [k for k, v in self.env_kwargs.items() if not _plain(v)]
@@ -397,8 +392,7 @@ def check_read_head(table: dict[str, Any]) -> ReadHeadConfig:
     """The ``read_head`` table as settings, each key and value checked.
 
     Raises:
-        ConfigError: an unknown key (with a did-you-mean), a value of the wrong type, a negative gain, or an
-            ``index_head`` other than true, false or ``auto``.
+        ConfigError: an unknown key (with a did-you-mean), a value of the wrong type or a negative gain.
     """
     hints = typing.get_type_hints(ReadHeadConfig)
     for key, value in table.items():
@@ -409,10 +403,7 @@ def check_read_head(table: dict[str, Any]) -> ReadHeadConfig:
         check_type(f"read_head.{key}", value, hints[key])
         if key.endswith("gain") and value < 0:
             raise ConfigError(f"read_head.{key} must be >= 0, got {value}.")
-    settings = ReadHeadConfig(**table)
-    if isinstance(settings.index_head, str) and settings.index_head != "auto":
-        raise ConfigError(f"read_head.index_head must be true, false or 'auto', got {settings.index_head!r}.")
-    return settings
+    return ReadHeadConfig(**table)
 
 
 def named_configs(folder: str = "") -> dict[str, Path]:

@@ -6,13 +6,6 @@ class-level attributes in the manner of ``VectorEnv``'s own (``metadata``, ``num
 - ``episode_length``: the steps of one task (a whole trial), or None where tasks have no fixed length;
 - ``episodes_per_trial``: the inner episodes of a task, reported per step in ``info["inner_episode"]``,
   or None where a task is one episode;
-- ``fixed_length``: True where every task lasts exactly ``episode_length`` steps whatever the agent does
-  (bandits, fixed-horizon MDPs, classification streams), False where actions can end a task early
-  (a pole that falls, a goal reached) or nothing is known; the trainer's ``gamma = "auto"`` reads it;
-- ``myopic``: True where the action that pays most now is also the one that tells most about the task
-  (classification with label or reward feedback: the likeliest label is also the answer whose feedback
-  rules out most), so scoring each action by its own reward alone (γ = 0) loses nothing; the trainer's
-  ``gamma = "auto"`` reads it;
 - ``request_action``: the action that asks for the true label (active classification), or None;
 - ``reference_returns(trials, seed)``: the classic baselines' return per trial on the tasks an
   agent evaluated with the same seed meets (bandit indices, PSRL, a task-knowing oracle), where the env has them;
@@ -22,6 +15,10 @@ class-level attributes in the manner of ``VectorEnv``'s own (``metadata``, ``num
 The parts are also protocols (:class:`HasEpisodeLength`, ...), so a plug-in ``VectorEnv`` that does not subclass
 :class:`MetaVectorEnv` but has, say, an ``episode_length`` attribute is read the same way; an env
 with none of them declares nothing (the functions below return 0 or None).
+
+None of these choose a learning setting: the discount, the heads and their gains are the same for every env
+(issue 32), so a user's plain ``gymnasium.Env`` is learned as the suite's tasks are. What an env declares here
+sizes rollouts, speeds up encoding and feeds evaluation.
 """
 
 from __future__ import annotations
@@ -32,8 +29,8 @@ import torch
 from gymnasium.vector import VectorEnv
 
 __all__ = [
-    "HasEpisodeLength", "HasReferenceReturns", "HasTrials", "KnowsImages", "MetaVectorEnv", "fixed_length",
-    "known_images", "label_request_action", "myopic", "reference_returns", "task_length", "trial_episodes",
+    "HasEpisodeLength", "HasReferenceReturns", "HasTrials", "KnowsImages", "MetaVectorEnv",
+    "known_images", "label_request_action", "reference_returns", "task_length", "trial_episodes",
 ]
 
 
@@ -70,8 +67,6 @@ class MetaVectorEnv(VectorEnv):
 
     episode_length: int | None = None
     episodes_per_trial: int | None = None
-    fixed_length: bool = False
-    myopic: bool = False
     request_action: int | None = None
     device: torch.device = torch.device("cpu")
 
@@ -88,16 +83,6 @@ def task_length(env: object) -> int:
 def trial_episodes(env: object) -> int:
     """Inner episodes per task of ``env`` (0: not a multi-episode trial env)."""
     return int(env.episodes_per_trial or 0) if isinstance(env, HasTrials) else 0
-
-
-def fixed_length(env: object) -> bool:
-    """True where ``env`` declares that each task lasts ``episode_length`` steps whatever the agent does."""
-    return getattr(env, "fixed_length", False) is True and task_length(env) > 0
-
-
-def myopic(env: object) -> bool:
-    """True where ``env`` declares that its most rewarding action now is also its most informative one."""
-    return getattr(env, "myopic", False) is True
 
 
 def known_images(env: object) -> torch.Tensor | None:

@@ -20,7 +20,6 @@ run builds is its ``read_head`` table (:class:`ReadHeadConfig`); the saved confi
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -53,16 +52,10 @@ class ReadHeadConfig:
     value_read_gain: float = 5.0
     """With the value read and no revealed labels, the initial weight from an action's mean reward to its logit,
     and half of it against the action having been tried among the similar steps."""
-    index_head: bool | str = "auto"
+    index_head: bool = True
     """Add to each action's logit a term from one small network shared by all actions (:class:`IndexHead`),
     computed from that action's mean reward, whether it was tried and how often (switches the value read on).
-    ``auto``: on where the env declares ``fixed_length`` tasks and is not ``myopic`` (bandits, MDPs, active
-    classification); off elsewhere."""
-
-    def resolved(self, auto_index: bool) -> ReadHeadConfig:
-        """These settings with ``index_head = "auto"`` replaced by ``auto_index``."""
-        index = auto_index if isinstance(self.index_head, str) else bool(self.index_head)
-        return dataclasses.replace(self, index_head=index)
+    On for every task whose head is built: what an env declares chooses nothing."""
 
 
 VALUE_READ_EPS = 1e-3
@@ -153,7 +146,7 @@ class MemoryReadHead(nn.Module):
         context_layout: where each part of the RL² context lies (``action``, ``credit`` and, where the
             task reveals labels, ``label``): :attr:`~meta_rl.policy.MetaPolicy.context_layout`.
         action_dim: the number of actions.
-        settings: resolved settings (``index_head`` a bool).
+        settings: the ``read_head`` settings.
         count_scale: what the index head divides log counts by (log(1 + the memory's capacity)).
 
     Raises:

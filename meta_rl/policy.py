@@ -56,7 +56,6 @@ class MetaPolicy(nn.Module):
         model: the model section of a config (:class:`~meta_rl.config.ModelConfig`, which
             :class:`~meta_rl.config.TrainConfig` is); its defaults are the only ones.
         task_length: the steps of one task (a memory core sizes itself from it).
-        auto_index_head: what ``read_head.index_head = "auto"`` means here (the trainer reads it from the env).
 
     Raises:
         ConfigError: a setting that would do nothing with these spaces and this core (a ``read_head`` key
@@ -66,10 +65,11 @@ class MetaPolicy(nn.Module):
     low: torch.Tensor
     high: torch.Tensor
     return_stats: torch.Tensor
+    reward_mean: torch.Tensor  # (2,): r̄ and updates; only with credit inputs (Discrete actions)
 
     def __init__(
         self, observation_space: spaces.Space[Any], action_space: spaces.Space[Any], model: ModelConfig | None = None,
-        *, task_length: int, auto_index_head: bool = False,
+        *, task_length: int,
     ) -> None:
         super().__init__()
         model = ModelConfig() if model is None else model
@@ -84,7 +84,7 @@ class MetaPolicy(nn.Module):
         self.context_layout = self._context_layout()
         self.context_dim = self.context_layout["credit" if self.credit else "start"].stop
         self.embed_dim = embed_dim
-        read = check_read_head(model.read_head).resolved(auto_index_head)
+        read = check_read_head(model.read_head)
         self.core = self._make_core(model, task_length, MemoryReadHead.outputs(read) if self.credit else ())
         build_read = self.credit and all(name in self.core.output_layout() for name in REQUIRED_OUTPUTS)
         if model.read_head and not build_read:
@@ -108,6 +108,12 @@ class MetaPolicy(nn.Module):
         # The critic's output is μ + σ·value_head(f), μ and σ running statistics of its targets (PopArt):
         # fixed at 0 and 1 unless the trainer updates them (update_return_stats).
         self.register_buffer("return_stats", torch.tensor([0.0, 1.0, 0.0]))  # (3,): E[G], E[G²], updates
+        if self.credit:
+            # The credit input is one-hot(a)·(r − r̄), r̄ the running mean reward over training (update_reward_mean):
+            # an action is credited with how much better than usual it paid, so where every step pays alike (a
+            # pole's +1) the votes and the index head see no difference between actions instead of "repeat
+            # what you did" (BENCHMARKS.md § "One learner, told nothing").
+            self.register_buffer("reward_mean", torch.tensor([0.0, 0.0]))  # (2,): r̄, updates
         gaussian = isinstance(self.head, D.SquashedGaussianHead)
         self.log_std = nn.Parameter(torch.full((self.action_dim,), float(model.init_log_std))) if gaussian else None
         if self.read_head is not None:
@@ -240,7 +246,7 @@ class MetaPolicy(nn.Module):
         r = prev_reward.float().unsqueeze(-1)  # (*lead, 1)
         parts += [a * keep, r * keep, starts.float().unsqueeze(-1)]
         if self.credit:
-            parts.append(a * r * keep)  # (*lead, A): the reward credited to the previous action
+            parts.append(a * (r - self.reward_mean[0]) * keep)  # (*lead, A): the credit of the previous action
         return torch.cat(parts, dim=-1)  # (*lead, U)
 
     # -- core and heads --------------------------------------------------------------------
@@ -283,6 +289,15 @@ class MetaPolicy(nn.Module):
         w, b = popart_preserve(self.value_head.weight, self.value_head.bias, old, (mean, self.return_scale()))
         self.value_head.weight.copy_(w)
         self.value_head.bias.copy_(b)
+
+    @torch.no_grad()
+    def update_reward_mean(self, batch_mean: torch.Tensor, rate: float) -> None:
+        """Move the running mean reward that credits are measured against towards a rollout's (no-op without
+        credit inputs: ``Box`` actions)."""
+        if self.credit:
+            mean, _, count = popart_stats(self.reward_mean[0], self.reward_mean[0], self.reward_mean[1], batch_mean,
+                                          batch_mean, rate)
+            self.reward_mean.copy_(torch.stack([mean, count]))
 
     # -- distribution ----------------------------------------------------------------------
 

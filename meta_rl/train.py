@@ -29,7 +29,7 @@ from meta_rl.atomic import write_atomic
 from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
 from meta_rl.config import ConfigError, ModelConfig, TrainConfig, resolve_device
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
-from meta_rl.env_contract import fixed_length, myopic, task_length
+from meta_rl.env_contract import task_length
 from meta_rl.env_factory import make_vec_env
 from meta_rl.evaluation import (
     HELDOUT_SEED,
@@ -59,9 +59,7 @@ from meta_rl.spaces import space_to_dict
 from meta_rl.tensorboard_figures import accuracy_figure, episode_strip
 
 __all__ = [
-    "AUTO_GAMMA",
     "CHECKPOINT_NAME",
-    "FIXED_LENGTH_GAMMA",
     "TRUSTED_MODULES",
     "NonFiniteError",
     "Trainer",
@@ -72,8 +70,6 @@ __all__ = [
     "optimize",
     "policy_for_spaces",
     "resolve_device",
-    "resolve_gamma",
-    "resolve_index_head",
     "train",
     "untrusted_modules",
 ]
@@ -82,33 +78,20 @@ __all__ = [
 RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates",
                   "encoder_precision")
 Collector = Callable[..., Rollout]  # meta_rl.rollout.collect's signature
-AlgorithmFactory = Callable[[TrainConfig, float], Algorithm]  # meta_rl.algorithms.make_algorithm's signature
+AlgorithmFactory = Callable[[TrainConfig], Algorithm]  # meta_rl.algorithms.make_algorithm's signature
 
 
 def build_policy(cfg: ModelConfig, env: VectorEnv, steps: int) -> MetaPolicy:
     """The policy ``cfg`` describes for ``env``'s spaces, for tasks of ``steps`` steps."""
-    return policy_for_spaces(cfg, env.single_observation_space, env.single_action_space, steps,
-                             auto_index_head=resolve_index_head("auto", env))
+    return policy_for_spaces(cfg, env.single_observation_space, env.single_action_space, steps)
 
 
-def resolve_index_head(index_head: bool | str, env: object) -> bool:
-    """Whether ``read_head.index_head`` builds an :class:`~meta_rl.memory_read.IndexHead` on ``env``: ``auto`` where
-    the env declares fixed-length tasks (:func:`meta_rl.env_contract.fixed_length`: a budget of steps, each scored by
-    its reward, as in a bandit or an MDP) and is not myopic (:func:`meta_rl.env_contract.myopic`: there is exploring
-    to value); a bool as it is."""
-    if isinstance(index_head, str):
-        return fixed_length(env) and not myopic(env)
-    return bool(index_head)
-
-
-def policy_for_spaces(
-    cfg: ModelConfig, observation_space: Any, action_space: Any, steps: int, *, auto_index_head: bool = False
-) -> MetaPolicy:
+def policy_for_spaces(cfg: ModelConfig, observation_space: Any, action_space: Any, steps: int) -> MetaPolicy:
     """The policy ``cfg`` describes for one task's observation and action spaces, after importing
     ``cfg.model_module`` (where a user's core or encoder registers itself)."""
     if cfg.model_module:
         import_plugin(cfg.model_module, "model_module")
-    return MetaPolicy(observation_space, action_space, cfg, task_length=steps, auto_index_head=auto_index_head)
+    return MetaPolicy(observation_space, action_space, cfg, task_length=steps)
 
 
 def with_built_read_head(cfg: TrainConfig, env: VectorEnv, steps: int) -> TrainConfig:
@@ -117,24 +100,6 @@ def with_built_read_head(cfg: TrainConfig, env: VectorEnv, steps: int) -> TrainC
     with torch.device("meta"):
         policy = build_policy(cfg, env, steps)
     return dataclasses.replace(cfg, read_head=policy.read_head_settings)
-
-
-#: The discount ``gamma = "auto"`` gives tasks that can end early or declare nothing.
-AUTO_GAMMA = 0.99
-#: The discount ``gamma = "auto"`` gives fixed-length tasks that are not myopic (bandits, MDPs, PointNav).
-FIXED_LENGTH_GAMMA = 0.9
-
-
-def resolve_gamma(gamma: float | str, env: object) -> float:
-    """The discount a ``gamma`` setting gives on ``env``: a number as it is; ``auto`` 0 where the env declares
-    itself myopic (:func:`meta_rl.env_contract.myopic`: classification with label or reward feedback),
-    :data:`FIXED_LENGTH_GAMMA` where it declares fixed-length tasks (:func:`meta_rl.env_contract.fixed_length`),
-    else :data:`AUTO_GAMMA`."""
-    if isinstance(gamma, str):
-        if myopic(env):
-            return 0.0
-        return FIXED_LENGTH_GAMMA if fixed_length(env) else AUTO_GAMMA
-    return float(gamma)
 
 
 Admit = Callable[[dict[str, torch.Tensor]], bool]
@@ -173,7 +138,7 @@ def optimize(
             stats = gradients(policy, optimizer, algorithm, part, cfg, world)
             if admit is None or admit(stats):
                 optimizer.step()
-                update_return_stats(policy, stats, cfg, world)
+                update_running_stats(policy, stats, cfg, world)
             else:
                 optimizer.zero_grad(set_to_none=True)  # skip: no step, Adam's state untouched
             out.append(stats)
@@ -193,8 +158,11 @@ def gradients(
     return {**stats, "losses/grad_norm": grad_norm.detach()}
 
 
-def update_return_stats(policy: MetaPolicy, stats: dict[str, torch.Tensor], cfg: TrainConfig, world: World) -> None:
-    """After an admitted step: the critic's target statistics move towards this update's (over all ranks)."""
+def update_running_stats(policy: MetaPolicy, stats: dict[str, torch.Tensor], cfg: TrainConfig, world: World) -> None:
+    """After an admitted step: the mean reward credits are measured against and the critic's target statistics
+    move towards this update's (over all ranks)."""
+    policy.update_reward_mean(world.all_sum(stats["charts/reward_mean"].reshape(1))[0] / world.size,
+                              cfg.return_norm_rate)
     if cfg.normalize_returns:
         moments = torch.stack([stats["losses/value_target_mean"], stats["losses/value_target_second"]])
         moments = world.all_sum(moments) / world.size
@@ -317,7 +285,7 @@ class Trainer:
         stop: the run's :class:`StopRequest` (set by the signal handlers of :func:`locked_run_dir`).
         world: the ranks. device: where tensors live. progress: show a progress bar (rank 0).
         collector: gathers a rollout (:func:`meta_rl.rollout.collect`'s signature).
-        algorithm: builds the algorithm from the config and the discount (:func:`meta_rl.algorithms.make_algorithm`).
+        algorithm: builds the algorithm from the config (:func:`meta_rl.algorithms.make_algorithm`).
         eager_guard: read the NaN verdict every update (default: on the CPU or when skipping).
     """
 
@@ -355,9 +323,7 @@ class Trainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         probe = make_vec_env(cfg, cfg.train_split, 1, self.device)
-        # "auto" resolved once, here, so the saved config (and a resume's check against it) names the policy built.
         self.steps = cfg.rollout_steps or task_length(probe)
-        self.gamma = resolve_gamma(cfg.gamma, probe)
         if self.steps < 1:
             raise ConfigError(f"env {cfg.env_id!r} has no episode_length; set rollout_steps to the length of a task.")
         # The read head's settings as built, once, here, so the saved config (and a resume's check against it)
@@ -379,7 +345,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
             self.policy = build_policy(self.cfg, self.env, self.steps).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.learning_rate)
-        self.algorithm = self.make_algorithm(self.cfg, self.gamma)
+        self.algorithm = self.make_algorithm(self.cfg)
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.guard = NonFiniteGuard(self.policy, eager=self.eager_guard, skip=self.cfg.skip_nonfinite_updates,
                                     steps_per_update=self.steps * self.per_update, kept=self._kept,
@@ -395,10 +361,6 @@ class Trainer:
         if self.resume:
             ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
             _check_resumable(ckpt["config"], self.cfg, self.ckpt_path)
-            if isinstance(self.cfg.gamma, str):  # "auto": go on with the discount the run was trained with
-                with malformed_state(self.ckpt_path):
-                    self.gamma = float(ckpt["gamma"])
-                self.algorithm = self.make_algorithm(self.cfg, self.gamma)
             load_state(self.policy, ckpt["policy"], self.ckpt_path, "policy")
             load_state(self.optimizer, ckpt["optimizer"], self.ckpt_path, "optimizer")
             with malformed_state(self.ckpt_path):
@@ -431,8 +393,7 @@ class Trainer:
             after_existing_event_files(self.run_dir)
             self.writer = EventWriter(self.run_dir, purge_step=self.env_steps + 1 if self.resume else 0)
             if not self.resume:
-                self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```\n"
-                                     f"discount in use: {self.gamma}", 0)
+                self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```\n", 0)
         self.metrics = MetricLogger([self.writer] if self.world.is_main else [], self.world, self.device,
                                     self.env_steps)
         if self.eval_envs:
@@ -560,7 +521,6 @@ class Trainer:
                 "policy": self.policy.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "counters": {"update": self.update, "env_steps": self.env_steps},
-                "gamma": self.gamma,  # the discount in use, which a resumed run keeps whatever gamma="auto" gives then
                 "rng": {"actions": self.generator.get_state()},
             }
             spaces = {"observation": space_to_dict(self.env.single_observation_space),
@@ -591,7 +551,6 @@ class Trainer:
         if trained and self.world.is_main:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
                        for k, v in self.cfg.to_dict().items()}
-            hparams["gamma"] = self.gamma  # the discount in use (``auto`` resolved)
             metrics = {f"hparam/{k.split('/')[-1]}": v for k, v in self.final.items()}
             if not metrics:  # no held-out evaluation (eval_every = 0): the training return stands in
                 metrics = {"hparam/train_return": self.metrics.last_return}

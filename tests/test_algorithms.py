@@ -38,7 +38,7 @@ def _grads(policy: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
 
 def test_the_rollout_carries_the_behaviour_log_probs_and_values() -> None:
     cfg, policy, ro, env = _setup()
-    log_probs, _, values = Reinforce(cfg, 0.9).evaluate(policy, ro)  # the same policy, as one sequence
+    log_probs, _, values = Reinforce(cfg).evaluate(policy, ro)  # the same policy, as one sequence
     torch.testing.assert_close(ro.log_probs, log_probs.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ro.values, values.detach(), atol=1e-5, rtol=1e-5)
     assert ro.log_probs.shape == ro.values.shape == (PULLS, B) and bool((ro.log_probs <= 0).all())
@@ -48,10 +48,10 @@ def test_the_rollout_carries_the_behaviour_log_probs_and_values() -> None:
 def test_ppo_at_one_epoch_without_clipping_is_the_reinforce_gradient() -> None:
     """ρ = 1 where the behaviour policy is the policy: the clipped surrogate's gradient is -mean(A ∇ log π)."""
     cfg, policy, ro, env = _setup()
-    reinforce = Reinforce(cfg, 0.9)
+    reinforce = Reinforce(cfg)
     log_probs, _, values = reinforce.evaluate(policy, ro)
     behaviour = dataclasses.replace(ro, log_probs=log_probs.detach(), values=values.detach())
-    ppo = PPO(cfg, 0.9, epochs=1, minibatches=1, clip_range=1e6)
+    ppo = PPO(cfg, epochs=1, minibatches=1, clip_range=1e6)
     loss_r, stats_r = reinforce(policy, behaviour)
     loss_p, stats_p = ppo(policy, behaviour)
     assert torch.equal(stats_p["losses/value_target_mean"], stats_r["losses/value_target_mean"])
@@ -61,14 +61,14 @@ def test_ppo_at_one_epoch_without_clipping_is_the_reinforce_gradient() -> None:
     assert any(float(g.abs().sum()) > 0 for g in _grads(policy, loss_p))
     # A clip that binds changes the gradient once the policy has moved away from the behaviour policy.
     moved = dataclasses.replace(behaviour, log_probs=behaviour.log_probs - 0.5)
-    tight = PPO(cfg, 0.9, epochs=1, minibatches=1, clip_range=0.1)(policy, moved)[0]
-    assert not torch.allclose(tight, PPO(cfg, 0.9, epochs=1, minibatches=1, clip_range=1e6)(policy, moved)[0])
+    tight = PPO(cfg, epochs=1, minibatches=1, clip_range=0.1)(policy, moved)[0]
+    assert not torch.allclose(tight, PPO(cfg, epochs=1, minibatches=1, clip_range=1e6)(policy, moved)[0])
     env.close()
 
 
 def test_ppo_steps_over_epochs_of_minibatches_of_tasks() -> None:
     cfg, policy, ro, env = _setup(algo="ppo", algo_kwargs={"epochs": 2, "minibatches": 2})
-    algorithm = make_algorithm(cfg, 0.9)
+    algorithm = make_algorithm(cfg)
     assert isinstance(algorithm, PPO) and (algorithm.epochs, algorithm.minibatches) == (2, 2)
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in policy.parameters()]
@@ -79,18 +79,18 @@ def test_ppo_steps_over_epochs_of_minibatches_of_tasks() -> None:
     assert half.rewards.shape == (PULLS, 2) and torch.equal(half.actions, ro.actions[:, [3, 1]])
     assert all(s.shape[0] == 2 for s in half.state0)
     with pytest.raises(ConfigError, match=r"algo_kwargs.minibatches = 3 does not divide num_envs = 4"):
-        optimize(policy, optimizer, PPO(cfg, 0.9, minibatches=3), ro, cfg)
+        optimize(policy, optimizer, PPO(cfg, minibatches=3), ro, cfg)
     env.close()
 
 
 def test_algorithm_options_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"algo_kwargs \['epochs'\] do nothing for algo = 'reinforce', which takes "
                                           r"no options"):
-        make_algorithm(TrainConfig(algo_kwargs={"epochs": 2}), 0.9)
+        make_algorithm(TrainConfig(algo_kwargs={"epochs": 2}))
     with pytest.raises(ConfigError, match=r"algo_kwargs \['clip'\] do nothing for algo = 'ppo', which takes epochs"):
-        make_algorithm(TrainConfig(algo="ppo", algo_kwargs={"clip": 0.1}), 0.9)
+        make_algorithm(TrainConfig(algo="ppo", algo_kwargs={"clip": 0.1}))
     with pytest.raises(ValueError, match="ppo needs epochs >= 1"):
-        make_algorithm(TrainConfig(algo="ppo", algo_kwargs={"epochs": 0}), 0.9)
+        make_algorithm(TrainConfig(algo="ppo", algo_kwargs={"epochs": 0}))
 
 
 def test_ppo_trains_through_the_trainer(tmp_path: Path) -> None:

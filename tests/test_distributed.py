@@ -32,7 +32,6 @@ from meta_rl.train import (
     build_policy,
     make_vec_env,
     optimize,
-    resolve_gamma,
     train,
 )
 
@@ -139,7 +138,7 @@ def test_two_ranks_under_torchrun_match_one_process_and_resume(proto_dataset: st
                  for seed, gen in zip(seeds, gens)]
         combined = cat_rollouts(policy, parts)
         assert combined.rewards.shape == (steps, WORLD * NUM_ENVS)
-        optimize(policy, optimizer, make_algorithm(ref_cfg, resolve_gamma(ref_cfg.gamma, vec)), combined, ref_cfg)
+        optimize(policy, optimizer, make_algorithm(ref_cfg), combined, ref_cfg)
 
     combined_update(0)
     got = dict(trained.named_parameters())
@@ -222,8 +221,8 @@ def test_cuda_update_matches_cpu(proto_dataset: str, monkeypatch: pytest.MonkeyP
     gen = torch.Generator().manual_seed(cfg.seed)
     for update in range(3):
         ro = collect(vec, cpu_policy, steps, gen, reset_seed=_task_seed(cfg.seed, update))
-        optimize(cpu_policy, cpu_opt, make_algorithm(cfg, resolve_gamma(cfg.gamma, vec)), _to(ro, CPU), cfg)
-        optimize(gpu_policy, gpu_opt, make_algorithm(cfg, resolve_gamma(cfg.gamma, vec)), _to(ro, cuda), cfg)
+        optimize(cpu_policy, cpu_opt, make_algorithm(cfg), _to(ro, CPU), cfg)
+        optimize(gpu_policy, gpu_opt, make_algorithm(cfg), _to(ro, cuda), cfg)
     for name, p in cpu_policy.named_parameters():
         torch.testing.assert_close(dict(gpu_policy.named_parameters())[name].detach().cpu(), p.detach(),
                                    rtol=1e-4, atol=1e-4, msg=name)

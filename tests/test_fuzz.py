@@ -189,7 +189,7 @@ def test_fuzz_single_env(synthetic: ImageDataset, seed: Any, options: Any, steps
 # --------------------------------------------------------------------------------------------
 
 FIELDS = {f: getattr(TrainConfig(), f) for f in TrainConfig.__dataclass_fields__}
-# The types a field with a union hint takes (gamma: float or "auto"; index_head: bool or "auto").
+# The types a field with a union hint takes.
 UNION_TYPES = {f: typing.get_args(h) for f, h in typing.get_type_hints(TrainConfig).items()
                if isinstance(h, types.UnionType)}
 VALUES = st.one_of(

@@ -445,8 +445,8 @@ def test_action_value_read_is_each_actions_mean_reward() -> None:
 
 def test_value_read_feeds_the_heads_only_with_memory_and_discrete_actions() -> None:
     no_label = spaces.Dict({"image": image_space()["image"]})
-    on = small_policy(no_label, spaces.Discrete(N_WAY), value_read=True)
-    off = small_policy(no_label, spaces.Discrete(N_WAY))
+    on = small_policy(no_label, spaces.Discrete(N_WAY), value_read=True, index_head=False)
+    off = small_policy(no_label, spaces.Discrete(N_WAY), index_head=False)
     assert value_read(on) and not value_read(off)
     assert on.policy_head.in_features == off.policy_head.in_features + 2 * N_WAY
     assert on.value_head.in_features == on.policy_head.in_features
@@ -455,9 +455,9 @@ def test_value_read_feeds_the_heads_only_with_memory_and_discrete_actions() -> N
     tried = mean + N_WAY
     rows = torch.arange(N_WAY)
     plain = small_policy(no_label, spaces.Discrete(N_WAY), read_gain=0.0, taken_gain=0.0, value_read=True,
-                         value_read_gain=0.0)
+                         value_read_gain=0.0, index_head=False)
     for gain in (0.0, 3.0):
-        voted = small_policy(no_label, spaces.Discrete(N_WAY), value_read=True, value_read_gain=gain)
+        voted = small_policy(no_label, spaces.Discrete(N_WAY), value_read=True, value_read_gain=gain, index_head=False)
         delta = voted.policy_head.weight - plain.policy_head.weight
         torch.testing.assert_close(delta[rows, mean], torch.full((N_WAY,), gain))
         torch.testing.assert_close(delta[rows, tried], torch.full((N_WAY,), -gain / 2))
@@ -465,9 +465,10 @@ def test_value_read_feeds_the_heads_only_with_memory_and_discrete_actions() -> N
         torch.testing.assert_close(voted.policy_head.weight[:, core_part], on.policy_head.weight[:, core_part])
     for core in ("gru", "lstm"):
         with pytest.raises(ConfigError, match="does nothing here"):
-            small_policy(no_label, spaces.Discrete(N_WAY), core=core, value_read=True)
+            small_policy(no_label, spaces.Discrete(N_WAY), core=core, value_read=True, index_head=False)
     with pytest.raises(ConfigError, match=r"does nothing here.*Discrete actions \(the action space is Box"):
-        small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), value_read=True)
+        small_policy(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2,), np.float32), value_read=True,
+                     index_head=False)
     # Forward on a short sequence gives heads of the right shapes.
     t, b = 3, 2
     img = torch.randint(0, 256, (t, b, *no_label["image"].shape), dtype=torch.uint8)
@@ -511,7 +512,7 @@ def test_action_counts_are_hand_counted_pulls_where_every_step_matches() -> None
 
 
 def test_index_head_starts_silent_and_scores_every_action_with_one_rule() -> None:
-    with_head, without = _bandit_policy(index_head=True), _bandit_policy(value_read=True)
+    with_head, without = _bandit_policy(index_head=True), _bandit_policy(value_read=True, index_head=False)
     assert value_read(with_head) and index_head(with_head) is not None and index_head(without) is None
     assert with_head.policy_head.in_features == without.policy_head.in_features  # the counts go to the index head
     embed, ctx, starts = _bandit_inputs(with_head, [0, 2, 0], [1.0, 0.0, 1.0])

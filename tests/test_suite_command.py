@@ -47,21 +47,19 @@ def test_episode_change_is_reported_with_its_paired_interval() -> None:
 
 
 def test_undeclared_tasks_declare_only_spaces_and_trials(tmp_path: Path) -> None:
-    """``--undeclared``: the learner is told what a plug-in tells it (γ = 0.99, no index head on a bandit), and the
-    run is scored on the task itself, with its baselines."""
+    """``--undeclared``: the learner is told what a plug-in tells it (spaces and trial structure), and the run is
+    scored on the task itself, with its baselines."""
     import gymnasium as gym
     import torch
 
-    from meta_rl.env_contract import fixed_length, known_images, myopic, task_length
+    from meta_rl.env_contract import known_images, label_request_action, task_length
     from meta_rl.envs.undeclared import UndeclaredVectorEnv, register_undeclared
-    from meta_rl.train import AUTO_GAMMA, resolve_gamma, resolve_index_head
 
     name = register_undeclared("meta_rl/Bandit-k5-n10-v0")
     assert name == "meta_rl/Undeclared-Bandit-k5-n10-v0" == register_undeclared("meta_rl/Bandit-k5-n10-v0")
     env = gym.make_vec(name, num_envs=3, vectorization_mode="vector_entry_point", split="val")
     assert isinstance(env, UndeclaredVectorEnv) and env.env.split == "val"  # type: ignore[attr-defined]
-    assert task_length(env) == 10 and not fixed_length(env) and not myopic(env) and known_images(env) is None
-    assert resolve_gamma("auto", env) == AUTO_GAMMA and not resolve_index_head("auto", env)
+    assert task_length(env) == 10 and known_images(env) is None and label_request_action(env) is None
     declared = gym.make_vec("meta_rl/Bandit-k5-n10-v0", num_envs=3, vectorization_mode="vector_entry_point",
                             split="val")
     a, b = env.reset(seed=4)[0], declared.reset(seed=4)[0]
@@ -75,4 +73,20 @@ def test_undeclared_tasks_declare_only_spaces_and_trials(tmp_path: Path) -> None
     rows = {r["task"]: r for r in out["rows"]}
     assert "gittins" in rows["bandit-k5-n10"]["baselines"] and len(rows["glyphs-label"]["accuracy_by_instance"]) == 10
     saved = json.loads((tmp_path / "u" / "bandit-k5-n10" / "config.json").read_text())
-    assert saved["env_id"] == name and saved["read_head"]["index_head"] is False  # told nothing: no index head
+    assert saved["env_id"] == name and saved["read_head"]["index_head"] is True  # told nothing, built the same
+
+
+def test_compare_trains_each_task_both_ways_and_they_agree(tmp_path: Path) -> None:
+    """``--compare``: the same env steps as registered and told nothing give the same scores, the learner reading
+    no declaration; without ``--steps`` it is refused (a time budget would give the two runs different steps)."""
+    suite = import_script("suite")
+    tiny = ["num_envs=4", "hidden=8", "encoder_hidden=[8]", "core_kwargs.key_dim=4"]
+    with pytest.raises(SystemExit, match="--compare trains each task both ways at the same env steps"):
+        suite.main(["--tasks", "bandit-k5-n10", "--compare", "--minutes", "1", "--out", str(tmp_path / "t"), *tiny])
+    assert suite.main(["--tasks", "bandit-k5-n10,mdp-n10", "--steps", "2000", "--minutes", "0", "--trials", "16",
+                       "--compare", "--out", str(tmp_path / "c"), *tiny]) == 0
+    out = json.loads((tmp_path / "c" / "suite.json").read_text())
+    for declared, undeclared in out["pairs"]:
+        assert declared["env_steps"] == undeclared["env_steps"] > 0
+        assert declared["return_per_trial"] == undeclared["return_per_trial"]
+    assert "| declared (as registered) | undeclared (told nothing) |" in (tmp_path / "c" / "suite.md").read_text()

@@ -413,16 +413,16 @@ def test_new_run_refuses_a_directory_with_a_checkpoint(tiny_run: Run) -> None:
 def test_the_saved_config_records_the_read_head_built_and_a_resume_must_match_it(
     proto_dataset: str, tmp_path: Path
 ) -> None:
-    """The memory-read head's settings are saved as built (``auto`` resolved); changing one refuses the resume."""
+    """The memory-read head's settings are saved as built; changing one refuses the resume."""
     from meta_rl.trained_agent import load
 
     cfg = tiny_config(proto_dataset, total_env_steps=2 * STEPS_PER_UPDATE, eval_every=0)
     train(cfg, tmp_path, progress=False)
     saved = load_checkpoint(tmp_path / CHECKPOINT_NAME)["config"]["read_head"]
     assert saved == {"read_gain": 5.0, "taken_gain": 2.0, "value_read": False, "value_read_gain": 5.0,
-                     "index_head": False}  # label feedback: myopic, so "auto" built no index head
+                     "index_head": True}
     policy = load(tmp_path).policy
-    assert policy.read_head is not None and policy.read_head.index_head is None
+    assert policy.read_head is not None and policy.read_head.index_head is not None
     with pytest.raises(CheckpointError, match=r"read_head: .*'value_read': False.* -> .*'value_read': True"):
         train(tiny_config(proto_dataset, read_head={"value_read": True}, total_env_steps=4 * STEPS_PER_UPDATE,
                           eval_every=0), tmp_path, progress=False, resume=True)
