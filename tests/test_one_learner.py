@@ -7,6 +7,9 @@ mean reward that credits are measured against, is measured in training the same 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +177,15 @@ def test_the_default_learns_an_undeclared_plug_in_bandit_no_memoryless_agent_can
     trained = evaluate_task(env, policy, 500, seed=7, steps=PULLS).to_json()
     assert trained["return_per_trial"] >= 6.0  # this seed: see the test's log; random and memoryless: 2.0
     env.close()
+
+
+def test_the_plug_in_bandit_experiment_trains_and_scores(tmp_path: Path) -> None:
+    """``experiments/plug_in_bandit.py`` (the issue's Bernoulli bandit as a plain ``gymnasium.Env``) runs end to end
+    on a tiny budget and prints its held-out score."""
+    script = Path(__file__).resolve().parents[1] / "experiments" / "plug_in_bandit.py"
+    done = subprocess.run([sys.executable, str(script), "--minutes", "0.05", "--run-dir", str(tmp_path / "run"),
+                           "--trials", "16", "num_envs=4", "hidden=8", "encoder_hidden=[8]", "core_kwargs.key_dim=4",
+                           "torch_threads=1"], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["env_steps"] > 0 and 0 <= out["return_per_trial"] <= 100
