@@ -189,3 +189,23 @@ def test_the_plug_in_bandit_experiment_trains_and_scores(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["env_steps"] > 0 and 0 <= out["return_per_trial"] <= 100
+
+
+def test_the_default_learns_to_stop_asking_after_the_first_instance(proto_dataset: str, tmp_path: Path) -> None:
+    """Active classification (the 4th action asks for the label at a cost) with the default config, on 3-way
+    streams of prototype classes, in a short run: held-out tasks ask at the 1st instance of a class (this seed:
+    57%) and no longer from the 2nd on (0%), where the label is in memory. On the suite's glyphs the default does
+    not get there in the suite's budget (BENCHMARKS.md § "One learner, told nothing")."""
+    cfg = TrainConfig.load(None, [
+        "env_id=meta_rl/FewShot-v0", "env_kwargs.feedback=active", f"env_kwargs.dataset={proto_dataset}",
+        "env_kwargs.n_way=3", "env_kwargs.instances_per_class=4", "num_envs=32", "hidden=32", "encoder_hidden=[32]",
+        "core_kwargs.key_dim=16", "total_env_steps=240000", "eval_every=0", "torch_threads=1", "seed=0",
+    ])
+    train(cfg, tmp_path / "run", progress=False)
+    env = make_vec_env(cfg, "test", 100, CPU)
+    policy = build_policy(cfg, env, int(env.episode_length))
+    policy.load_state_dict(load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["policy"])
+    rates = evaluate_task(env, policy, 200, seed=7, steps=int(env.episode_length)).to_json()
+    asked = list(rates["request_rate_by_instance"].values())
+    assert asked[0] >= 0.4 and max(asked[2:]) <= 0.1, asked
+    env.close()

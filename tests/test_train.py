@@ -115,6 +115,8 @@ def test_memory_agent_learns_what_no_memoryless_agent_can(offset_dataset: str, t
         hidden=32,
         core_kwargs={"key_dim": 16},
         core="memory",
+        gamma=0.0,  # the answer changes no later reward: the least variance for this short run (the default, 0.9,
+        # reaches 0.78 at the 2nd instance after 500 updates and 0.64 after 750: BENCHMARKS.md § "One learner")
         total_env_steps=250 * 32 * 12,  # 250 updates, about 5 s of one CPU core
         log_every=1000,
         eval_every=10**6,  # evaluate once, at the end
@@ -292,8 +294,8 @@ def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
         (["num_envs=many"], "num_envs must be of type int"),
         (["num_envs=2.5"], "num_envs must be of type int"),
         (["num_envs=true"], "num_envs must be of type int"),
-        (["gamma=high"], "gamma must be 'auto' or a number in \\[0, 1\\], got 'high'"),
-        (["gamma=[0.9]"], "gamma must be of type float or str"),
+        (["gamma=high"], "gamma must be of type float, got str 'high'"),
+        (["gamma=[0.9]"], "gamma must be of type float, got list"),
         (["encoder_hidden=[64, 'x']"], "encoder_hidden must be a list of int"),
         (["env_kwargs=3"], "env_kwargs must be a table/dict"),
         (["num_envs=-1"], r"num_envs must be >= 1"),
