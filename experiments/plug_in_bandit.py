@@ -13,18 +13,13 @@ Random play earns 50 per trial; on the suite's test tasks of the same distributi
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import plug_in_runs
 
-import meta_rl
-from meta_rl.config import TrainConfig
 from meta_rl.envs.gym_tasks import register_gym_task
-from meta_rl.evaluation import trial_returns
-from meta_rl.train import train
 
 ARMS, PULLS = 5, 100
 
@@ -60,20 +55,7 @@ register_gym_task("mine/Bandit-v0", make_bandit, sample_arms, episodes_per_trial
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="training budget (default 10)")
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--trials", type=int, default=1000, help="held-out tasks scored")
-    parser.add_argument("overrides", nargs="*", help="key=value config changes, e.g. gamma=0")
-    args = parser.parse_args()
-    cfg = TrainConfig.load(None, ["env_id=mine/Bandit-v0", "env_module=plug_in_bandit", f"max_minutes={args.minutes}",
-                                  "total_env_steps=1000000000000", "eval_every=0", *args.overrides])
-    result = train(cfg, args.run_dir, progress=False)
-    agent = meta_rl.load(args.run_dir, env_module="plug_in_bandit")  # you trust your own module
-    res = trial_returns(agent.make_env("test", 250), agent.policy, trials=args.trials)
-    print(json.dumps({"overrides": args.overrides, "env_steps": result["env_steps"],
-                      "minutes": round(result["minutes"], 2), "return_per_trial": round(res.total, 2),
-                      "return_per_trial_ci95": round(res.total_ci95, 2)}))
+    plug_in_runs.main(__doc__.split("\n")[0], "mine/Bandit-v0", "plug_in_bandit", budget="minutes", default=10.0)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,13 @@ every task, unless overrides say otherwise:
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import plug_in_runs
 
-import meta_rl
-from meta_rl.config import TrainConfig
 from meta_rl.envs.gym_tasks import register_gym_task
-from meta_rl.evaluation import trial_returns
-from meta_rl.train import train
 
 SIZE = 5
 CENTRE = SIZE // 2
@@ -69,21 +64,8 @@ register_gym_task("mine/GoalGrid-v0", make_grid, sample_goal, episodes_per_trial
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=3_000_000, help="env steps of training (default 3M)")
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--trials", type=int, default=1000, help="held-out tasks scored")
-    parser.add_argument("overrides", nargs="*", help="key=value config changes, e.g. gamma=0")
-    args = parser.parse_args()
-    cfg = TrainConfig.load(None, ["env_id=mine/GoalGrid-v0", "env_module=plug_in_goal_grid",
-                                  f"total_env_steps={args.steps}", "eval_every=0", "torch_threads=1", *args.overrides])
-    result = train(cfg, args.run_dir, progress=False)
-    agent = meta_rl.load(args.run_dir, env_module="plug_in_goal_grid")  # you trust your own module
-    res = trial_returns(agent.make_env("test", 100), agent.policy, trials=args.trials)
-    print(json.dumps({"overrides": args.overrides, "env_steps": result["env_steps"],
-                      "return_by_episode": [round(m, 3) for m in res.mean], "ci95": [round(c, 3) for c in res.ci95],
-                      "improvement": round(res.improvement, 3), "improvement_ci95": round(res.improvement_ci95, 3),
-                      "return_per_trial": round(res.total, 3), "return_per_trial_ci95": round(res.total_ci95, 3)}))
+    plug_in_runs.main(__doc__.split("\n")[0], "mine/GoalGrid-v0", "plug_in_goal_grid", budget="steps",
+                      default=3_000_000)
 
 
 if __name__ == "__main__":
