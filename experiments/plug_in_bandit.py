@@ -24,7 +24,7 @@ from meta_rl.envs.gym_tasks import register_gym_task
 ARMS, PULLS = 5, 100
 
 
-class BernoulliBandit(gym.Env):  # type: ignore[type-arg]
+class BernoulliBandit(gym.Env):
     """``ARMS`` arms, arm j paying 1 with probability ``p[j]``; the observation is a constant."""
 
     observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
@@ -42,11 +42,11 @@ class BernoulliBandit(gym.Env):  # type: ignore[type-arg]
         return np.zeros(1, np.float32), paid, False, False, {}
 
 
-def make_bandit() -> gym.Env:  # type: ignore[type-arg]
+def make_bandit() -> gym.Env:
     return BernoulliBandit()
 
 
-def sample_arms(env: gym.Env, rng: np.random.Generator) -> None:  # type: ignore[type-arg]
+def sample_arms(env: gym.Env, rng: np.random.Generator) -> None:
     """A new task: every arm's pay probability uniform in [0, 1]."""
     env.unwrapped.p = rng.random(ARMS)  # type: ignore[attr-defined]
 
