@@ -33,9 +33,10 @@ __all__ = [
     "state_leaves",
 ]
 
-#: 3: the config in sections with ``core_kwargs`` and ``read_head``, batch-first core states, the policy's
-#: memory-read head as one module (``read_head.*``); 2 had a checksum; 1 had none.
-FORMAT_VERSION = 3
+#: 4: the policy's credit baseline (``reward_mean``) and no separate ``gamma`` entry (the config holds it); 3: the
+#: config in sections with ``core_kwargs`` and ``read_head``, batch-first core states, the policy's memory-read head
+#: as one module (``read_head.*``); 2 had a checksum; 1 had none.
+FORMAT_VERSION = 4
 REQUIRED_KEYS = ("format_version", "config", "policy", "optimizer", "counters", "rng")
 WRITER_KEY = "meta_rl_version"
 CHECKSUM_KEY = "checksum"
