@@ -21,7 +21,7 @@ from meta_rl.cores import Core, State, make_core
 from meta_rl.encoders import PRECISIONS, build_encoder, native_bfloat16
 from meta_rl.errors import ConfigError
 from meta_rl.memory_read import REQUIRED_OUTPUTS, MemoryReadHead
-from meta_rl.returns import popart_preserve, popart_stats, popart_std
+from meta_rl.returns import popart_preserve, popart_stats, popart_std, running_average
 from meta_rl.sb3_adapter import PREV_REWARD_KEY, RL2ObservationWrapper, RL2State
 
 __all__ = ["PREV_REWARD_KEY", "MetaPolicy", "RL2ObservationWrapper", "RL2State"]  # the RL2 names are sb3_adapter's
@@ -295,9 +295,8 @@ class MetaPolicy(nn.Module):
         """Move the running mean reward that credits are measured against towards a rollout's (no-op without
         credit inputs: ``Box`` actions)."""
         if self.credit:
-            mean, _, count = popart_stats(self.reward_mean[0], self.reward_mean[0], self.reward_mean[1], batch_mean,
-                                          batch_mean, rate)
-            self.reward_mean.copy_(torch.stack([mean, count]))
+            mean, count = self.reward_mean
+            self.reward_mean.copy_(torch.stack([running_average(mean, count, batch_mean, rate), count + 1]))
 
     # -- distribution ----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import torch
 
 __all__ = [
     "explained_variance", "first_trial_returns", "gae", "normalize", "popart_preserve", "popart_stats", "popart_std",
-    "ppo_policy_loss", "reinforce_losses",
+    "ppo_policy_loss", "reinforce_losses", "running_average",
 ]
 
 
@@ -131,14 +131,24 @@ def ppo_policy_loss(
     return -torch.min(ratio * adv, ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * adv).mean()
 
 
+def running_average(average: torch.Tensor, count: torch.Tensor, batch: torch.Tensor, rate: float) -> torch.Tensor:
+    """``a <- (1 - β) a + β x`` with ``β = max(rate, 1 / (count + 1))``: the first update takes the batch's value
+    as it is, later ones average over about ``1 / rate`` updates.
+
+    Args:
+        average: the running value (any shape); count: scalar updates so far.
+        batch: this update's value (``average``'s shape). rate: the averaging rate once ``1 / (count + 1)`` is below it.
+    """
+    beta = torch.clamp(1.0 / (count + 1.0), min=rate)
+    return (1 - beta) * average + beta * batch
+
+
 def popart_stats(
     mean: torch.Tensor, second: torch.Tensor, count: torch.Tensor, batch_mean: torch.Tensor,
     batch_second: torch.Tensor, rate: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Running first and second moments of the critic's targets (van Hasselt et al. 2016, PopArt).
-
-    ``m <- (1 - β) m + β x`` with ``β = max(rate, 1 / (count + 1))``, so the first update takes the
-    batch's moments as they are and later ones average over about ``1 / rate`` updates.
+    """Running first and second moments of the critic's targets (van Hasselt et al. 2016, PopArt), each a
+    :func:`running_average`.
 
     Args:
         mean, second: scalar running E[G] and E[G²]; count: scalar updates so far.
@@ -148,8 +158,8 @@ def popart_stats(
     Returns:
         The new mean, second moment and count.
     """
-    beta = torch.clamp(1.0 / (count + 1.0), min=rate)
-    return (1 - beta) * mean + beta * batch_mean, (1 - beta) * second + beta * batch_second, count + 1
+    return (running_average(mean, count, batch_mean, rate), running_average(second, count, batch_second, rate),
+            count + 1)
 
 
 def popart_std(mean: torch.Tensor, second: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:

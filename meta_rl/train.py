@@ -161,12 +161,11 @@ def gradients(
 def update_running_stats(policy: MetaPolicy, stats: dict[str, torch.Tensor], cfg: TrainConfig, world: World) -> None:
     """After an admitted step: the mean reward credits are measured against and the critic's target statistics
     move towards this update's (over all ranks)."""
-    policy.update_reward_mean(world.all_sum(stats["charts/reward_mean"].reshape(1))[0] / world.size,
-                              cfg.return_norm_rate)
+    names = ("charts/reward_mean", "losses/value_target_mean", "losses/value_target_second")
+    means = world.all_sum(torch.stack([stats[k] for k in names])) / world.size  # one collective for all three
+    policy.update_reward_mean(means[0], cfg.return_norm_rate)
     if cfg.normalize_returns:
-        moments = torch.stack([stats["losses/value_target_mean"], stats["losses/value_target_second"]])
-        moments = world.all_sum(moments) / world.size
-        policy.update_return_stats(moments[0], moments[1], cfg.return_norm_rate)
+        policy.update_return_stats(means[1], means[2], cfg.return_norm_rate)
 
 
 def _task_seed(seed: int, update: int) -> int:
