@@ -15,13 +15,9 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.env_contract import task_length
+from meta_rl.env_contract import EnvCheckError, env_name, task_length
 
 __all__ = ["EnvCheckError", "check_finite_actions", "check_vector_env"]
-
-
-class EnvCheckError(ValueError):
-    """A vector env breaks the VectorEnv contract; the message says which rule and how to fix it."""
 
 
 def check_finite_actions(
@@ -48,10 +44,8 @@ def check_finite_actions(
     where = [f"env {index[0]}"] if batched else []
     if component:
         where.append(f"component {component[0] if len(component) == 1 else component}")
-    spec = getattr(env, "spec", None)
-    name = type(env).__name__ + (f" ({spec.id})" if spec is not None else "")
     raise ValueError(
-        f"{name}: actions[{', '.join(map(str, index))}] is {arr[index]} ({', '.join(where)}); actions must be "
+        f"{env_name(env)}: actions[{', '.join(map(str, index))}] is {arr[index]} ({', '.join(where)}); actions must be "
         f"finite values within the Box [{space.low[component]}, {space.high[component]}]. "
         "Check the policy's outputs; clip or sanitize the actions (e.g. torch.nan_to_num) before step()."
     )

@@ -28,7 +28,7 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.env_contract import MetaVectorEnv
+from meta_rl.env_contract import EnvCheckError, MetaVectorEnv
 from meta_rl.envs.checker import check_finite_actions
 from meta_rl.envs.task_vector_env import SPLIT_STREAMS, check_split, env_device
 
@@ -50,6 +50,15 @@ class TaskTrialEnv(gym.Wrapper):
     Info: ``"inner_episode"`` (the index of the inner episode the step belonged to) and
     ``"episode_end"`` (True where an inner episode ended at this step).
 
+    The spaces are the trainer's: a ``Discrete(n, start=s)`` (the action space, or the observation
+    space or a ``Dict`` entry of it) becomes ``Discrete(n)``, so the policy's action ``i`` reaches the
+    env as ``s + i`` and the env's observation ``s + i`` reaches the policy as ``i``. Action spaces the
+    policy cannot act in (``MultiDiscrete``, ``MultiBinary``, a Box that is not 1-D or not bounded, ...)
+    are refused here, with a ``TypeError`` naming the env. The observations of every reset and of the
+    first trial's steps are checked against the env's declared ``observation_space`` (see
+    :func:`observation_problem`); one that breaks it raises :class:`~meta_rl.env_contract.EnvCheckError`
+    naming the env, the step, the observation and the space.
+
     It runs inside the vector env's workers, so sync and async vectorisation behave the same.
     """
 
@@ -60,8 +69,24 @@ class TaskTrialEnv(gym.Wrapper):
         episodes_per_trial: int = 2,
         max_episode_steps: int | None = None,
         split: str = "train",
+        *,
+        env_id: str | None = None,
+        index: int = 0,
     ) -> None:
         super().__init__(env)
+        #: The env in messages: its gymnasium id (where registered) and its class.
+        self.name = f"{env_id} ({type(env.unwrapped).__name__})" if env_id else type(env.unwrapped).__name__
+        self.index = index
+        #: The env's own observation space (``observation_space`` is the trainer's, see the class docstring).
+        self.declared_observation_space = env.observation_space
+        actions = trainer_action_space(env.action_space, self.name)
+        self._action_start = int(env.action_space.start) if isinstance(env.action_space, spaces.Discrete) else 0
+        if self._action_start:
+            self.action_space = actions
+        observations = zero_based(env.observation_space)
+        self._shift = observations != env.observation_space
+        if self._shift:
+            self.observation_space = observations
         _check_positive("episodes_per_trial", episodes_per_trial)
         if max_episode_steps is None:
             max_episode_steps = env.spec.max_episode_steps if env.spec is not None else None
@@ -81,30 +106,51 @@ class TaskTrialEnv(gym.Wrapper):
         self.tasks_sampled = 0
         self._episode = 0
         self._t = 0
+        self._trial_t = 0  # steps since the task began
+        self._checking = True  # every step's observation is checked until the first trial ends
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         if seed is not None:
             self.task_rng = np.random.default_rng([int(seed), _TASK_STREAM, SPLIT_STREAMS[self.split]])
         self.task_sampler(self.env, self.task_rng)
         self.tasks_sampled += 1
-        self._episode, self._t = 0, 0
-        return self.env.reset(seed=seed, options=options)
+        self._episode, self._t, self._trial_t = 0, 0, 0
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._observe(obs, "reset()", True), info
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs, reward, terminated, truncated, info = self.env.step(action + self._action_start if self._action_start
+                                                                 else action)
         info = dict(info)
         info["inner_episode"] = self._episode
         self._t += 1
+        self._trial_t += 1
+        if self._checking or self._shift:
+            obs = self._observe(obs, None, self._checking)
         end = bool(terminated or truncated or self._t >= self.max_episode_steps)
         info["episode_end"] = end
         if not end:
             return obs, reward, False, False, info
         self._episode += 1
         if self._episode >= self.episodes_per_trial:
+            self._checking = False
             return obs, reward, True, False, info  # the trial (the task) ends; the vector env resets
         self._t = 0
         obs, _ = self.env.reset()  # the next inner episode of the same task
-        return obs, reward, False, False, info
+        return self._observe(obs, f"reset() for inner episode {self._episode}", True), reward, False, False, info
+
+    def _observe(self, obs: Any, where: str | None, check: bool) -> Any:
+        """``obs`` for the trainer (see the class docstring), after checking it against the declared space where
+        ``check``; ``where`` it came from (None: the current step)."""
+        if check:
+            problem = observation_problem(obs, self.declared_observation_space)
+            if problem is not None:
+                where = where or f"step {self._trial_t} of its trial (inner episode {self._episode})"
+                raise EnvCheckError(
+                    f"{self.name}: env {self.index} returned an observation at {where} that {problem}; the declared "
+                    f"observation_space is {self.declared_observation_space}. Fix: {_OBSERVATION_FIX}."
+                )
+        return shift_observation(obs, self.declared_observation_space) if self._shift else obs
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -113,8 +159,122 @@ def _check_positive(name: str, value: Any) -> None:
 
 
 def _make_trial_env(env_fn: EnvFn, task_sampler: TaskSampler, episodes_per_trial: int,
-                    max_episode_steps: int | None, split: str) -> TaskTrialEnv:
-    return TaskTrialEnv(env_fn(), task_sampler, episodes_per_trial, max_episode_steps, split)
+                    max_episode_steps: int | None, split: str, env_id: str | None, index: int = 0) -> TaskTrialEnv:
+    return TaskTrialEnv(env_fn(), task_sampler, episodes_per_trial, max_episode_steps, split, env_id=env_id,
+                        index=index)
+
+
+_OBSERVATION_FIX = ("return observations of the declared space (its shape and dtype; finite numbers; ints within "
+                    "range for Discrete) from reset() and step(), or declare the space the env returns")
+_ACTION_FIXES = {
+    spaces.MultiDiscrete: "wrap the env in a gymnasium.ActionWrapper whose action_space is one "
+                          "Discrete(prod(nvec)) and whose action() decodes it with np.unravel_index",
+    spaces.MultiBinary: "wrap the env in a gymnasium.ActionWrapper whose action_space is Discrete(2**n) "
+                        "(or Discrete(n) for one bit at a time) and whose action() decodes it",
+    spaces.Box: "declare a 1-D Box with finite bounds (flatten a shaped one in a gymnasium.ActionWrapper; "
+                "give an unbounded one bounds such as Box(-1, 1, (d,)) and scale the action in step())",
+}
+
+
+def trainer_action_space(space: spaces.Space[Any], name: str) -> spaces.Space[Any]:
+    """The action space the trainer's policy acts in for an env whose action space is ``space``.
+
+    ``Discrete(n, start=s)`` becomes ``Discrete(n)`` (:class:`TaskTrialEnv` adds ``s``); a 1-D
+    Box with finite bounds stays as it is.
+
+    Raises:
+        TypeError: any other space (the message names the env ``name``, the space and the fix).
+    """
+    if isinstance(space, spaces.Discrete):
+        return spaces.Discrete(int(space.n)) if int(space.start) else space
+    if isinstance(space, spaces.Box) and len(space.shape) == 1 and np.isfinite(space.low).all() \
+            and np.isfinite(space.high).all():
+        return space
+    fix = _ACTION_FIXES.get(type(space), "wrap the env in a gymnasium.ActionWrapper whose action_space is a "
+                                         "Discrete or a 1-D Box with finite bounds")
+    raise TypeError(
+        f"{name}: action space {space} is not supported: the trainer's policy acts in Discrete(n) (any start) or "
+        f"a 1-D Box with finite bounds. Fix: {fix}."
+    )
+
+
+def zero_based(space: spaces.Space[Any]) -> spaces.Space[Any]:
+    """``space`` with every ``Discrete(n, start=s)`` in it (itself or a ``Dict`` entry) made ``Discrete(n)``:
+    the policy one-hot encodes Discrete observations as 0..n-1."""
+    if isinstance(space, spaces.Discrete) and int(space.start):
+        return spaces.Discrete(int(space.n))
+    if isinstance(space, spaces.Dict):
+        return spaces.Dict({key: zero_based(sub) for key, sub in space.spaces.items()})
+    return space
+
+
+def shift_observation(obs: Any, space: spaces.Space[Any]) -> Any:
+    """An observation of ``space`` in the terms of :func:`zero_based` ``(space)``: Discrete values less their start."""
+    if isinstance(space, spaces.Discrete):
+        return obs - space.start if int(space.start) else obs
+    if isinstance(space, spaces.Dict) and isinstance(obs, dict):
+        return {key: shift_observation(obs[key], sub) for key, sub in space.spaces.items()}
+    return obs
+
+
+def _show(x: Any) -> str:
+    """A short description of an observation: its type, dtype, shape and (abbreviated) value."""
+    arr = np.asarray(x)
+    text = np.array2string(arr, threshold=8, edgeitems=2, max_line_width=120) if arr.dtype != object else repr(x)
+    return f"{type(x).__name__} of dtype {arr.dtype} and shape {arr.shape}: {text[:200]}"
+
+
+def _box_problem(obs: Any, space: spaces.Box) -> str | None:
+    arr = np.asarray(obs)
+    if arr.shape != space.shape:
+        return f"has shape {arr.shape}, not the Box's {space.shape} ({_show(obs)})"
+    if arr.dtype.kind not in "biuf":
+        return f"is not numbers ({_show(obs)})"
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        return f"holds NaN or inf ({_show(obs)})"
+    if space.dtype.kind in "biu" and not (np.can_cast(arr.dtype, space.dtype, "same_kind")
+                                           and (arr >= space.low).all() and (arr <= space.high).all()):
+        return f"does not fit the Box's {space.dtype} within [{space.low.min()}, {space.high.max()}] ({_show(obs)})"
+    return None
+
+
+def _discrete_problem(obs: Any, space: spaces.Discrete) -> str | None:
+    arr = np.asarray(obs)
+    whole = arr.dtype.kind in "biu" or (arr.dtype.kind == "f" and bool(np.isfinite(arr).all())
+                                       and bool((arr == np.round(arr)).all()))
+    if arr.shape != () or not whole:
+        return f"is not one integer ({_show(obs)})"
+    start, n = int(space.start), int(space.n)
+    return _outside(int(arr), space) if not start <= int(arr) < start + n else None
+
+
+def _outside(value: int, space: spaces.Discrete) -> str:
+    return f"is {value}, outside the Discrete's {int(space.start)}..{int(space.start) + int(space.n) - 1}"
+
+
+def observation_problem(obs: Any, space: spaces.Space[Any]) -> str | None:
+    """What in ``obs`` breaks ``space`` in a way the trainer would trip over or silently misread, as words
+    (None: nothing).
+
+    A Box observation must have the Box's shape, be numbers, be finite, and (integer Boxes, e.g. images) fit
+    the dtype and bounds; a float Box's bounds are not enforced (the policy does not read them). A Discrete
+    one must be one integer within ``start..start + n - 1``; a Dict one must have the Dict's keys and each
+    entry fit its space. Other spaces: ``space.contains(obs)``.
+    """
+    if isinstance(space, spaces.Box):
+        return _box_problem(obs, space)
+    if isinstance(space, spaces.Discrete):
+        return _discrete_problem(obs, space)
+    if isinstance(space, spaces.Dict):
+        if not isinstance(obs, dict) or set(obs) != set(space.spaces):
+            keys = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
+            return f"has keys {keys}, not the Dict's {sorted(space.spaces)}"
+        for key, sub in space.spaces.items():
+            problem = observation_problem(obs[key], sub)
+            if problem is not None:
+                return f"{problem} (in entry {key!r})"
+        return None
+    return None if space.contains(obs) else f"is not in the space ({_show(obs)})"
 
 
 def _to_torch(x: Any, device: torch.device) -> Any:
@@ -135,6 +295,28 @@ def _put(batch: Any, i: int, value: Any) -> None:
             _put(b, i, v)
     else:
         batch[i] = value
+
+
+def _first_bad(obs: Any, space: spaces.Space[Any]) -> tuple[tuple[str, ...], int, Any] | None:
+    """The first entry of a batched observation the trainer cannot read, as (Dict keys, env, value): a NaN or
+    inf float, or a Discrete value outside ``0..n-1`` (the trainer's spaces start at 0). None: all fine."""
+    if isinstance(space, spaces.Dict):
+        for key, sub in space.spaces.items():
+            bad = _first_bad(obs[key], sub)
+            if bad is not None:
+                return (key, *bad[0]), bad[1], bad[2]
+        return None
+    arr = np.asarray(obs)
+    if isinstance(space, spaces.Discrete):
+        ok = (arr >= 0) & (arr < space.n)
+    elif arr.dtype.kind == "f":
+        ok = np.isfinite(arr)
+    else:
+        return None
+    if ok.all():
+        return None
+    index = tuple(int(k) for k in np.argwhere(~ok)[0])
+    return (), index[0], arr[index]
 
 
 def _copy(x: Any) -> Any:
@@ -163,14 +345,22 @@ class GymTaskVectorEnv(MetaVectorEnv):
     ## Action Space
     ``env.action_space`` batched: a tensor (or numpy array) of shape (B, *shape) on ``device``;
     Box actions are clipped to the bounds (NaN / inf ones raise ``ValueError`` and leave the envs
-    unchanged), Discrete ones must be integers.
+    unchanged), Discrete ones must be integers. A ``Discrete(n, start=s)`` is offered as
+    ``Discrete(n)``: action ``i`` reaches the env as ``s + i``. Only ``Discrete`` and 1-D Box
+    spaces with finite bounds are taken (what the trainer's policy acts in); others raise
+    ``TypeError`` naming the env and the fix.
 
     ## Observation Space
     ``env.observation_space`` batched (Box, Discrete, Dict, ...), as tensors on ``device`` with
-    the space's dtypes.
+    the space's dtypes; a ``Discrete(n, start=s)`` (or such a Dict entry) is offered as
+    ``Discrete(n)``, the env's ``s + i`` as ``i``. The observations of every reset and of each
+    env's first trial are checked against the env's declared space, and on every step the float
+    ones must be finite and the Discrete ones in range: a breach raises
+    :class:`~meta_rl.env_contract.EnvCheckError` naming the env, the step and the observation.
 
     ## Rewards
-    The env's rewards, as a float32 tensor (B,).
+    The env's rewards, as a float32 tensor (B,). A NaN or inf reward raises
+    :class:`~meta_rl.env_contract.EnvCheckError` naming the env, the step and the value.
 
     ## Episode End
     An inner episode ends when the env terminates or truncates or after ``max_episode_steps``
@@ -201,6 +391,7 @@ class GymTaskVectorEnv(MetaVectorEnv):
         vectorization: ``"sync"`` or ``"async"``.
         split: ``"train"``, ``"val"`` or ``"test"``: separate task streams for the same seed.
         device: where the tensors live.
+        env_id: the gymnasium id, for messages (:func:`register_gym_task` passes it).
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
@@ -215,6 +406,7 @@ class GymTaskVectorEnv(MetaVectorEnv):
         vectorization: str = "sync",
         split: str = "train",
         device: torch.device | str = "cpu",
+        env_id: str | None = None,
     ) -> None:
         _check_positive("num_envs", num_envs)
         _check_positive("episodes_per_trial", episodes_per_trial)
@@ -227,11 +419,12 @@ class GymTaskVectorEnv(MetaVectorEnv):
             raise TypeError("env_fn and task_sampler must be callables: env_fn() -> gym.Env, task_sampler(env, rng).")
         self.device = env_device(device)
         if max_episode_steps is None:  # read it from one env's spec (this also checks env_fn early)
-            probe = _make_trial_env(env_fn, task_sampler, episodes_per_trial, None, split)
+            probe = _make_trial_env(env_fn, task_sampler, episodes_per_trial, None, split, env_id)
             max_episode_steps = probe.max_episode_steps
             probe.close()
-        make = functools.partial(_make_trial_env, env_fn, task_sampler, episodes_per_trial, max_episode_steps, split)
-        fns = [make] * num_envs
+        make = functools.partial(_make_trial_env, env_fn, task_sampler, episodes_per_trial, max_episode_steps, split,
+                                 env_id)
+        fns = [functools.partial(make, index=i) for i in range(num_envs)]
         self._vec: SyncVectorEnv | AsyncVectorEnv
         if vectorization == "async":
             self._vec = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
@@ -248,10 +441,9 @@ class GymTaskVectorEnv(MetaVectorEnv):
         self.single_action_space = self._vec.single_action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        space = self.single_action_space
-        if not isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
-            raise TypeError(f"action space {space} is not supported; use Box, Discrete, MultiDiscrete or MultiBinary.")
-        self._action_shape = (num_envs, *(space.shape or ()))
+        self._action_shape = (num_envs, *(self.single_action_space.shape or ()))
+        self.name: str = self._vec.get_attr("name")[0]  # the env in messages (TaskTrialEnv.name)
+        self._trial_t = np.zeros(num_envs, dtype=np.int64)  # each env's steps since its task began
 
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
@@ -264,25 +456,31 @@ class GymTaskVectorEnv(MetaVectorEnv):
         if options:
             raise ValueError(f"reset() takes no options, got {sorted(options)}; configure tasks with task_sampler.")
         obs, _ = self._vec.reset(seed=seed)  # type: ignore[arg-type]  # both take a list of seeds
+        self._trial_t[:] = 0
+        self._check_step(obs, np.zeros(self.num_envs), np.zeros(self.num_envs, dtype=np.int64))
         return _to_torch(obs, self.device), {}
 
     def step(self, actions: torch.Tensor | np.ndarray) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         obs, reward, terminated, truncated, vinfo = self._vec.step(self._check_actions(actions))
         done = np.asarray(terminated) | np.asarray(truncated)
+        self._trial_t += 1
         inner = np.asarray(vinfo.get("inner_episode", np.zeros(self.num_envs)), dtype=np.int64).copy()
         end = np.asarray(vinfo.get("episode_end", np.zeros(self.num_envs)), dtype=bool).copy()
         info: dict[str, Any] = {}
+        stepped = obs  # each env's observation from this step (the new trial's first one is checked at its reset)
         if done.any():  # the reset info replaced the step info of the envs that started a new trial
             final_info = vinfo["final_info"]
             inner[done] = np.asarray(final_info["inner_episode"])[done]
             end[done] = True
-            final = _copy(obs)
+            stepped = _copy(obs)
             for i in np.flatnonzero(done):
-                _put(final, int(i), vinfo["final_obs"][i])
-            info["final_obs"] = _to_torch(final, self.device)
+                _put(stepped, int(i), vinfo["final_obs"][i])
+            info["final_obs"] = _to_torch(stepped, self.device)
             info["_final_obs"] = torch.as_tensor(done, device=self.device)
         info["inner_episode"] = torch.as_tensor(inner, device=self.device)
         info["episode_end"] = torch.as_tensor(end, device=self.device)
+        self._check_step(stepped, reward, inner)
+        self._trial_t[done] = 0
         return (
             _to_torch(obs, self.device),
             torch.as_tensor(np.asarray(reward, dtype=np.float32), device=self.device),
@@ -300,6 +498,35 @@ class GymTaskVectorEnv(MetaVectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         self._vec.close()
+
+    def _check_step(self, obs: Any, reward: np.ndarray, inner: np.ndarray) -> None:
+        """Every step: finite rewards, finite float observations, Discrete ones in range (a few numpy reductions
+        over the batch); else an :class:`EnvCheckError` naming the env, the step and the value."""
+        reward = np.asarray(reward)
+        if not np.isfinite(reward).all():
+            i = int(np.flatnonzero(~np.isfinite(reward))[0])
+            raise self._error(i, inner, "a reward", f"is {reward[i]}; rewards must be finite numbers",
+                              "make step() return finite rewards: guard its divisions, logs and overflows, or clip "
+                              "them (e.g. np.nan_to_num in a gymnasium.RewardWrapper)")
+        bad = _first_bad(obs, self.single_observation_space)
+        if bad is None:
+            return
+        keys, i, value = bad
+        declared = full = self._vec.get_attr("declared_observation_space")[0]  # read only on failure
+        for key in keys:
+            declared = declared[key]
+        if isinstance(declared, spaces.Discrete):
+            problem = _outside(value + declared.start, declared)
+        else:
+            problem = f"holds {value}, not a finite number"
+        entry = "".join(f" (in entry {key!r})" for key in keys)
+        raise self._error(i, inner, "an observation", f"{problem}{entry}; the declared observation_space is {full}",
+                          _OBSERVATION_FIX)
+
+    def _error(self, i: int, inner: np.ndarray, what: str, problem: str, fix: str) -> EnvCheckError:
+        t = int(self._trial_t[i])
+        when = "reset()" if t == 0 else f"step {t} of its trial (inner episode {int(inner[i])})"
+        return EnvCheckError(f"{self.name}: env {i} returned {what} at {when} that {problem}. Fix: {fix}.")
 
     def _check_actions(self, actions: torch.Tensor | np.ndarray) -> np.ndarray:
         if isinstance(actions, torch.Tensor):
@@ -346,12 +573,13 @@ def register_gym_task(env_id: str, env_fn: EnvFn, task_sampler: TaskSampler, **d
         del gym.registry[env_id]
     gym.register(
         id=env_id,
-        entry_point=functools.partial(_single_trial_env, env_fn, task_sampler),
-        vector_entry_point=functools.partial(GymTaskVectorEnv, env_fn, task_sampler),
+        entry_point=functools.partial(_single_trial_env, env_fn, task_sampler, env_id=env_id),
+        vector_entry_point=functools.partial(GymTaskVectorEnv, env_fn, task_sampler, env_id=env_id),
         kwargs=defaults,
     )
 
 
 def _single_trial_env(env_fn: EnvFn, task_sampler: TaskSampler, episodes_per_trial: int = 2,
-                      max_episode_steps: int | None = None, split: str = "train", **_: Any) -> TaskTrialEnv:
-    return TaskTrialEnv(env_fn(), task_sampler, episodes_per_trial, max_episode_steps, split)
+                      max_episode_steps: int | None = None, split: str = "train", env_id: str | None = None,
+                      **_: Any) -> TaskTrialEnv:
+    return TaskTrialEnv(env_fn(), task_sampler, episodes_per_trial, max_episode_steps, split, env_id=env_id)

@@ -75,8 +75,10 @@ class PointNavVectorEnv(TaskVectorEnv):
         for name, value in (("num_envs", num_envs), ("episodes_per_trial", episodes_per_trial), ("horizon", horizon)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        if not goal_radius > 0 or not max_step > 0:
-            raise ValueError(f"goal_radius and max_step must be > 0, got {goal_radius} and {max_step}.")
+        for name, length in (("goal_radius", goal_radius), ("max_step", max_step)):
+            if not 0 < length < math.inf:
+                raise ValueError(f"PointNav: {name} must be a finite number > 0, got {length!r}; pass a positive "
+                                 f"env_kwargs.{name} such as the default {1.0 if name == 'goal_radius' else 0.1}.")
         self.episodes_per_trial = episodes_per_trial
         self.horizon = horizon
         self.episode_length = episodes_per_trial * horizon

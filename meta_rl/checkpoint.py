@@ -25,10 +25,12 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointWriteError",
+    "check_state_shapes",
     "checksum",
     "load_checkpoint",
     "load_state",
     "malformed_state",
+    "read_counters",
     "save_checkpoint",
     "state_leaves",
 ]
@@ -165,39 +167,74 @@ def _package_version() -> str:
         return "(not installed)"
 
 
+_MISMATCH_FIX = (
+    "the checkpoint does not match the model its config builds (it is damaged, was edited, or comes from "
+    "another meta-rl version); resume it with the meta-rl release that wrote it or start a new run."
+)
+
+
+def check_state_shapes(module: torch.nn.Module, state: Any, path: str | Path, what: str) -> None:
+    """Raise a CheckpointError unless ``state`` has exactly ``module``'s entries, each of its shape.
+
+    Works on a module built on the meta device, so a checkpoint can be checked against the model its
+    records describe before that model is allocated.
+    """
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {path}: {what!r} is a {type(state).__name__}, not a state dict; {_MISMATCH_FIX}")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path}: {what} entries do not match (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}); {_MISMATCH_FIX}"
+        )
+    for key, ref in expected.items():
+        got = state[key]
+        if not isinstance(got, torch.Tensor) or got.shape != ref.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise CheckpointError(
+                f"checkpoint {path}: {what} entry {key!r} has shape {shape} but the model expects "
+                f"{tuple(ref.shape)}; {_MISMATCH_FIX}"
+            )
+
+
+def read_counters(data: dict[str, Any], path: str | Path, names: tuple[str, str] = ("update", "env_steps")
+                  ) -> tuple[int, int]:
+    """The checkpoint's two counters ``names`` (updates, then the steps or episodes they took): whole numbers
+    with ``0 <= first <= second`` (every update takes at least one step or episode).
+
+    Raises:
+        CheckpointError: a counter is missing, not a whole number, negative, or the two disagree.
+    """
+    counters = data.get("counters")
+    first, second = (counters.get(k) if isinstance(counters, dict) else None for k in names)
+    if type(first) is not int or type(second) is not int or not 0 <= first <= second:
+        raise CheckpointError(
+            f"checkpoint {path} has counters {names[0]} = {first!r}, {names[1]} = {second!r}; expected whole "
+            f"numbers with 0 <= {names[0]} <= {names[1]}. It is damaged or was edited: restore it from a backup "
+            "or start a new run."
+        )
+    return first, second
+
+
 def load_state(module: Any, state: Any, path: str | Path, what: str) -> None:
     """``module.load_state_dict(state)`` (a torch module or optimizer) or a CheckpointError naming the mismatch.
 
     For ``nn.Module`` targets, missing and unexpected entries and shape mismatches are named
-    before anything is loaded, so the module is left unchanged on error.
+    before anything is loaded (:func:`check_state_shapes`), so the module is left unchanged on error.
     """
-    fix = (
-        "the checkpoint does not match the model its config builds (it is damaged, was edited, or comes from "
-        "another meta-rl version); resume it with the meta-rl release that wrote it or start a new run."
-    )
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path}: {what!r} is a {type(state).__name__}, not a state dict; {fix}")
+        raise CheckpointError(
+            f"checkpoint {path}: {what!r} is a {type(state).__name__}, not a state dict; {_MISMATCH_FIX}")
     if isinstance(module, torch.nn.Module):
-        expected = module.state_dict()
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        if missing or unexpected:
-            raise CheckpointError(
-                f"checkpoint {path}: {what} entries do not match (missing {missing[:5]}, unexpected "
-                f"{unexpected[:5]}); {fix}"
-            )
-        for key, ref in expected.items():
-            got = state[key]
-            if not isinstance(got, torch.Tensor) or got.shape != ref.shape:
-                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-                raise CheckpointError(
-                    f"checkpoint {path}: {what} entry {key!r} has shape {shape} but the model expects "
-                    f"{tuple(ref.shape)}; {fix}"
-                )
+        check_state_shapes(module, state, path, what)
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"checkpoint {path}: cannot load {what} ({type(exc).__name__}: {exc}); {fix}") from exc
+        raise CheckpointError(
+            f"checkpoint {path}: cannot load {what} ({type(exc).__name__}: {exc}); {_MISMATCH_FIX}") from exc
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from meta_rl.config import (
     named_configs,
     parse_overrides,
 )
-from meta_rl.env_contract import reference_returns
+from meta_rl.env_contract import EnvCheckError, reference_returns
 from meta_rl.evaluation import TrialReturns, evaluate_task, query_accuracy, returns_table, santoro_table
 from meta_rl.lifecycle import add_run_arguments
 from meta_rl.train import (
@@ -122,6 +122,33 @@ def _add_module_flags(parser: argparse.ArgumentParser, when: str) -> None:
                         help=f"{when}the module that registers the run's own core or encoder (likewise)")
 
 
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)")
+
+
+def _eval_seed(text: str) -> int:
+    """``--seed`` of ``meta-rl eval``: a whole number the task generators take, 0 <= seed < 2**64."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**64:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a seed: use a whole number from 0 to 2**64 - 1, "
+                                         "e.g. 12345")
+    return seed
+
+
+def _count(text: str) -> int:
+    """A count of ``meta-rl eval`` (``--episodes``, ``--batch``, ``--shots``, ``--queries``): a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a count: use a whole number >= 1")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meta-rl", description="Meta-reinforcement learning on vision tasks.")
     parser.add_argument("--version", action="version", version=f"meta-rl {__version__}")
@@ -141,16 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*",
                    help="key=value changes to the task it is scored on, e.g. env_kwargs.dataset=fashion_mnist "
                         "env_kwargs.n_way=5 (the policy's architecture stays the run's)")
-    e.add_argument("--episodes", type=int, default=1000, help="held-out tasks (default 1000)")
+    e.add_argument("--episodes", type=_count, default=1000, help="held-out tasks (default 1000)")
     e.add_argument("--split", default="test", help="split to evaluate on (default test)")
-    e.add_argument("--seed", type=int, default=12345, help="seed of the evaluation tasks")
-    e.add_argument("--batch", type=int, default=250, help="tasks run in parallel")
+    e.add_argument("--seed", type=_eval_seed, default=12345, help="seed of the evaluation tasks (0 to 2**64 - 1)")
+    e.add_argument("--batch", type=_count, default=250, help="tasks run in parallel")
     e.add_argument("--device", help="device (default: the run's)")
     e.add_argument("--json", action="store_true", help="print one JSON line")
-    e.add_argument("--shots", type=int, metavar="K",
+    e.add_argument("--shots", type=_count, metavar="K",
                    help="score N-way K-shot tasks instead: K labelled shots per class, then queries that reveal "
                         "nothing (the supervised baselines' protocol); prints the query accuracy")
-    e.add_argument("--queries", type=int, default=15, help="with --shots: queries per class (default 15)")
+    e.add_argument("--queries", type=_count, default=15, help="with --shots: queries per class (default 15)")
     _add_module_flags(e, "")
     e.set_defaults(func=_eval)
 
@@ -201,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as exc:  # SIGINT -> 130, SIGTERM -> 143, after a checkpoint
         print(f"meta-rl: {exc}", file=sys.stderr)
         return exc.exit_code
-    except NonFiniteError as exc:
+    except (NonFiniteError, EnvCheckError) as exc:  # the run met a bad value: the message says where and why
         print(f"meta-rl: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # outside the training loop, or a second Ctrl-C: stop at once

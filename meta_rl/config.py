@@ -184,6 +184,8 @@ class ConfigBase:
                 data = tomllib.loads(p.read_text())
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {p} is not valid TOML: {exc}.") from exc
+            except (RecursionError, ValueError) as exc:
+                raise ConfigError(f"config file {p} cannot be read: {_toml_limit(exc)}.") from exc
             source = str(p)
         cls.merge(data, parse_overrides(overrides or []))
         if overrides:
@@ -565,6 +567,14 @@ def _is(value: Any, typ: type) -> bool:
     return isinstance(value, typ)
 
 
+def _toml_limit(exc: BaseException) -> str:
+    """What a TOML value broke that is not TOML syntax: Python's nesting depth or its longest integer."""
+    if isinstance(exc, RecursionError):
+        return ("its arrays or tables nest too deeply for the parser (Python's recursion limit); no setting nests "
+                "more than two levels: flatten the value")
+    return f"{exc} (no setting takes a number that long: write a smaller one)"
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Parse ``key=value`` strings; values are read as TOML (``3``, ``1e-3``, ``true``, ``[64, 64]``,
     ``{n_way = 20}``), else kept as plain strings. ``env_kwargs.n_way=20`` sets one key of a table."""
@@ -577,6 +587,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
+        except (RecursionError, ValueError) as exc:
+            raise ConfigError(f"override {key!r} cannot be read: {_toml_limit(exc)}.") from exc
         table, dot, inner = key.partition(".")
         if dot and inner:  # a key of a table: env_kwargs.n_way=20, core_kwargs.key_dim=32, read_head.read_gain=0
             out.setdefault(table, {})[inner] = value

@@ -29,9 +29,24 @@ import torch
 from gymnasium.vector import VectorEnv
 
 __all__ = [
-    "HasEpisodeLength", "HasReferenceReturns", "HasTrials", "KnowsImages", "MetaVectorEnv",
-    "known_images", "label_request_action", "reference_returns", "task_length", "trial_episodes",
+    "EnvCheckError", "HasEpisodeLength", "HasReferenceReturns", "HasTrials", "KnowsImages", "MetaVectorEnv",
+    "env_name", "known_images", "label_request_action", "reference_returns", "task_length", "trial_episodes",
 ]
+
+
+class EnvCheckError(ValueError):
+    """An env breaks the VectorEnv contract or its own declared spaces (an observation outside them, a NaN
+    reward); the message names the env, the rule, the value and how to fix it.
+
+    :mod:`meta_rl.envs.checker` raises it for what :func:`~meta_rl.envs.checker.check_vector_env` finds, and
+    the trainer's rollouts and the gymnasium adapter for what they meet while training.
+    """
+
+
+def env_name(env: object) -> str:
+    """``env``'s class name and, where it has a spec, its gymnasium id, for messages: ``"PointNav (meta_rl/...)"``."""
+    spec = getattr(env, "spec", None)
+    return type(env).__name__ + (f" ({spec.id})" if spec is not None else "")
 
 
 @runtime_checkable

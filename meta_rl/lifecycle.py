@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import signal
@@ -27,10 +28,11 @@ from meta_rl.atomic import write_error
 from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import ConfigError
 from meta_rl.distributed import World
-from meta_rl.runlock import run_lock
+from meta_rl.runlock import LOCK_NAME, run_lock
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "CONFIG_NAME",
     "STOP_SIGNALS",
     "EventWriter",
     "NullWriter",
@@ -39,11 +41,14 @@ __all__ = [
     "TrainingInterrupted",
     "add_run_arguments",
     "after_existing_event_files",
+    "check_config_unedited",
+    "check_holds_only_run_files",
     "locked_run_dir",
     "stop_on_signals",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -193,8 +198,9 @@ def locked_run_dir(run_dir: Path, resume: bool, world: World, checkpoint_name: s
 
     Rank 0 takes the lock and removes the temporary files of a write killed half-way; a fresh run
     refuses a directory that already holds a checkpoint, a resumed one a directory without one
-    (before creating anything). A run that fails before writing anything leaves no empty
-    directory behind.
+    (before creating anything); a fresh run also refuses a directory holding files a run did not write
+    (:func:`check_holds_only_run_files`). A run that created its directory and fails before its first
+    checkpoint removes it again, with the config and events it wrote there.
     """
     ckpt_path = run_dir / checkpoint_name
     if resume and not ckpt_path.is_file():
@@ -207,6 +213,8 @@ def locked_run_dir(run_dir: Path, resume: bool, world: World, checkpoint_name: s
                     f"run directory {run_dir} already holds a checkpoint; resume it with {command} --resume "
                     f"{run_dir} or choose a new --run-dir."
                 )
+            if not resume and world.is_main:
+                check_holds_only_run_files(run_dir)
             if world.is_main:
                 for leftover in run_dir.glob(f".{checkpoint_name}.*.tmp"):  # from a process killed mid-write
                     with contextlib.suppress(OSError):  # a read-only folder fails later, with a clear error
@@ -216,9 +224,105 @@ def locked_run_dir(run_dir: Path, resume: bool, world: World, checkpoint_name: s
                 yield stop
     except BaseException:
         if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()
+            _remove_failed_run(run_dir, ckpt_path)
         raise
+
+
+#: What a run writes in its directory besides the checkpoint: TensorBoard events, the lock, temporary files.
+_RUN_FILE = re.compile(rf"events\.out\.tfevents\..+|{re.escape(LOCK_NAME)}|\..+\.tmp")
+
+#: Keys every saved config has: a training run's (``meta-rl train``) and a baseline run's (``meta-rl baseline``).
+_RUN_CONFIG_KEYS = ({"env_id", "seed", "num_envs"}, {"kind", "meta_batch", "dataset"})
+
+
+def _written_by_a_run(path: Path) -> bool:
+    """Whether ``path`` is a file a meta-rl run writes: events, its lock or temporary files, or a ``config.json``
+    holding a run's config (a JSON object with the keys of a training or a baseline config)."""
+    if not path.is_file():
+        return False
+    if _RUN_FILE.fullmatch(path.name):
+        return True
+    if path.name != CONFIG_NAME:
+        return False
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(saved, dict) and any(keys <= saved.keys() for keys in _RUN_CONFIG_KEYS)
+
+
+def check_holds_only_run_files(run_dir: Path) -> None:
+    """Refuse to start a fresh run in a folder holding anything a meta-rl run did not write.
+
+    A fresh run writes ``config.json`` and event files: in a folder of the user's own (``--run-dir .`` in a
+    project) that would overwrite their ``config.json``. What an earlier attempt left without a checkpoint
+    (its config, events, lock) is the run's own and is replaced.
+
+    Raises:
+        ConfigError: naming the first files that are not a run's, and the fix.
+    """
+    if not run_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if not _written_by_a_run(p))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"run directory {run_dir} holds files a meta-rl run did not write ({shown}); a run writes "
+            f"{CONFIG_NAME}, {CHECKPOINT_NAME} and TensorBoard events there and would overwrite files of the same "
+            f"names. Choose an empty or new --run-dir (e.g. {run_dir / 'runs' / 'run1'})."
+        )
+
+
+def check_config_unedited(run_dir: Path, saved: dict[str, Any], current: dict[str, Any],
+                          command: str = "meta-rl train") -> None:
+    """Refuse to resume a run whose ``config.json`` was edited by hand since its checkpoint.
+
+    A resumed run trains with its checkpoint's config (plus the command line's resumable changes) and
+    rewrites ``config.json`` from it, so an edit there would be ignored, then lost. A key counts as
+    edited where the file differs both from the checkpoint's config and from the config this resume runs
+    (so a file written by an earlier resume with the same command-line changes is not an edit). A missing
+    file is rewritten.
+
+    Args:
+        run_dir: the run directory. saved: the checkpoint's config. current: the config this resume runs.
+        command: the command that resumes, for the message.
+
+    Raises:
+        ConfigError: naming the edited keys, or an unreadable ``config.json``, and the fix.
+    """
+    path = run_dir / CONFIG_NAME
+    if not path.exists():
+        return
+    try:
+        on_disk = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read as the run's config ({exc}); meta-rl resumes from the "
+                          f"checkpoint's config and rewrites {CONFIG_NAME}: delete the file and resume again.") from exc
+    if not isinstance(on_disk, dict):
+        on_disk = {}
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))  # as the file holds them
+    keys = dict.fromkeys([*saved, *on_disk])
+    edited = [k for k in keys if on_disk.get(k) != saved.get(k) and on_disk.get(k) != current.get(k)]
+    if edited:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {on_disk.get(k)!r} in {CONFIG_NAME}"
+                          for k in edited)
+        raise ConfigError(
+            f"{path} was edited since the checkpoint ({diffs}); a resumed run trains with the checkpoint's config, "
+            f"so the edit would be ignored, then overwritten. Change a resumable setting on the command line "
+            f"({command} --resume {run_dir} key=value), start a new --run-dir for another config, or restore "
+            f"{CONFIG_NAME} (delete it: the resume rewrites it)."
+        )
+
+
+def _remove_failed_run(run_dir: Path, ckpt_path: Path) -> None:
+    """Remove a folder a run created and failed in before its first checkpoint, with the config and events it
+    wrote there (anything else, or a checkpoint, keeps the folder)."""
+    with contextlib.suppress(OSError):
+        if not ckpt_path.exists():
+            for path in run_dir.iterdir():
+                if _written_by_a_run(path):
+                    path.unlink()
+        run_dir.rmdir()
 
 
 class NullWriter:

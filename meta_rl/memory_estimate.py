@@ -1,10 +1,12 @@
 """What a training config will ask of the machine, estimated before anything large is allocated.
 
 :func:`estimate_training_memory` builds the policy on PyTorch's ``meta`` device (shapes without
-storage) and runs the update's forward pass there at the real (T, B), summing the bytes autograd
-saves for the backward pass. Together with the parameters, Adam's state, the rollout buffers, the
-env's per-task buffers and the held-out evaluation this gives the peak a run will need;
-:func:`check_fits` refuses a config whose estimate exceeds the memory the machine has free.
+storage) and runs the update's forward pass there at a few short lengths, summing the bytes autograd
+saves for the backward pass and extrapolating them to the real (T, B): the check's cost does not grow
+with T, so a config of millions of steps a task is refused in a second. Together with the parameters,
+Adam's state, the rollout buffers, the env's per-task buffers and the held-out evaluation this gives
+the peak a run will need; :func:`check_fits` refuses a config whose estimate exceeds the memory the
+machine has free.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ USABLE_FRACTION = 0.8
 ACTIVATION_OVERHEAD = 1.5
 #: Per-task eval results kept per episode: hits and counts of this many instances, 4 bytes each.
 _EVAL_INSTANCES = 10
+#: The forward passes measured on the meta device run this many steps, then twice and three times as many.
+_PROBE_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,27 @@ def _meta_like(space: spaces.Space[Any], lead: tuple[int, ...]) -> Any:
 
 
 def _activation_bytes(policy: Any, observation_space: spaces.Space[Any], steps: int, batch: int) -> int:
-    """Bytes autograd saves in one update's forward pass at (T, B), measured on the meta device."""
+    """Bytes autograd saves in one update's forward pass at (T, B) = (``steps``, ``batch``), from shapes alone.
+
+    The forward pass runs on the meta device at T = t, 2t and 3t (t = :data:`_PROBE_STEPS`), and the
+    quadratic through those three counts is read at ``steps``: exact for the cores whose saved bytes
+    grow linearly with T (recurrent cores, a fixed memory) or quadratically (attention over the whole
+    trial), and never below the per-step bytes of the longest probe times ``steps``. Shorter tasks are
+    measured directly. The cost is three short meta passes, whatever ``steps`` is.
+    """
+    if steps <= 3 * _PROBE_STEPS:
+        return _saved_bytes(policy, observation_space, steps, batch)
+    t = _PROBE_STEPS
+    y1, y2, y3 = (_saved_bytes(policy, observation_space, k * t, batch) for k in (1, 2, 3))
+    # Newton's form of the quadratic through (t, y1), (2t, y2), (3t, y3), read at x = steps / t.
+    x = steps / t
+    d1, d2 = y2 - y1, y3 - 2 * y2 + y1
+    quadratic = y1 + d1 * (x - 1) + d2 * (x - 1) * (x - 2) / 2
+    return int(max(quadratic, y3 / (3 * t) * steps))
+
+
+def _saved_bytes(policy: Any, observation_space: spaces.Space[Any], steps: int, batch: int) -> int:
+    """Bytes autograd saves in one forward pass at (``steps``, ``batch``), run on the meta device."""
     saved = 0
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -173,11 +197,12 @@ def estimate_training_memory(
     return MemoryEstimate(4 * n_params, activations, rollout, env, evaluation)
 
 
+_TASK_LENGTH = "the steps of a task (rollout_steps, or the env's length in env_kwargs)"
 _KEYS_BY_PART = {
     "parameters": "hidden, encoder_hidden, key_dim or conv_filters",
-    "activations": "num_envs, hidden or encoder_hidden (or rollout_steps)",
-    "rollout": "num_envs (or rollout_steps)",
-    "env": "num_envs",
+    "activations": f"num_envs, hidden or encoder_hidden, or {_TASK_LENGTH}",
+    "rollout": f"num_envs or {_TASK_LENGTH}",
+    "env": f"num_envs or {_TASK_LENGTH}",
     "evaluation": "eval_episodes",
 }
 

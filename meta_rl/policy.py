@@ -33,6 +33,16 @@ def _is_image(space: spaces.Space[Any]) -> bool:
     return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
 
 
+def _check_zero_start(space: spaces.Discrete, what: str) -> None:
+    """Refuse ``Discrete(n, start=s)`` with s != 0: the policy numbers actions and observations 0..n-1."""
+    if int(space.start) != 0:
+        raise TypeError(
+            f"{what} {space} starts at {int(space.start)}; the policy numbers its values 0..{int(space.n) - 1}. "
+            "Register a gymnasium.Env with meta_rl.envs.register_gym_task (which maps start for you), or have the "
+            "vector env use Discrete(n) and add start itself."
+        )
+
+
 class MetaPolicy(nn.Module):
     """An RL² actor-critic for any ``gymnasium`` observation and action space, as parts:
     encoder → core → (memory-read head) → action head and value head.
@@ -102,7 +112,7 @@ class MetaPolicy(nn.Module):
         #: What the memory-read head was built with (``{}``: none), which the run's saved config records.
         self.read_head_settings = dataclasses.asdict(read) if build_read else {}
         self.critic = model.critic
-        self._policy_state_len = len(self.core.initial_state(1, torch.device("cpu")))
+        self._policy_state_len = len(self.core.initial_state(1, torch.device("meta")))  # a count: no storage
         self.critic_core = self._make_core(model, task_length) if model.critic == "separate" else None
         self.value_head = nn.Linear(trunk if self.critic_core is None else self.critic_core.out_dim, 1)
         # The critic's output is μ + σ·value_head(f), μ and σ running statistics of its targets (PopArt):
@@ -132,6 +142,8 @@ class MetaPolicy(nn.Module):
         for k, s in self.context_spaces.items():
             if not isinstance(s, (spaces.Discrete, spaces.Box)):
                 raise TypeError(f"observation entry {k!r} has space {s}; only Discrete and Box entries are supported.")
+            if isinstance(s, spaces.Discrete):
+                _check_zero_start(s, f"observation entry {k!r}")
         self.image_input = main_space is not None and _is_image(main_space)
         self.main_space = main_space
         self.encoder_precision = model.encoder_precision
@@ -139,6 +151,7 @@ class MetaPolicy(nn.Module):
         if main_space is None:
             return 0
         if isinstance(main_space, spaces.Discrete):
+            _check_zero_start(main_space, "observation space")
             self.encoder = build_encoder("mlp", (int(main_space.n),), hidden=model.encoder_hidden)
         elif isinstance(main_space, spaces.Box):
             self.encoder = build_encoder(model.encoder, main_space.shape, hidden=model.encoder_hidden,
@@ -151,6 +164,7 @@ class MetaPolicy(nn.Module):
         """The action distribution's head for ``action_space``, and the bounds of a ``Box``."""
         self.head: D.ActionHead
         if isinstance(action_space, spaces.Discrete):
+            _check_zero_start(action_space, "action space")
             self.head = D.CategoricalHead(int(action_space.n))
             self.action_dim = int(action_space.n)
             low, high = torch.zeros(0), torch.zeros(0)

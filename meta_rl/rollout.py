@@ -3,6 +3,11 @@
 The step loop keeps everything on the env's device: actions are sampled on the device from
 a seeded ``torch.Generator``, results go into preallocated tensors, and nothing is read back
 to the host (no ``.item()``, no branching on tensor values).
+
+Where the env refuses a step with a ``ValueError`` (say a NaN action of a Gaussian head), the rollout
+looks back, on that failure path only, for a non-finite reward or observation the env gave earlier:
+where there is one, the env's own output made the action NaN, and the error says so
+(:class:`~meta_rl.env_contract.EnvCheckError` naming the env, the step and the quantity).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 from gymnasium.vector import VectorEnv
 
 from meta_rl.cores import State
-from meta_rl.env_contract import known_images, task_length
+from meta_rl.env_contract import EnvCheckError, env_name, known_images, task_length
 from meta_rl.policy import MetaPolicy
 
 __all__ = ["Rollout", "collect"]
@@ -90,6 +95,45 @@ def _split(policy: MetaPolicy, obs: Any) -> tuple[torch.Tensor | None, dict[str,
     return main, extras
 
 
+def _first_nonfinite(rewards: torch.Tensor, main: torch.Tensor | None,
+                     extras: dict[str, torch.Tensor]) -> tuple[str, int, int, float] | None:
+    """The earliest non-finite reward (T', B) or current observation the policy read, as (what, step, env, value),
+    steps counted from 1 after reset (None: all finite). Reads the host: for failure paths only."""
+    bad = ~torch.isfinite(rewards)
+    if bool(bad.any()):
+        t, i = (int(k) for k in torch.nonzero(bad)[0])
+        return "a reward", t + 1, i, float(rewards[t, i])
+    parts = {"an observation": main} if main is not None else {}
+    parts.update({f"an observation (entry {key!r})": v for key, v in extras.items()})
+    for what, x in parts.items():
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            index = torch.nonzero(~torch.isfinite(x))[0]
+            return what, rewards.shape[0], int(index[0]), float(x[tuple(index)])
+    return None
+
+
+def _step(env: VectorEnv, action: torch.Tensor, rewards: torch.Tensor, main: torch.Tensor | None,
+          extras: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``env.step(action)``; where the env refuses it, blame a non-finite reward or observation it gave before.
+
+    Args:
+        rewards: the rewards of the steps so far (t, B). main, extras: the observation the action answers.
+    """
+    try:
+        return env.step(action)
+    except ValueError as exc:
+        culprit = _first_nonfinite(rewards, main, extras)
+        if culprit is None:
+            raise
+        what, t, i, value = culprit
+        when = "reset()" if t == 0 else f"step {t} after reset()"
+        raise EnvCheckError(
+            f"{env_name(env)}: env {i} returned {what} at {when} that is {value}, so the policy's next action was "
+            f"not finite either and step() refused it ({exc}). Fix: make the env return finite rewards and "
+            "observations (guard its divisions, logs and overflows, or clip them)."
+        ) from exc
+
+
 def collect(
     env: VectorEnv,
     policy: MetaPolicy,
@@ -152,7 +196,7 @@ def collect(
             params, value, state = policy(e.detach(), u, starts[None], state)  # (1, B, A), (1, B)
             action = policy.sample(params[0], generator, deterministic)
             log_probs[t], values[t] = policy.log_prob(params[0], action), value[0]
-            obs, reward, terminated, truncated, info = env.step(action)
+            obs, reward, terminated, truncated, info = _step(env, action, rewards[:t], main, extras)
             main, extras = _split(policy, obs)
             done = terminated | truncated
             actions[t], rewards[t], dones[t] = action, reward, done

@@ -8,6 +8,7 @@ numbers but no pickled objects: :func:`space_to_dict` writes a space in those te
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,24 @@ def space_to_dict(space: spaces.Space[Any]) -> dict[str, Any] | None:
     return None
 
 
+#: The most elements a recorded ``Box`` may have (16.7M: a 3x2048x2048 image is 12.6M). gymnasium's ``Box``
+#: materialises its bounds, so a damaged or edited record must be refused before the space is built.
+MAX_BOX_ELEMENTS = 2**24
+
+
+def _checked_shape(shape: Any) -> tuple[int, ...]:
+    """A recorded ``Box`` shape: a list of whole numbers >= 1 of at most :data:`MAX_BOX_ELEMENTS` elements in all.
+
+    Raises:
+        ValueError: anything else, naming the shape.
+    """
+    dims = tuple(shape) if isinstance(shape, (list, tuple)) else None
+    if dims is None or not all(type(d) is int and d >= 1 for d in dims) or math.prod(dims) > MAX_BOX_ELEMENTS:
+        raise ValueError(f"Box shape {shape!r} is not a list of whole numbers >= 1 with at most "
+                         f"{MAX_BOX_ELEMENTS:,} elements in all; the record is damaged or was edited.")
+    return dims
+
+
 def space_from_dict(data: dict[str, Any]) -> spaces.Space[Any]:
     """The space :func:`space_to_dict` wrote.
 
@@ -51,7 +70,7 @@ def space_from_dict(data: dict[str, Any]) -> spaces.Space[Any]:
     """
     kind = data.get("type") if isinstance(data, dict) else None
     if kind == "Box":
-        shape = tuple(data["shape"])
+        shape = _checked_shape(data["shape"])
         dtype = np.dtype(data["dtype"])
         low = np.broadcast_to(np.asarray(data["low"], dtype=dtype), shape)
         high = np.broadcast_to(np.asarray(data["high"], dtype=dtype), shape)

@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 
 from meta_rl.algorithms import Algorithm, make_algorithm
 from meta_rl.atomic import write_atomic
-from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
+from meta_rl.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state,
+    malformed_state,
+    read_counters,
+    save_checkpoint,
+)
 from meta_rl.config import ConfigError, ModelConfig, TrainConfig, resolve_device
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.env_contract import task_length
@@ -41,12 +48,14 @@ from meta_rl.evaluation import (
 )
 from meta_rl.lifecycle import (
     CHECKPOINT_NAME,
+    CONFIG_NAME,
     EventWriter,
     NullWriter,
     StopPolicy,
     StopRequest,
     TrainingInterrupted,
     after_existing_event_files,
+    check_config_unedited,
     locked_run_dir,
 )
 from meta_rl.logger import MetricLogger
@@ -360,8 +369,11 @@ class Trainer:
         if self.resume:
             ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
             _check_resumable(ckpt["config"], self.cfg, self.ckpt_path)
+            if self.world.is_main:
+                check_config_unedited(self.run_dir, ckpt["config"], self.cfg.to_dict())
             load_state(self.policy, ckpt["policy"], self.ckpt_path, "policy")
             load_state(self.optimizer, ckpt["optimizer"], self.ckpt_path, "optimizer")
+            update, env_steps = read_counters(ckpt, self.ckpt_path)
             with malformed_state(self.ckpt_path):
                 # Rank r's action generator: its own state, gathered into the checkpoint by rank 0. A run
                 # resumed on more ranks than it was saved from derives the new ranks' generators from
@@ -370,8 +382,8 @@ class Trainer:
                 if self.world.rank < len(by_rank):
                     self.generator.set_state(by_rank[self.world.rank].cpu())  # generator states live on the host
                 else:
-                    self.generator.manual_seed(_task_seed(self.seed, int(ckpt["counters"]["update"])))
-                self.update, self.env_steps = int(ckpt["counters"]["update"]), int(ckpt["counters"]["env_steps"])
+                    self.generator.manual_seed(_task_seed(self.seed, update))
+                self.update, self.env_steps = update, env_steps
                 self.guard.skipped = int(ckpt.get("faults", {}).get("skipped_updates", 0))
             self.saved_update = self.update
         self.world.broadcast_module(self.policy)
@@ -388,7 +400,7 @@ class Trainer:
         cfg = self.cfg
         self.writer: Any = NullWriter()
         if self.world.is_main:
-            write_atomic(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode(), what="config")
+            write_atomic(self.run_dir / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2).encode(), what="config")
             after_existing_event_files(self.run_dir)
             self.writer = EventWriter(self.run_dir, purge_step=self.env_steps + 1 if self.resume else 0)
             if not self.resume:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from gymnasium.vector import VectorEnv
 
-from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state
+from meta_rl.checkpoint import CheckpointError, check_state_shapes, load_checkpoint, load_state, read_counters
 from meta_rl.config import ConfigError, TrainConfig, parse_overrides, resolve_device
 from meta_rl.env_contract import task_length
 from meta_rl.env_factory import make_vec_env
@@ -63,7 +63,13 @@ class TrainedAgent:
         if env_kwargs:
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "env_kwargs": {**cfg.env_kwargs, **env_kwargs}},
                                         source="make_env's keyword arguments")
-        return make_vec_env(cfg, split, num_envs, self.device)
+        env = make_vec_env(cfg, split, num_envs, self.device)
+        try:
+            check_task_length(self, env)
+        except CheckpointError:
+            env.close()
+            raise
+        return env
 
     def evaluate(self, episodes: int = 1000, *, split: str = "test", seed: int = 12345, batch: int = 250,
                  **env_kwargs: Any) -> EvalResult | TrialReturns:
@@ -73,6 +79,40 @@ class TrainedAgent:
             return evaluate_task(env, self.policy, episodes, seed=seed, steps=self.steps)
         finally:
             env.close()
+
+
+def _recorded_spaces(recorded: dict[str, Any], cfg: TrainConfig, path: Path) -> tuple[Any, Any, int]:
+    """The observation and action spaces and the task length a checkpoint records, checked.
+
+    Raises:
+        CheckpointError: a record is malformed, or its length disagrees with the config's ``rollout_steps``.
+    """
+    try:
+        obs_space, act_space = space_from_dict(recorded["observation"]), space_from_dict(recorded["action"])
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"checkpoint {path} records malformed spaces ({type(exc).__name__}: {exc}); it is "
+                              "damaged or was edited: restore it from a backup or retrain.") from exc
+    steps = recorded.get("steps")
+    if type(steps) is not int or steps < 1 or (cfg.rollout_steps and steps != cfg.rollout_steps):
+        want = f"rollout_steps = {cfg.rollout_steps}" if cfg.rollout_steps else "a whole number >= 1"
+        raise CheckpointError(f"checkpoint {path} records a task length of {steps!r} steps, expected {want}; it is "
+                              "damaged or was edited: restore it from a backup or retrain.")
+    return obs_space, act_space, steps
+
+
+def check_task_length(agent: TrainedAgent, env: VectorEnv) -> None:
+    """Raise a CheckpointError if ``env``'s tasks are not as long as the agent's policy was built for.
+
+    The length a checkpoint records sizes the policy's memory and every rollout of an evaluation: a
+    length that disagrees with the env's would score a cut-short task, or allocate for a longer one.
+    """
+    length = task_length(env)
+    if not agent.config.rollout_steps and length > 0 and length != agent.steps:
+        raise CheckpointError(
+            f"the checkpoint records tasks of {agent.steps} steps, but {agent.config.env_id!r} runs tasks of "
+            f"{length} steps; the checkpoint is damaged or was edited (or the env changed since training): "
+            "restore it from a backup or retrain."
+        )
 
 
 def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_module: str | None = None,
@@ -109,18 +149,18 @@ def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_m
     torch_device = resolve_device(str(device) if device is not None else cfg.device)
     path = run_dir / CHECKPOINT_NAME
     ckpt = load_checkpoint(path, map_location=torch_device)
+    read_counters(ckpt, path)
     recorded = ckpt.get("spaces")
     if isinstance(recorded, dict) and not over:
-        obs_space, act_space = space_from_dict(recorded["observation"]), space_from_dict(recorded["action"])
-        steps = int(recorded["steps"])
+        obs_space, act_space, steps = _recorded_spaces(recorded, cfg, path)
     else:  # an older checkpoint, or a changed task: its spaces come from a one-task env
         probe = make_vec_env(cfg, cfg.heldout_split, 1, torch_device)
         obs_space, act_space = probe.single_observation_space, probe.single_action_space
         steps = cfg.rollout_steps or task_length(probe)
         probe.close()
-    policy = policy_for_spaces(cfg, obs_space, act_space, steps).to(torch_device)
-    try:
-        load_state(policy, ckpt["policy"], path, "policy")
+    try:  # the weights must fit the model the records describe before that model is allocated
+        with torch.device("meta"):
+            check_state_shapes(policy_for_spaces(cfg, obs_space, act_space, steps), ckpt["policy"], path, "policy")
     except CheckpointError as exc:
         if not over:
             raise
@@ -128,6 +168,8 @@ def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_m
             f"the weights in {path} do not fit the task after {over}: {exc} Change only settings that keep the "
             "observation and action spaces (e.g. the dataset, not n_way)."
         ) from exc
+    policy = policy_for_spaces(cfg, obs_space, act_space, steps).to(torch_device)
+    load_state(policy, ckpt["policy"], path, "policy")
     policy.eval()
     return TrainedAgent(policy=policy, config=cfg, steps=steps, device=torch_device,
                         checkpoint={"counters": ckpt["counters"], "config": ckpt["config"]})

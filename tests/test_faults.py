@@ -504,7 +504,7 @@ def test_malformed_counters_and_optimizer(good_checkpoint: tuple[Path, bytes], t
     data = load_checkpoint(run_dir / CHECKPOINT_NAME)
     cfg = TrainConfig.from_dict(data["config"])
     bad_optimizer = {**data["optimizer"], "param_groups": [*data["optimizer"]["param_groups"]] * 2}
-    for change, message in (({"counters": {"update": 2}}, "malformed counters"),
+    for change, message in (({"counters": {"update": 2}}, "counters update = 2, env_steps = None; expected whole"),
                             ({"rng": {"actions": torch.zeros(3)}}, "malformed counters or RNG"),
                             ({"optimizer": bad_optimizer}, "cannot load optimizer")):
         broken = {**data, **change}
@@ -594,7 +594,12 @@ def test_lock_released_on_errors(plugin: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists()  # a failed start leaves no folder behind
     with pytest.raises(NonFiniteError):
         train(fault_config(2), tmp_path / "b", progress=False, algorithm=with_terms(poison_losses({1}, "loss")))
-    no_leftovers(tmp_path / "b")
+    assert not (tmp_path / "b").exists()  # failed before its first checkpoint: its config and events go with it
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep.txt").write_text("mine")  # (a folder that was there before holds what it held)
+    with pytest.raises(ConfigError, match=r"keep\.txt"):
+        train(fault_config(2), tmp_path / "c", progress=False)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["keep.txt"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,5 +651,4 @@ def test_disk_full_on_the_first_checkpoint(plugin: Path, tmp_path: Path, monkeyp
     assert main(["train", str(toml), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "the disk is full" in err and "no previous checkpoint exists" in err
-    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
-    no_leftovers(tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # no checkpoint was ever written: the folder it created goes

@@ -62,7 +62,7 @@ def test_estimate_names_the_largest_part_and_the_free_memory(monkeypatch: pytest
     check_fits(fits, CPU, ConfigError)  # 5 GiB of 8 usable
     too_big = dataclasses.replace(fits, rollout=6 * 2**30)
     with pytest.raises(ConfigError, match=r"needs about 10\.00 GiB .*rollout 6\.00 GiB.*only 10\.00 GiB is free"
-                                          r".*Lower num_envs \(or rollout_steps\)"):
+                                          r".*Lower num_envs or the steps of a task \(rollout_steps"):
         check_fits(too_big, CPU, ConfigError)
 
 

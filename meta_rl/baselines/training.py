@@ -18,7 +18,14 @@ from meta_rl.baselines.config import BaselineConfig
 from meta_rl.baselines.episodes import draw_episode, load_split
 from meta_rl.baselines.eval_protocols import evaluate_kshot
 from meta_rl.baselines.learner import Baseline
-from meta_rl.checkpoint import CheckpointError, load_checkpoint, load_state, malformed_state, save_checkpoint
+from meta_rl.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state,
+    malformed_state,
+    read_counters,
+    save_checkpoint,
+)
 from meta_rl.config import ConfigError, resolve_device
 from meta_rl.data import EpisodeSampler
 from meta_rl.distributed import World
@@ -124,18 +131,20 @@ class BaselineRun:
                 f"checkpoint {self.ckpt_path} was trained with another config (changed: {', '.join(changed)}); "
                 f"resume with meta-rl baseline --resume {self.run_dir} (only {', '.join(RESUMABLE_KEYS)} may change)."
             )
+        lifecycle.check_config_unedited(self.run_dir, {"kind": ckpt.get("kind"), **ckpt["config"]},
+                                        {"kind": self.cfg.kind, **self.cfg.to_dict()}, command="meta-rl baseline")
         load_state(self.baseline.model, ckpt["policy"], self.ckpt_path, "policy")
         load_state(self.optimizer, ckpt["optimizer"], self.ckpt_path, "optimizer")
         with malformed_state(self.ckpt_path):
             self.generator.set_state(ckpt["rng"]["tasks"].cpu())
-            self.update = int(ckpt["counters"]["update"])
+            self.update = read_counters(ckpt, self.ckpt_path, ("update", "episodes"))[0]
         self.saved_update = self.first_update = self.update
 
     def init_logging(self) -> None:
         """config.json and the TensorBoard writer (a resumed run drops events logged after its checkpoint)."""
         cfg = self.cfg
         config = json.dumps({"kind": cfg.kind, **cfg.to_dict()}, indent=2)
-        write_atomic(self.run_dir / "config.json", config.encode(), what="config")
+        write_atomic(self.run_dir / lifecycle.CONFIG_NAME, config.encode(), what="config")
         lifecycle.after_existing_event_files(self.run_dir)
         self.writer = lifecycle.EventWriter(self.run_dir, purge_step=self.update + 1 if self.resume else 0,
                                   resume="meta-rl baseline --resume")

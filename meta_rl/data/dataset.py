@@ -128,6 +128,7 @@ def split_by_group(
 
     Groups are shuffled with ``seed`` and assigned greedily until each split holds about
     its fraction of the classes. With a single group the classes themselves are split.
+    Time is linear in the number of classes (plus sorting the group names).
 
     Raises:
         ValueError: if fractions and names differ in length, a fraction is not positive, or
@@ -138,10 +139,13 @@ def split_by_group(
     if any(f <= 0 for f in fractions):
         raise ValueError(f"every fraction must be > 0, got {list(fractions)}.")
     total = float(sum(fractions))
-    unique_groups = sorted(set(dataset.groups))
+    members: dict[str, list[int]] = {}  # group -> its classes in increasing order, in one pass
+    for c, g in enumerate(dataset.groups):
+        members.setdefault(g, []).append(c)
+    unique_groups = sorted(members)
     rng = random.Random(seed)
     if len(unique_groups) >= len(names):
-        units = [[c for c, g in enumerate(dataset.groups) if g == grp] for grp in unique_groups]
+        units = [members[grp] for grp in unique_groups]
     else:
         units = [[c] for c in range(dataset.num_classes)]
     if len(units) < len(names):

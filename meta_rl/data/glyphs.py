@@ -21,8 +21,10 @@ import math
 import multiprocessing as mp
 import os
 import re
+import shutil
 import signal
 import sys
+import time
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,6 +44,7 @@ from meta_rl.data.dataset import ImageDataset, split_by_group
 __all__ = [
     "DEBIAN_FONT_DIRS",
     "DEFAULT_MAX_CLASSES",
+    "MAX_IMAGE_SIZE",
     "MIN_LETTERS_PER_SCRIPT",
     "canonical_glyph",
     "dedup_near_duplicates",
@@ -59,6 +62,9 @@ DEBIAN_FONT_DIRS: tuple[str, ...] = (
 )
 #: Class cap of the default build, which keeps it under a minute on two cores.
 DEFAULT_MAX_CLASSES = 1800
+#: Largest ``image_size``: the default build then holds 1800 x 20 images of 128 x 128 (590 MB);
+#: at 256 px it would hold 2.4 GB and need about 7 GB of memory to build.
+MAX_IMAGE_SIZE = 128
 #: Scripts with fewer letters than this are left out (Omniglot's smallest alphabet has 14).
 MIN_LETTERS_PER_SCRIPT = 14
 #: Letters per script the class cap aims for before it drops the least-covered scripts.
@@ -71,6 +77,10 @@ DEDUP_MIN_CORRELATION = 0.9
 DEDUP_MAX_PIXEL_DIFF = 0.3
 
 _CACHE_FORMAT = "glyphs-v2"
+# The build holds the rendered images, their concatenation and the splits at once: 3 copies.
+_BUILD_PEAK_COPIES = 3
+# A cache temp file left alone this long belongs to a writer that was killed (see _remove_stale_temp_files).
+_STALE_TEMP_SECONDS = 600
 _HASH_CHUNK = 1 << 20  # font files are hashed 1 MiB at a time
 _SPLIT_SEED = 0
 _CANONICAL_SIZE = 24
@@ -770,12 +780,127 @@ def _from_payload(payload: Any) -> dict[str, ImageDataset]:
 def _save_cache(payload: dict[str, Any], path: Path) -> None:
     """Write the cache file atomically; a cache that cannot be written is only a warning (the data is built)."""
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    try:
+        torch.save(payload, buffer)
+    except (RuntimeError, MemoryError) as exc:  # out of memory while serialising: the splits are still usable
+        warnings.warn(f"cannot serialise the glyph cache {path} ({type(exc).__name__}: {exc}); the glyphs "
+                      "will be built again next time. Free some memory or use a smaller image_size.", stacklevel=3)
+        return
     try:
         write_atomic(path, buffer.getbuffer(), what="glyph cache")
     except WriteError as exc:
         warnings.warn(f"{exc} The glyphs will be built again next time; set META_RL_CACHE to a writable folder.",
                       stacklevel=3)
+
+
+def _remove_stale_temp_files(root: Path) -> None:
+    """Delete the ``.glyphs-*.tmp`` files of cache writers that were killed half-way.
+
+    :func:`~meta_rl.atomic.write_atomic` writes the cache to a temporary file and renames it; a
+    writer killed in between leaves the temporary file behind. Its name holds no process id and
+    the writer holds no lock, so age tells a dead writer's file from a live one's: a writer fills
+    its file from a buffer already in memory (4 MiB per write, each updating the file's mtime),
+    then fsyncs and renames it at once, so a live writer's file was modified seconds ago. A file
+    not modified (mtime) for :data:`_STALE_TEMP_SECONDS` (10 minutes) is a killed writer's and is
+    deleted; a younger one may be another process's write in progress and is left alone (the
+    first build or load after its 10 minutes deletes it). Files that cannot be examined or
+    deleted (a read-only cache folder) are left as they are.
+
+    Args:
+        root: the cache folder.
+    """
+    now = time.time()
+    try:
+        leftovers = list(root.glob(".glyphs-*.tmp"))
+    except OSError:
+        return
+    for leftover in leftovers:
+        with contextlib.suppress(OSError):
+            if now - leftover.stat().st_mtime > _STALE_TEMP_SECONDS:
+                leftover.unlink(missing_ok=True)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory the system can still give (``MemAvailable``: free plus reclaimable); None if unknown."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def _free_disk(folder: Path) -> int | None:
+    """Free bytes on the file system that holds (or will hold) ``folder``; None if unknown."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return None
+
+
+def _check_room(image_size: int, n_images: int, root: Path) -> None:
+    """Refuse a build whose images would not fit in memory (while building) or on the cache's disk.
+
+    Raises:
+        ValueError: naming ``image_size``, the bytes needed and those available, and the fix.
+    """
+    n_bytes = n_images * image_size * image_size  # uint8
+    what = f"{n_images:,} images of {image_size}x{image_size} = {n_bytes:,} bytes"
+    fix = "pass a smaller image_size (env_kwargs.image_size in a config), e.g. 28, or fewer classes or instances"
+    memory = _available_memory()
+    if memory is not None and _BUILD_PEAK_COPIES * n_bytes > memory:
+        raise ValueError(
+            f"image_size={image_size}: the glyph build would hold {what}, and needs about "
+            f"{_BUILD_PEAK_COPIES * n_bytes:,} bytes of memory at its peak, but only {memory:,} are available; "
+            f"{fix}."
+        )
+    disk = _free_disk(root)
+    if disk is not None and n_bytes > disk:
+        raise ValueError(
+            f"image_size={image_size}: the glyph cache would hold {what}, but the cache folder {root} has only "
+            f"{disk:,} bytes free; {fix}, or free some space or set META_RL_CACHE to a folder on a larger disk."
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_arguments(
+    image_size: int, instances_per_class: int, seed: int, max_classes: int | None, num_workers: int | None
+) -> None:
+    """Refuse invalid :func:`load_glyphs` arguments, and an ``image_size`` above :data:`MAX_IMAGE_SIZE`.
+
+    Raises:
+        ValueError: naming the argument, the values allowed and the fix.
+    """
+    if not _is_int(image_size) or image_size < 8:
+        raise ValueError(f"image_size must be an int >= 8, got {image_size!r}; use e.g. image_size=28.")
+    if not _is_int(instances_per_class) or instances_per_class < 1:
+        raise ValueError(f"instances_per_class must be an int >= 1, got {instances_per_class!r}; use e.g. 20.")
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an int, got {seed!r}.")
+    min_classes = 3 * MIN_LETTERS_PER_SCRIPT
+    if max_classes is not None and (not _is_int(max_classes) or max_classes < min_classes):
+        raise ValueError(
+            f"max_classes={max_classes!r} is too small for 3 splits of whole scripts (each needs "
+            f"{MIN_LETTERS_PER_SCRIPT} letters); pass max_classes >= {min_classes}, or None for "
+            f"the default {DEFAULT_MAX_CLASSES}."
+        )
+    if num_workers is not None and (not _is_int(num_workers) or num_workers < 1):
+        raise ValueError(f"num_workers must be an int >= 1 or None, got {num_workers!r}.")
+    if image_size > MAX_IMAGE_SIZE:
+        n_images = (DEFAULT_MAX_CLASSES if max_classes is None else max_classes) * instances_per_class
+        raise ValueError(
+            f"image_size={image_size} is above the glyph dataset's limit of {MAX_IMAGE_SIZE}: its cache would hold "
+            f"up to {n_images:,} images of {image_size}x{image_size} = {n_images * image_size**2:,} bytes "
+            f"(about {_BUILD_PEAK_COPIES}x that in memory while building). Pass image_size <= {MAX_IMAGE_SIZE} "
+            "(env_kwargs.image_size in a config), e.g. image_size=28."
+        )
 
 
 def load_glyphs(
@@ -796,7 +921,9 @@ def load_glyphs(
     and 15%). The split depends only on the fonts and ``max_classes``, not on ``seed``.
 
     Args:
-        image_size: side of the square uint8 images (at least 8).
+        image_size: side of the square uint8 images, from 8 to :data:`MAX_IMAGE_SIZE` (128). The
+            build must also fit in memory (about 3 x the images' bytes, ``classes x instances x
+            image_size**2``) and the cache on disk (1 x), which is checked before it starts.
         instances_per_class: drawings per letter (at least 1).
         seed: seed of the random distortions; the same seed gives identical tensors.
         max_classes: cap on the number of classes (at least 42: 3 scripts of 14 letters);
@@ -812,33 +939,10 @@ def load_glyphs(
         ``{"train", "val", "test"}`` to :class:`ImageDataset` of uint8 images (N, 1, H, W).
 
     Raises:
-        ValueError: for an invalid argument, or fonts that cover fewer than 3 scripts.
+        ValueError: for an invalid argument, a build too large for the memory or the cache's disk,
+            or fonts that cover fewer than 3 scripts.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size must be an int >= 8, got {image_size!r}; use e.g. image_size=28.")
-    if (
-        isinstance(instances_per_class, bool)
-        or not isinstance(instances_per_class, int)
-        or instances_per_class < 1
-    ):
-        raise ValueError(
-            f"instances_per_class must be an int >= 1, got {instances_per_class!r}; use e.g. 20."
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}.")
-    min_classes = 3 * MIN_LETTERS_PER_SCRIPT
-    if max_classes is not None and (
-        isinstance(max_classes, bool) or not isinstance(max_classes, int) or max_classes < min_classes
-    ):
-        raise ValueError(
-            f"max_classes={max_classes!r} is too small for 3 splits of whole scripts (each needs "
-            f"{MIN_LETTERS_PER_SCRIPT} letters); pass max_classes >= {min_classes}, or None for "
-            f"the default {DEFAULT_MAX_CLASSES}."
-        )
-    if num_workers is not None and (
-        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1
-    ):
-        raise ValueError(f"num_workers must be an int >= 1 or None, got {num_workers!r}.")
+    _check_arguments(image_size, instances_per_class, seed, max_classes, num_workers)
     fonts = glyph_fonts(font_dirs)
     if not fonts:
         raise ValueError(
@@ -855,7 +959,9 @@ def load_glyphs(
     prints = _font_fingerprints(fonts)
     fonts = [p for _, _, p in prints]
     key = _cache_key(prints, params)
-    path = _cache_root(cache_dir) / f"glyphs-{image_size}px-{instances_per_class}x-seed{seed}-{key}.pt"
+    root = _cache_root(cache_dir)
+    path = root / f"glyphs-{image_size}px-{instances_per_class}x-seed{seed}-{key}.pt"
+    _remove_stale_temp_files(root)
     if path.is_file():
         try:
             return _from_payload(torch.load(path, map_location="cpu", weights_only=True))
@@ -863,6 +969,7 @@ def load_glyphs(
             warnings.warn(
                 f"glyph cache {path} is damaged or unreadable ({exc}); rebuilding it.", stacklevel=2
             )
+    _check_room(image_size, cap * instances_per_class, root)
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     splits = _build(fonts, image_size, instances_per_class, seed, cap, workers, progress)
     _save_cache(_to_payload(splits), path)

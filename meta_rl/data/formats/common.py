@@ -52,6 +52,13 @@ def to_dataset(
 
 
 def require_exists(path: Path, expected: str) -> None:
-    """Raise a DatasetError saying what was ``expected`` at ``path`` if nothing is there."""
-    if not path.exists():
+    """Raise a DatasetError saying what was ``expected`` at ``path`` if nothing is there (or it cannot be looked up)."""
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a parent folder that is not searchable: EACCES
+        raise DatasetError(
+            f"cannot look up {path} ({short(exc)}); expected {expected} there. Make its parent folders "
+            "searchable by this user (e.g. chmod u+x) or fix the path."
+        ) from exc
+    if not exists:
         raise DatasetError(f"{path} does not exist; expected {expected} there. Check the path.")

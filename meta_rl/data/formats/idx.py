@@ -41,6 +41,24 @@ def _read_up_to(stream: io.BufferedIOBase, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _checked_payload(path: Path, what: str, dims: tuple[int, ...]) -> int:
+    """The data bytes the IDX header's ``dims`` declare, refusing zero-sized images and oversized files."""
+    if what == "images" and 0 in dims[1:]:
+        raise DatasetError(
+            f"{path}: its IDX header declares images of shape {tuple(dims)}, that is {dims[1]}x{dims[2]} pixels; "
+            "expected (count, rows, cols) with at least 1 row and 1 column (MNIST's are 28x28). The file is "
+            "corrupt or not an IDX images file: download it again."
+        )
+    payload = math.prod(dims)  # Python ints: no overflow
+    if payload > _MAX_IDX_BYTES:
+        raise DatasetError(
+            f"{path}: its IDX header declares shape {tuple(dims)}, {payload:,} bytes of {what}, more than the "
+            f"{_MAX_IDX_BYTES >> 20} MiB limit for an IDX file (MNIST's largest is 47 MB); the header is "
+            "corrupt: download the file again."
+        )
+    return payload
+
+
 def _read_idx_stream(stream: io.BufferedIOBase, path: Path, what: str, file_size: int, gz: bool) -> np.ndarray:
     """Parse an IDX stream, reading no more than its header declares (plus one byte)."""
     magic, ndim = _IDX_MAGIC[what], 3 if what == "images" else 1
@@ -71,14 +89,8 @@ def _read_idx_stream(stream: io.BufferedIOBase, path: Path, what: str, file_size
             "the file is truncated or empty: download it again."
         )
     dims = struct.unpack(f">{ndim}I", raw_dims)
-    payload = math.prod(dims)  # Python ints: no overflow
+    payload = _checked_payload(path, what, dims)
     expected = header + payload
-    if payload > _MAX_IDX_BYTES:
-        raise DatasetError(
-            f"{path}: its IDX header declares shape {tuple(dims)}, {payload:,} bytes of {what}, more than the "
-            f"{_MAX_IDX_BYTES >> 20} MiB limit for an IDX file (MNIST's largest is 47 MB); the header is "
-            "corrupt: download the file again."
-        )
     if not gz and file_size != expected:
         problem = "is truncated" if file_size < expected else "has trailing data"
         raise DatasetError(
@@ -149,7 +161,8 @@ def load_idx(images_path: StrPath, labels_path: StrPath, *, name: str = "idx") -
         (``"0"``..``"9"`` for MNIST) and sorted by label value, one group per class.
 
     Raises:
-        DatasetError: on a missing file, wrong magic number, wrong size or count mismatch.
+        DatasetError: on a missing file, wrong magic number, wrong size, zero-sized images or
+            count mismatch.
     """
     images_file, labels_file = Path(images_path), Path(labels_path)
     images = _read_idx(images_file, "images")

@@ -12,9 +12,11 @@ from meta_rl.data.formats.images import (
     IMAGE_EXTENSIONS,
     check_pixels,
     image_files,
+    list_folder,
     open_image,
     pil_to_array,
     resize,
+    unreadable_folder,
     visible,
 )
 
@@ -32,6 +34,15 @@ def _size_hw(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}.")
     return (int(size[0]), int(size[1]))
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    """The visible sub-folders of ``root``, sorted by name; an unreadable ``root`` is a DatasetError."""
+    entries = list_folder(root, "dataset folder")
+    try:
+        return sorted((p for p in entries if visible(p.name) and p.is_dir()), key=lambda p: p.name)
+    except OSError as exc:  # listed (r) but not searchable (x): stat fails with EACCES
+        raise unreadable_folder(root, "dataset folder", exc) from exc
 
 
 def load_image_folder(
@@ -57,8 +68,9 @@ def load_image_folder(
         Images uint8 (N, C, H, W), one group per class.
 
     Raises:
-        DatasetError: if ``root`` is missing or has no class folders, a class folder has no
-            images, an image does not decode, or sizes differ while ``image_size`` is None.
+        DatasetError: if ``root`` is missing, unreadable or has no class folders, a class folder
+            is unreadable or has no images, an image does not decode, or sizes differ while
+            ``image_size`` is None.
     """
     root = Path(root)
     expected = "one sub-folder per class with image files inside"
@@ -66,12 +78,12 @@ def load_image_folder(
     if not root.is_dir():
         raise DatasetError(f"{root} is a file; pass a folder holding {expected}.")
     size_hw = _size_hw(image_size)
-    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and visible(p.name)), key=lambda p: p.name)
+    class_dirs = _class_dirs(root)
     if not class_dirs:
         raise DatasetError(f"{root} holds no class folders; expected {expected}.")
     files: list[tuple[int, Path]] = []
     for label, class_dir in enumerate(class_dirs):
-        found = image_files(class_dir)
+        found = image_files(class_dir, "class folder")
         if not found:
             raise DatasetError(
                 f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "

@@ -12,9 +12,20 @@ from PIL import Image
 
 from meta_rl.data.formats.common import DatasetError, short
 
-__all__ = ["IMAGE_EXTENSIONS", "check_pixels", "image_files", "open_image", "pil_to_array", "resize", "visible"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "check_pixels",
+    "image_files",
+    "list_folder",
+    "open_image",
+    "pil_to_array",
+    "resize",
+    "unreadable_folder",
+    "visible",
+]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
+_MAX_16_BIT = 65535
 
 
 def _resample() -> Any:
@@ -22,14 +33,23 @@ def _resample() -> Any:
     return Image.Resampling.LANCZOS
 
 
+def _from_16_bit(img: Image.Image) -> np.ndarray:
+    """uint8 (H, W) of a 16-bit grey image: ``round(v * 255 / 65535)``, the same mapping for every image.
+
+    Values are scaled by the mode's range, not by the image's own maximum, so that a pixel of
+    200/65535 loads as 1/255 in every file (not as 200/255 in a dark file and 1/255 in a bright
+    one). Mode ``I`` (32-bit) is read as 16-bit too: among the supported formats, only 16-bit
+    PNGs open in it (with older Pillow); values outside [0, 65535] are clipped.
+    """
+    arr = np.clip(np.asarray(img, dtype=np.int64), 0, _MAX_16_BIT)
+    return ((arr * 255 + _MAX_16_BIT // 2) // _MAX_16_BIT).astype(np.uint8)
+
+
 def pil_to_array(img: Image.Image, grayscale: bool) -> np.ndarray:
-    """uint8 array (H, W) for grey or (H, W, 3) for colour."""
+    """uint8 array (H, W) for grey or (H, W, 3) for colour; 16-bit grey is scaled by 255/65535."""
     if grayscale:
         if img.mode.startswith("I;16") or img.mode == "I":
-            arr = np.asarray(img, dtype=np.int64)
-            if arr.size and arr.max() > 255:
-                arr = arr >> 8
-            return np.clip(arr, 0, 255).astype(np.uint8)
+            return _from_16_bit(img)
         if img.mode == "F":
             return np.clip(np.asarray(img), 0, 255).astype(np.uint8)
         return np.asarray(img.convert("L"), dtype=np.uint8)
@@ -62,13 +82,35 @@ def visible(name: str) -> bool:
     return not name.startswith(".") and name != "__MACOSX"
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The visible image files (by extension) directly in ``folder``, sorted."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and visible(p.name) and p.suffix.lower() in IMAGE_EXTENSIONS
+def list_folder(folder: Path, what: str = "folder") -> list[Path]:
+    """The entries of ``folder``, sorted; an unreadable folder is a DatasetError naming it and the fix."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise unreadable_folder(folder, what, exc) from exc
+
+
+def unreadable_folder(folder: Path, what: str, exc: OSError) -> DatasetError:
+    """The DatasetError for a ``what`` (e.g. ``"class folder"``) that cannot be listed or searched."""
+    return DatasetError(
+        f"cannot read {what} {folder} ({short(exc)}); make it readable and searchable by this user "
+        f"(e.g. chmod u+rx {folder}) or move it out of the dataset."
     )
+
+
+def image_files(folder: Path, what: str = "folder") -> list[Path]:
+    """The visible image files (by extension) directly in ``folder``, sorted.
+
+    Raises:
+        DatasetError: if ``folder`` (a ``what``, e.g. ``"class folder"``) cannot be listed or searched.
+    """
+    entries = list_folder(folder, what)
+    try:
+        return [
+            p for p in entries if visible(p.name) and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        ]
+    except OSError as exc:  # listed (r) but not searchable (x): stat fails with EACCES
+        raise unreadable_folder(folder, what, exc) from exc
 
 
 @contextmanager
@@ -79,6 +121,11 @@ def open_image(path: Path) -> Iterator[Image.Image]:
             yield img
     except DatasetError:
         raise
+    except PermissionError as exc:
+        raise DatasetError(
+            f"cannot read image {path} ({short(exc)}); make it readable by this user (e.g. chmod u+r {path}) "
+            "or delete it."
+        ) from exc
     except Exception as exc:  # PIL raises many types for corrupt files
         raise DatasetError(
             f"cannot decode image {path} ({short(exc)}); the file is corrupt or not an image: fix or "

@@ -34,6 +34,12 @@ def _read_mini_imagenet(path: Path, name: str) -> ImageDataset:
             f"{path}: 'image_data' must be a uint8 array (N, H, W, 3), got {got}; the file is corrupt "
             "or not a miniImageNet cache: download it again."
         )
+    if 0 in data.shape[1:3]:
+        raise DatasetError(
+            f"{path}: 'image_data' has shape {data.shape}, images of {data.shape[1]}x{data.shape[2]} pixels; "
+            "expected (N, H, W, 3) with H and W at least 1 (miniImageNet's are 84x84). The file is corrupt: "
+            "download it again."
+        )
     if not isinstance(class_dict, Mapping) or not class_dict:
         raise DatasetError(
             f"{path}: 'class_dict' must be a non-empty dict {{wnid: [image indices]}}, got "
