@@ -26,7 +26,7 @@ from meta_rl.config import (
 )
 from meta_rl.env_contract import EnvCheckError, reference_returns
 from meta_rl.evaluation import TrialReturns, evaluate_task, query_accuracy, returns_table, santoro_table
-from meta_rl.lifecycle import add_run_arguments
+from meta_rl.lifecycle import EnvStepTimeout, StopNow, add_run_arguments
 from meta_rl.train import (
     NonFiniteError,
     TrainingInterrupted,
@@ -203,6 +203,29 @@ def _unrecognized(extra: list[str], argv: list[str]) -> str:
     return f"{message}; did you mean {' '.join(hints)}? Config keys are set as key=value, without dashes."
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Run the sub-command; each kind of failure ends in one line on stderr and its exit code."""
+    try:
+        return int(args.func(args))
+    except (ConfigError, CheckpointError, WriteError) as exc:
+        print(f"meta-rl: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:  # SIGINT -> 130, SIGTERM -> 143, after a checkpoint
+        print(f"meta-rl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (NonFiniteError, EnvCheckError, EnvStepTimeout) as exc:  # a bad value or an env call that never returned
+        print(f"meta-rl: error: {exc}", file=sys.stderr)
+        return 1
+    except StopNow as exc:  # a second SIGINT/SIGTERM during training
+        print(f"meta-rl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # outside the training loop: stop at once
+        resume = "meta-rl baseline --resume DIR" if args.command == "baseline" else "meta-rl train --resume DIR"
+        print(f"meta-rl: interrupted; checkpoints already written are intact (resume with {resume}).",
+              file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     tune_malloc()  # no mmap/munmap of the loop's large tensors every step (meta_rl.allocator; META_RL_MALLOC=0: off)
     parser = build_parser()
@@ -220,23 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train" and args.config and "=" in args.config:
         args.overrides = [args.config, *args.overrides]
         args.config = None
-    try:
-        return int(args.func(args))
-    except (ConfigError, CheckpointError, WriteError) as exc:
-        print(f"meta-rl: error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as exc:  # SIGINT -> 130, SIGTERM -> 143, after a checkpoint
-        print(f"meta-rl: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except (NonFiniteError, EnvCheckError) as exc:  # the run met a bad value: the message says where and why
-        print(f"meta-rl: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # outside the training loop, or a second Ctrl-C: stop at once
-        resume = "meta-rl baseline --resume DIR" if args.command == "baseline" else "meta-rl train --resume DIR"
-        print(f"meta-rl: interrupted; checkpoints already written are intact (resume with {resume}).",
-              file=sys.stderr)
-        return 130
-
+    return _run(args)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -330,6 +330,9 @@ class RunConfig(RunSettings):
     skip_nonfinite_updates: bool = False
     """On a NaN or inf loss or gradient, skip that update (counted as ``faults/skipped_updates``)
     instead of stopping the run. May be switched on when resuming a run that stopped on one."""
+    step_timeout: float = 300.0
+    """Seconds one env ``step`` or ``reset`` may take before the run stops with a checkpoint of its last
+    update (0: wait for ever). A step still running 30 s past ``max_minutes`` stops the run the same way."""
 
 
 #: The sections of :class:`TrainConfig`, in the order ``--help`` lists them.
@@ -354,7 +357,7 @@ class TrainConfig(ConfigBase, RunConfig, AlgorithmConfig, ModelConfig, TaskConfi
     )
     UNIT_INTERVAL: ClassVar[tuple[str, ...]] = ("gamma", "gae_lambda", "value_lambda", "return_norm_rate")
     STRICTLY_POSITIVE: ClassVar[tuple[str, ...]] = ("learning_rate", "max_grad_norm")
-    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("entropy_coef", "value_coef", "max_minutes")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("entropy_coef", "value_coef", "max_minutes", "step_timeout")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "encoder_precision": tuple(PRECISIONS), "critic": CRITICS, "algo": ALGOS,
     }

@@ -34,8 +34,11 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CONFIG_NAME",
     "STOP_SIGNALS",
+    "EnvStepTimeout",
     "EventWriter",
     "NullWriter",
+    "StepWatchdog",
+    "StopNow",
     "StopPolicy",
     "StopRequest",
     "TrainingInterrupted",
@@ -48,6 +51,8 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: Seconds an env call may run past the time limit before the watchdog stops the run.
+TIME_LIMIT_GRACE = 30.0
 CONFIG_NAME = "config.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -93,18 +98,48 @@ class TrainingInterrupted(Exception):
 
 
 class StopRequest:
-    """Set by the signal handler; read by the loop at its safe point."""
+    """Set by the signal handler; read by the loop at its safe point.
+
+    Attributes:
+        signum: the first stop signal received (None: none yet).
+        phase: what the run is doing now (``"collecting a rollout"``), which the first signal's notice names.
+        watchdog: the run's :class:`StepWatchdog`, whose step in progress the notice also names.
+    """
 
     signum: int | None = None
+    phase: str = "setting up"
+    watchdog: StepWatchdog | None = None
+
+    def doing(self) -> str:
+        """What the run is doing now, with the env step it waits for, if one is running."""
+        waiting = self.watchdog.waiting() if self.watchdog is not None else ""
+        return f"{self.phase}{', ' + waiting if waiting else ''}"
+
+
+class StopNow(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: the run stops at once, wherever it was (``exit_code`` 128 + signum)."""
+
+    def __init__(self, signum: int, doing: str, kept: str = "") -> None:
+        self.signum, self.doing, self.kept = signum, doing, kept
+        super().__init__(f"stopped at once by a second {signal.Signals(signum).name} while {doing}"
+                         + (f"; {kept}" if kept else ""))
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 @contextlib.contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[None]:
     """Turn SIGINT/SIGTERM into a stop request for the duration of the block (main thread only).
 
-    The first signal asks the loop to stop after the current update; the previous handlers are
-    put back at once, so a second signal acts immediately (the checkpoint on disk stays whole:
-    writes are atomic). The handlers in place before are restored on exit.
+    The policy: the first signal asks the loop to stop after the current update (then it
+    checkpoints), and says on stderr what the run is doing meanwhile (an env step it waits for,
+    an update, an evaluation). A second signal raises :class:`StopNow` at once, wherever the run
+    is: the trainer then writes what it can (the events; a checkpoint of the last whole update
+    where it was collecting a rollout) and the checkpoint on disk stays whole, as writes are
+    atomic. After the second, the handlers in place before are back (a third acts as they do);
+    they are restored on exit too.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread
@@ -116,9 +151,14 @@ def stop_on_signals(stop: StopRequest) -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
     def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
         if stop.signum is None:
             stop.signum = signum
+            _notice(f"meta-rl: {name} received: stopping after the current update, then saving a checkpoint "
+                    f"(now {stop.doing()}). Send {name} again (Ctrl-C) to stop at once.")
+            return
         restore()
+        raise StopNow(signum, stop.doing())
 
     for signum in STOP_SIGNALS:
         previous[signum] = signal.signal(signum, handler)
@@ -128,6 +168,102 @@ def stop_on_signals(stop: StopRequest) -> Iterator[None]:
     finally:
         _FORK_RESETS.remove(restore)
         restore()
+
+
+def _notice(line: str) -> None:
+    """One line on stderr from a signal handler (``os.write``: no buffered stream is re-entered)."""
+    with contextlib.suppress(OSError):
+        os.write(2, (line + "\n").encode())
+
+
+class EnvStepTimeout(RuntimeError):
+    """An env's ``step`` or ``reset`` ran past ``step_timeout``, or past the time limit (see :class:`StepWatchdog`)."""
+
+
+class StepWatchdog:
+    """Stops a run whose env ``step`` or ``reset`` does not return: past ``step_timeout`` seconds, or
+    :data:`TIME_LIMIT_GRACE` seconds past the run's time limit.
+
+    :meth:`watch` makes an env's ``step`` and ``reset`` mark when they start and end (two clock
+    reads). A daemon thread looks once a second; when a call has run too long it sends SIGALRM to
+    the main thread, whose handler raises :class:`EnvStepTimeout` there: a step blocked in Python
+    code, a sleep or a pipe to async workers (which are then abandoned) is interrupted. A step
+    spinning in C code that never returns to Python cannot be; ``kill`` ends such a run, and its
+    last checkpoint stays whole. Main thread and POSIX only (elsewhere nothing is watched).
+
+    Args:
+        step_timeout: seconds a call may take (0: no limit). deadline: the monotonic time of the run's
+            time limit, or None. max_minutes: the time limit, for the message.
+    """
+
+    def __init__(self, step_timeout: float, deadline: Any = None, max_minutes: float = 0.0) -> None:
+        self.step_timeout, self.deadline, self.max_minutes = step_timeout, deadline, max_minutes
+        self.started: float | None = None  # monotonic start of the call in progress
+        self.call = ""
+        self.reason = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._previous: Any = None
+
+    def watch(self, env: Any, name: str) -> None:
+        """Time ``env``'s ``step`` and ``reset`` calls (named ``name`` in messages)."""
+        for method in ("step", "reset"):
+            call = getattr(env, method)
+
+            def timed(*args: Any, _call: Any = call, _what: str = f"{name}.{method}()", **kwargs: Any) -> Any:
+                self.call, self.started = _what, time.monotonic()
+                try:
+                    return _call(*args, **kwargs)
+                finally:
+                    self.started = None
+
+            setattr(env, method, timed)
+
+    def waiting(self) -> str:
+        """The call in progress and for how long (``""``: none)."""
+        started = self.started
+        return "" if started is None else f"waiting for {self.call} ({time.monotonic() - started:.0f} s so far)"
+
+    def overdue(self, now: float) -> str:
+        """Why the call in progress has run too long at ``now`` (``""``: it has not, or none runs)."""
+        started = self.started
+        if started is None:
+            return ""
+        if self.step_timeout and now - started > self.step_timeout:
+            return (f"{self.call} has not returned after {now - started:.0f} s (step_timeout = {self.step_timeout:g} "
+                    "s)")
+        if self.deadline is not None and now > self.deadline + TIME_LIMIT_GRACE:
+            return (f"{self.call} has not returned {now - self.deadline:.0f} s after the time limit (max_minutes = "
+                    f"{self.max_minutes:g})")
+        return ""
+
+    def __enter__(self) -> StepWatchdog:
+        if (self.step_timeout or self.deadline is not None) and hasattr(signal, "pthread_kill") and (
+                threading.current_thread() is threading.main_thread()):
+            self._previous = signal.signal(signal.SIGALRM, self._raise)
+            self._thread = threading.Thread(target=self._run, args=(threading.main_thread().ident,), daemon=True,
+                                            name="meta-rl step watchdog")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            signal.signal(signal.SIGALRM, signal.SIG_DFL if self._previous is None else self._previous)
+
+    def _run(self, main: int) -> None:
+        while not self._stop.wait(1.0):
+            reason = self.overdue(time.monotonic())
+            if reason:
+                self.reason = reason
+                signal.pthread_kill(main, signal.SIGALRM)
+                self._stop.wait(5.0)  # once: the main thread raises; look again only if it did not
+
+    def _raise(self, signum: int, frame: Any) -> None:
+        if self.reason and self.started is not None:
+            reason, self.reason = self.reason, ""
+            raise EnvStepTimeout(reason)
 
 
 # The restore functions of the stop handlers installed now: a process forked while one is

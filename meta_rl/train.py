@@ -49,8 +49,11 @@ from meta_rl.evaluation import (
 from meta_rl.lifecycle import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
+    EnvStepTimeout,
     EventWriter,
     NullWriter,
+    StepWatchdog,
+    StopNow,
     StopPolicy,
     StopRequest,
     TrainingInterrupted,
@@ -84,7 +87,7 @@ __all__ = [
 ]
 
 # Keys that may differ between a run and its resumption: how long it runs, not what it learns.
-RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates",
+RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates", "step_timeout",
                   "encoder_precision")
 Collector = Callable[..., Rollout]  # meta_rl.rollout.collect's signature
 AlgorithmFactory = Callable[[TrainConfig], Algorithm]  # meta_rl.algorithms.make_algorithm's signature
@@ -580,6 +583,64 @@ class Trainer:
             self.writer.close()
 
     # --- the loop -------------------------------------------------------------------------
+    def loop(self) -> None:
+        """Updates until the budget, the time limit or a signal: collect, train, log, evaluate, checkpoint."""
+        cfg = self.cfg
+        while self.env_steps < cfg.total_env_steps and self.stopping.before_update():
+            ro = self.collect_or_keep_the_last_update()
+            self.phase("updating the policy")
+            self.train_step(ro)
+            if self.update % cfg.log_every == 0:
+                self.log()
+            self.stopping.agree(self.device)
+            if self.stopping.signum is not None:
+                break  # the safe point: this update is complete; checkpoint below, skip the evaluation
+            # One process leaves after a cut-short evaluation (checkpoint below); several ranks go
+            # on to the collective checkpoint and leave together after the next agree().
+            self.phase("evaluating on held-out tasks")
+            if (self.heldout_env is not None and self.update % cfg.eval_every == 0
+                    and not self.evaluate_val() and not self.world.enabled):
+                break
+            if self.update % cfg.checkpoint_every == 0 and self.env_steps < cfg.total_env_steps:
+                self.phase("writing a checkpoint")
+                self.save_checkpoint()
+
+    def phase(self, doing: str) -> None:
+        """What the run does now, for the notice of a first SIGINT/SIGTERM."""
+        self.stopping.request.phase = doing
+
+    def watch_env_calls(self) -> StepWatchdog:
+        """The watchdog over the training and held-out envs' ``step`` and ``reset`` (:class:`StepWatchdog`)."""
+        cfg = self.cfg
+        deadline = self.stopping.started + 60 * cfg.max_minutes if cfg.max_minutes else None
+        watchdog = StepWatchdog(cfg.step_timeout, deadline, cfg.max_minutes)
+        watchdog.watch(self.env, f"{cfg.env_id!r}")
+        if self.heldout_env is not None:
+            watchdog.watch(self.heldout_env, f"the held-out {cfg.env_id!r}")
+        self.stopping.request.watchdog = watchdog
+        return watchdog
+
+    def collect_or_keep_the_last_update(self) -> Rollout:
+        """A new rollout; where a second signal or the step watchdog stops it, a checkpoint of the last whole
+        update first (one process): nothing has changed since but the action generator, which is put back, so
+        the run resumes exactly where an unbroken one would be."""
+        self.phase("collecting a rollout")
+        actions_rng = self.generator.get_state()
+        try:
+            return self.collect_new_training_data()
+        except (EnvStepTimeout, StopNow) as exc:
+            kept = self._kept()
+            if not self.world.enabled:
+                self.generator.set_state(actions_rng)
+                if self.saved_update != self.update:
+                    self.save_checkpoint()
+                kept = f"the run's last whole update {self.update} is saved in {self.ckpt_path}"
+            resume = f"resume with meta-rl train --resume {self.run_dir}"
+            if isinstance(exc, StopNow):
+                raise StopNow(exc.signum, exc.doing, f"{kept}; {resume}") from None
+            raise EnvStepTimeout(f"{exc}; {kept}. Fix or speed up the env (or raise step_timeout), then "
+                                 f"{resume}.") from None
+
     def learn(self) -> dict[str, Any]:
         """Set up, then collect → train → log → evaluate → checkpoint until done, out of time or stopped."""
         cfg = self.cfg
@@ -591,26 +652,20 @@ class Trainer:
         self.stopping.start()  # max_minutes counts from here, after the set-up
         self.metrics.start_clock()
         try:
-            while self.env_steps < cfg.total_env_steps and self.stopping.before_update():
-                ro = self.collect_new_training_data()
-                self.train_step(ro)
-                if self.update % cfg.log_every == 0:
-                    self.log()
-                self.stopping.agree(self.device)
+            with self.watch_env_calls():
+                self.loop()
+                self.bar.close()
                 if self.stopping.signum is not None:
-                    break  # the safe point: this update is complete; checkpoint below, skip the evaluation
-                # One process leaves after a cut-short evaluation (checkpoint below); several ranks go
-                # on to the collective checkpoint and leave together after the next agree().
-                if (self.heldout_env is not None and self.update % cfg.eval_every == 0
-                        and not self.evaluate_val() and not self.world.enabled):
-                    break
-                if self.update % cfg.checkpoint_every == 0 and self.env_steps < cfg.total_env_steps:
                     self.save_checkpoint()
-            self.bar.close()
-            if self.stopping.signum is not None:
-                self.save_checkpoint()
-                raise self.interrupted(self.stopping.signum)
-            self.finish()
+                    raise self.interrupted(self.stopping.signum)
+                self.phase("the final evaluation and checkpoint")
+                self.finish()
+        except StopNow as exc:
+            self.close(failing=True)
+            if exc.kept:
+                raise
+            raise StopNow(exc.signum, exc.doing, f"{self._kept()}; resume with meta-rl train --resume "
+                                                 f"{self.run_dir}") from None
         except BaseException:
             self.close(failing=True)
             raise

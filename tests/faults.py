@@ -90,6 +90,28 @@ if os.environ.get("FAULT_DRILL_SLOW_CHECKPOINT"):
         _real(fd, data)
 
     _atomic._write_all = _slow
+
+# FAULT_DRILL_HANG_AFTER=N: the N+1-th env step of this process sleeps for an hour (a plug-in that hangs);
+# FAULT_DRILL_GRACE=S: the watchdog gives a step S seconds past the time limit instead of 30.
+if os.environ.get("FAULT_DRILL_HANG_AFTER"):
+    import time
+
+    from meta_rl.envs.classification import FewShotVectorEnv
+
+    _hang_after, _steps, _step = int(os.environ["FAULT_DRILL_HANG_AFTER"]), [0], FewShotVectorEnv.step
+
+    def _hanging_step(self, actions):
+        _steps[0] += 1
+        if _steps[0] > _hang_after:
+            time.sleep(3600)
+        return _step(self, actions)
+
+    FewShotVectorEnv.step = _hanging_step
+
+if os.environ.get("FAULT_DRILL_GRACE"):
+    import meta_rl.lifecycle as _lifecycle
+
+    _lifecycle.TIME_LIMIT_GRACE = float(os.environ["FAULT_DRILL_GRACE"])
 '''.replace("DATASET", DATASET)
 EVAL_BATCH = 256  # held-out tasks run in parallel by the trainer
 
@@ -615,6 +637,7 @@ def oversized_scenario(lab: Lab, out: Outcome) -> None:
         "hidden=1e7": ({"hidden": 10_000_000}, "hidden"),
         "encoder_hidden=[1e8]": ({"encoder_hidden": [100_000_000]}, "encoder_hidden"),
         "eval_every=1 eval_episodes=1e9": ({"eval_every": 1, "eval_episodes": 1_000_000_000}, "eval_episodes"),
+        "rollout_steps=2e7": ({"rollout_steps": 20_000_000}, "rollout_steps"),
         "torch_threads=100000": ({"torch_threads": 100_000}, "torch_threads"),
     }
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -637,6 +660,124 @@ def oversized_scenario(lab: Lab, out: Outcome) -> None:
     out.detail = f"{len(cases)} refused with ConfigError before allocating (peak RSS grew {grown:.0f} MiB)"
 
 
+def hung_step_scenario(lab: Lab, out: Outcome) -> None:
+    """An env step that never returns (the 3rd update's): step_timeout, the time limit, and SIGINT twice each stop
+    the run with a checkpoint of update 2 and a message naming the step; each resumes to the reference."""
+    hang = {"FAULT_DRILL_HANG_AFTER": str(2 * 3 * K + 2), "FAULT_DRILL_GRACE": "1"}  # 9 steps an update
+    cases = {
+        "step_timeout=2": (("step_timeout=2",), r"\.step\(\) has not returned after \d+ s \(step_timeout = 2 s\)", 1),
+        "max_minutes with no step_timeout": (("step_timeout=0", "--max-minutes", "0.02"),
+                                             r"has not returned \d+ s after the time limit \(max_minutes = 0\.02\)", 1),
+        "SIGINT twice": (("step_timeout=0",), r"stopped at once by a second SIGINT while collecting a rollout, "
+                                              r"waiting for .*\.step\(\)", 130),
+    }
+    for what, (extra, message, code) in cases.items():
+        out.faults += 1
+        run_dir = lab.folder("hung")
+        run = out.expect(run_dir)
+        proc = lab.spawn(run_dir, lab.config(6, checkpoint_every=100), False, *extra, env=hang)
+        if code == 130:
+            wait_for(lambda: (run_dir / "config.json").is_file(), proc)  # noqa: B023
+            time.sleep(4)  # well into the hung step
+            proc.send_signal(signal.SIGINT)
+            time.sleep(1.5)
+            check(proc.poll() is None, f"{what}: the first SIGINT stopped a step in progress")
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+        check(proc.returncode == code and re.search(message, err) is not None and "update 2 is saved" in err,
+              f"{what}: exit {proc.returncode}, stderr {err[-600:]}")
+        if code == 130:
+            check("SIGINT received: stopping after the current update" in err and "waiting for" in err,
+                  f"{what}: the first SIGINT did not say what it waits for: {err[-600:]}")
+        check(saved_update(run_dir) == 2 and clean(run_dir), f"{what}: checkpoint {saved_update(run_dir)}, not 2")
+        run[1] = 6
+        train(lab.config(6, checkpoint_every=100), run_dir, resume=True, progress=False)
+    out.detail = f"{len(cases)} hangs stopped with update 2 saved and named; each resumed to the reference"
+
+
+def user_folder_scenario(lab: Lab, out: Outcome) -> None:
+    """A fresh run into a folder of the user's files, and a config.json edited before --resume: refused, nothing
+    the user had is changed; once config.json is restored the run resumes to the reference."""
+    project = lab.folder("project")
+    project.mkdir()
+    mine = {"config.json": b'{"model": "mine", "lr": 0.1}\n', "train.py": b"print('mine')\n"}
+    for name, data in mine.items():
+        (project / name).write_bytes(data)
+    out.hostile("fresh run into a folder holding the user's config.json")
+    out.faults += 1
+    try:
+        train(lab.config(2), project, progress=False)
+        raise AssertionError("a fresh run wrote into a folder of the user's files")
+    except ConfigError as exc:
+        check("config.json, train.py" in str(exc), f"the error does not name the files: {exc}")
+    check({p.name: p.read_bytes() for p in project.iterdir()} == mine, "the user's files changed")
+    run_dir = lab.folder("edited")
+    out.expect(run_dir, 4)
+    train(lab.config(2), run_dir, progress=False)
+    path = run_dir / "config.json"
+    for key, value in (("learning_rate", 0.5), ("hidden", 64), ("env_kwargs", {"n_way": 5})):
+        if not out.hostile(f"config.json edited before --resume: {key}"):
+            continue
+        out.faults += 1
+        saved = path.read_text()
+        path.write_text(json.dumps({**json.loads(saved), key: value}))
+        edited = path.read_bytes()
+        try:
+            train(lab.config(4), run_dir, resume=True, progress=False)
+            raise AssertionError(f"resume ignored an edit of {key}")
+        except ConfigError as exc:
+            check(f"{key}:" in str(exc) and "edited since the checkpoint" in str(exc), f"{key}: {exc}")
+        check(path.read_bytes() == edited and saved_update(run_dir) == 2, f"{key}: the edit or checkpoint changed")
+        path.write_text(saved)
+    train(lab.config(4), run_dir, resume=True, progress=False)
+    out.detail = "user's folder refused byte-for-byte intact; 3 config.json edits refused by key; resumed after"
+
+
+def tampered_eval_scenario(lab: Lab, out: Outcome) -> None:
+    """meta-rl eval and --resume on checkpoints whose records were edited and their checksum recomputed: refused
+    (exit 2, naming the entry) under a 6 GiB address-space cap, before allocating."""
+    run_dir = lab.folder("tampered-source")
+    out.expect(run_dir, 2)
+    train(lab.config(2), run_dir, progress=False)
+    good = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    changes: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+        "spaces.steps=1": (lambda d: d["spaces"].__setitem__("steps", 1), "records tasks of 1 steps"),
+        "spaces.steps=1e9": (lambda d: d["spaces"].__setitem__("steps", 10**9), "records tasks of 1000000000"),
+        "spaces: image shape 1e5x1e5": (lambda d: d["spaces"]["observation"]["spaces"]["image"].__setitem__(
+            "shape", [1, 100_000, 100_000]), "Box shape [1, 100000, 100000]"),
+        "counters.env_steps=-7": (lambda d: d["counters"].__setitem__("env_steps", -7), "env_steps = -7"),
+        "counters.update=-5": (lambda d: d["counters"].__setitem__("update", -5), "update = -5"),
+    }
+    env = {"PYTHONPATH": os.pathsep.join([str(lab.plugin_dir), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+    for what, (change, message) in changes.items():
+        if not out.hostile(f"checkpoint with {what}"):
+            continue
+        out.faults += 1
+        folder = lab.folder("tampered")
+        folder.mkdir()
+        data = pickle.loads(pickle.dumps(good))  # a deep copy
+        change(data)
+        data["checksum"] = checksum(data)
+        torch.save(data, folder / CHECKPOINT_NAME)
+        before = (folder / CHECKPOINT_NAME).read_bytes()
+        for command in (["eval", str(folder), "--episodes", "4", "--batch", "4", "--env-module", PLUGIN],
+                        ["train", "--resume", str(folder), "--env-module", PLUGIN, "--no-progress"]):
+            proc = subprocess.run([sys.executable, "-m", "meta_rl.cli", *command], capture_output=True, text=True,
+                                  timeout=180, env={**os.environ, **env}, preexec_fn=cap, check=False)
+            refused = proc.returncode == 2 and message in proc.stderr
+            resumable = command[0] == "train" and what.startswith("spaces")  # resume builds the env, not the record
+            check(refused or (resumable and proc.returncode == 0),
+                  f"{what}: meta-rl {command[0]} exit {proc.returncode}: {proc.stderr[-400:]}")
+            if refused:
+                check((folder / CHECKPOINT_NAME).read_bytes() == before, f"{what}: the checkpoint changed")
+    out.detail = f"{len(changes)} tampered records refused by eval (and counters by resume) before allocating"
+
+
 EVIL_SOURCE = f'''
 import os
 
@@ -650,15 +791,16 @@ if os.environ.get("EVIL_MARK"):
 
 def untrusted_module_scenario(lab: Lab, out: Outcome) -> None:
     """A run directory holding evilmod.py and a checkpoint naming it: eval and resume refuse unless it is named."""
-    run_dir = lab.folder("evil")
-    run_dir.mkdir()
-    (run_dir / "evilmod.py").write_text(EVIL_SOURCE)
-    sys.path.insert(0, str(run_dir))
+    run_dir, src = lab.folder("evil"), lab.folder("evil-src")  # trained from src, then the module joins the run
+    src.mkdir()
+    (src / "evilmod.py").write_text(EVIL_SOURCE)
+    sys.path.insert(0, str(src))
     try:
         train(lab.config(2, env_module="evilmod"), run_dir, progress=False)
     finally:
-        sys.path.remove(str(run_dir))
+        sys.path.remove(str(src))
         sys.modules.pop("evilmod", None)
+    (run_dir / "evilmod.py").write_text(EVIL_SOURCE)
     mark = run_dir.parent / "evil-mark"
     env = {**os.environ, "EVIL_MARK": str(mark), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(lab.plugin_dir), os.environ.get("PYTHONPATH", "")])}
@@ -917,6 +1059,9 @@ SCENARIOS: list[tuple[str, Callable[[Lab, Outcome], None]]] = [
     ("oversized configs", oversized_scenario),
     ("module named by a run dir", untrusted_module_scenario),
     ("bad inputs", bad_inputs_scenario),
+    ("hung env step", hung_step_scenario),
+    ("run dir of the user's files", user_folder_scenario),
+    ("tampered checkpoint records", tampered_eval_scenario),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -236,3 +237,110 @@ def test_hostile_command_lines_get_a_clear_error(bandit_run: Path, tmp_path: Pat
     err = capsys.readouterr().err
     assert rc == 2 and re.search(message, err), (rc, err[-1500:])
     assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+# --- 7. an env step that never returns: step_timeout, the time limit, and the two-signal policy -------------------
+HANGING_PLUGIN = '''
+import os
+import re
+import time
+
+import gymnasium as gym
+import numpy as np
+
+from meta_rl.envs.gym_tasks import register_gym_task
+
+STEPS = [0]
+
+
+class HangingBandit(gym.Env):
+    """Two arms; from the HANG_AFTER-th step of this process on, step() sleeps for an hour."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        STEPS[0] += 1
+        if STEPS[0] > int(os.environ.get("HANG_AFTER", "1000000000")):
+            time.sleep(3600)
+        return np.zeros(1, np.float32), float(action == 1), False, False, {}
+
+
+register_gym_task("hang/Bandit-v0", HangingBandit, lambda env, rng: None, episodes_per_trial=1, max_episode_steps=5)
+'''
+# 2 tasks of 5 steps: 10 env steps an update, so HANG_AFTER=25 hangs in the 3rd update, after 2 whole ones.
+HANG_ARGS = ["env_module=hanging_plugin", "env_id=hang/Bandit-v0", "num_envs=2", "hidden=8", "eval_every=0",
+             "checkpoint_every=1000", "total_env_steps=1000", "torch_threads=1", "device=cpu"]
+
+
+def _plugin_env(tmp_path: Path, hang_after: int) -> dict[str, str]:
+    (tmp_path / "hanging_plugin.py").write_text(HANGING_PLUGIN)
+    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+            "HANG_AFTER": str(hang_after)}
+
+
+def _saved_update(run_dir: Path) -> int:
+    from meta_rl.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(run_dir / "checkpoint.pt")["counters"]["update"])
+
+
+def test_a_hung_step_stops_at_step_timeout_and_keeps_the_last_whole_update(tmp_path: Path) -> None:
+    proc = _cli("train", *HANG_ARGS, "step_timeout=2", "--run-dir", str(tmp_path / "run"), "--no-progress",
+                cwd=tmp_path, env=_plugin_env(tmp_path, 25), timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert re.search(r"'hang/Bandit-v0'\.step\(\) has not returned after \d+ s \(step_timeout = 2 s\); the run's "
+                     r"last whole update 2 is saved in .*checkpoint\.pt\. Fix or speed up the env", proc.stderr), \
+        proc.stderr[-2000:]
+    assert _saved_update(tmp_path / "run") == 2
+
+
+def test_a_hung_step_does_not_outlive_the_time_limit(tmp_path: Path, proto_dataset: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no step_timeout, a step still running past max_minutes (plus the grace) stops the run all the same."""
+    import meta_rl.lifecycle as lifecycle
+    from meta_rl.config import parse_overrides
+    from meta_rl.lifecycle import EnvStepTimeout
+    from meta_rl.train import train
+
+    for key, value in _plugin_env(tmp_path, 25).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(lifecycle, "TIME_LIMIT_GRACE", 1.0)
+    cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **parse_overrides(HANG_ARGS), "step_timeout": 0.0,
+                                 "max_minutes": 0.02})
+    with pytest.raises(EnvStepTimeout, match=r"has not returned \d+ s after the time limit \(max_minutes = 0\.02\)"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert _saved_update(tmp_path / "run") == 2
+
+
+def test_first_signal_says_what_it_waits_for_and_the_second_stops_at_once(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **_plugin_env(tmp_path, 25)}
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "meta_rl", "train", *HANG_ARGS, "--run-dir", str(run_dir),
+                             "--no-progress"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "config.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # well into the hung step of the 3rd update
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.5)
+        assert proc.poll() is None  # the first signal asks; it does not stop a step in progress
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert re.search(r"SIGINT received: stopping after the current update, then saving a checkpoint \(now "
+                     r"collecting a rollout, waiting for 'hang/Bandit-v0'\.step\(\) \(\d+ s so far\)\)\. Send SIGINT "
+                     r"again", err), err[-2000:]
+    assert proc.returncode == 130 and re.search(r"stopped at once by a second SIGINT while collecting a rollout.*; "
+                                                r"the run's last whole update 2 is saved", err), err[-2000:]
+    assert _saved_update(run_dir) == 2

@@ -47,10 +47,11 @@ register_dataset("evil-synthetic", split_by_group(_ds, (0.5, 0.25, 0.25)))
 @pytest.fixture(scope="module")
 def evil_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A finished run of a plug-in task whose module sits in the run directory itself."""
-    run_dir = tmp_path_factory.mktemp("evil") / "run"
-    run_dir.mkdir()
-    (run_dir / f"{EVIL}.py").write_text(EVIL_SOURCE)
-    sys.path.insert(0, str(run_dir))
+    root = tmp_path_factory.mktemp("evil")
+    run_dir, src = root / "run", root / "src"  # trained from src; then the module is put in the run directory
+    src.mkdir()
+    (src / f"{EVIL}.py").write_text(EVIL_SOURCE)
+    sys.path.insert(0, str(src))
     try:
         cfg = TrainConfig(env_id="meta_rl/FewShot-v0", env_module=EVIL,
                           env_kwargs={"dataset": "evil-synthetic", "n_way": 3, "instances_per_class": 2},
@@ -58,8 +59,9 @@ def evil_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                           total_env_steps=24, log_every=1, eval_every=0, checkpoint_every=1, device="cpu").validate()
         train(cfg, run_dir, progress=False)
     finally:
-        sys.path.remove(str(run_dir))
+        sys.path.remove(str(src))
         sys.modules.pop(EVIL, None)
+    (run_dir / f"{EVIL}.py").write_text(EVIL_SOURCE)
     yield run_dir
 
 
