@@ -127,6 +127,14 @@ def test_discrete_observations_with_a_start_reach_the_policy_from_zero(tmp_path:
     assert result["updates"] == 3 and (tmp_path / "run" / "checkpoint.pt").is_file()
 
 
+def _refusal(tmp_path: Path, env_class: type[gym.Env], error: type[Exception]) -> tuple[str, str]:
+    """Register ``env_class``, train on it expecting ``error``; its id and the error's message."""
+    env_id = register(f"hardening/{env_class.__name__}-v0", env_class)
+    with pytest.raises(error) as refused:
+        train(tiny(env_id), tmp_path / "run", progress=False)
+    return env_id, str(refused.value)
+
+
 class MultiArms(PlugIn):
     action_space = spaces.MultiDiscrete([2, 3], start=[1, 1])
 
@@ -139,10 +147,7 @@ class BitArms(PlugIn):
 def test_action_spaces_the_policy_cannot_act_in_are_refused_naming_the_env(
     tmp_path: Path, env_class: type[gym.Env], kind: str
 ) -> None:
-    env_id = register(f"hardening/{env_class.__name__}-v0", env_class)
-    with pytest.raises(ConfigError) as refused:
-        train(tiny(env_id), tmp_path / "run", progress=False)
-    message = str(refused.value)
+    env_id, message = _refusal(tmp_path, env_class, ConfigError)
     assert env_id in message and kind in message  # the env and the space
     assert "Discrete(n)" in message and "1-D Box" in message and "Fix:" in message  # what is supported, the fix
     assert not (tmp_path / "run").exists()  # refused before the run wrote anything
@@ -277,10 +282,7 @@ class OutOfRangeInTheSecondTrial(OutOfRangeCell):
 def test_an_observation_outside_its_declared_space_is_refused_naming_the_env(
     tmp_path: Path, env_class: type[gym.Env], expected: str
 ) -> None:
-    env_id = register(f"hardening/{env_class.__name__}-v0", env_class)
-    with pytest.raises(EnvCheckError) as refused:
-        train(tiny(env_id), tmp_path / "run", progress=False)
-    message = str(refused.value)
+    env_id, message = _refusal(tmp_path, env_class, EnvCheckError)
     assert message.startswith(f"{env_id} ({env_class.__name__}): ")  # the env
     assert re.search(expected, message), message  # the observation and what is wrong with it
     assert str(env_class.observation_space) in message and "Fix:" in message  # the declared space, the fix
