@@ -318,7 +318,8 @@ class RunSettings:
     checkpoint_every: int = 200
     """Write a checkpoint every this many updates (and always at the end)."""
     max_minutes: float = 0.0
-    """Stop after this many minutes of training (0: no limit)."""
+    """Stop training after this many minutes (0: no limit); the final held-out evaluation then gets a tenth of
+    it more (at least 10 s), and logs and evaluations also follow the clock (20 and 10 over the run)."""
 
 
 @dataclass

@@ -41,6 +41,7 @@ __all__ = [
     "StopNow",
     "StopPolicy",
     "StopRequest",
+    "TimeCadence",
     "TrainingInterrupted",
     "add_run_arguments",
     "after_existing_event_files",
@@ -53,6 +54,10 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Seconds an env call may run past the time limit before the watchdog stops the run.
 TIME_LIMIT_GRACE = 30.0
+#: The final held-out evaluation of a time-limited run may run this share of ``max_minutes`` past it, and at
+#: least this many seconds (:meth:`StopPolicy.final_allowance`).
+FINAL_EVALUATION_SHARE = 0.1
+FINAL_EVALUATION_MIN_SECONDS = 10.0
 CONFIG_NAME = "config.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -323,8 +328,46 @@ class StopPolicy:
         """Asked between evaluation batches: a signal arrived or the time is up (this process's view)."""
         return self.request.signum is not None or self.over_time()
 
+    def final_allowance(self) -> float:
+        """Seconds the final held-out evaluation may run past ``max_minutes``: a tenth of it, at least 10 s."""
+        return max(FINAL_EVALUATION_MIN_SECONDS, FINAL_EVALUATION_SHARE * 60 * self.max_minutes)
+
+    def interrupts_final_evaluation(self) -> bool:
+        """Asked between the final evaluation's batches: a signal, or the time limit plus :meth:`final_allowance`."""
+        if self.request.signum is not None:
+            return True
+        return bool(self.max_minutes) and self.minutes() * 60 >= 60 * self.max_minutes + self.final_allowance()
+
     def minutes(self) -> float:
         return (time.monotonic() - self.started) / 60
+
+    def cadence(self, points: int) -> TimeCadence:
+        """``points`` events evenly over ``max_minutes`` from now (none without a time limit or with several
+        ranks, whose clocks differ)."""
+        return TimeCadence(0.0 if self.world.enabled else 60 * self.max_minutes / points)
+
+
+class TimeCadence:
+    """Events at fixed times: every ``interval`` seconds from its creation (0: never).
+
+    The times are a fixed schedule, not counted from the last event, so slow updates do not thin it out;
+    an event missed by more than an interval is not made up.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.next = time.monotonic() + interval
+
+    def due(self) -> bool:
+        """Whether a scheduled time has passed since the last call that said so."""
+        if not self.interval:
+            return False
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        while self.next <= now:
+            self.next += self.interval
+        return True
 
 
 @contextlib.contextmanager

@@ -86,6 +86,11 @@ __all__ = [
     "untrusted_modules",
 ]
 
+#: A time-limited run (one process) logs at least this many times and evaluates at least this many times
+#: (then once more at the end), evenly over ``max_minutes``, besides every ``log_every`` / ``eval_every`` updates.
+LOG_POINTS = 20
+EVAL_POINTS = 10
+
 # Keys that may differ between a run and its resumption: how long it runs, not what it learns.
 RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates", "step_timeout",
                   "encoder_precision")
@@ -318,7 +323,6 @@ class Trainer:
         self.update = self.env_steps = 0
         self.saved_update: int | None = None  # the update of the checkpoint on disk
         self.evaluated_at: int | None = None  # env step of the last held-out evaluation
-        self.eval_stopped = False  # an evaluation was cut short: the run is out of time or signalled
         self.final: dict[str, float] = {}
         self.last_rollout: Rollout | None = None
 
@@ -475,19 +479,23 @@ class Trainer:
             parts.append(f"eval return {self.final['eval/return']:.2f}")
         return "meta-rl | " + " | ".join(parts)
 
-    def evaluate_val(self, log: bool = True) -> bool:
-        """The held-out evaluation; False if a signal or the time limit stopped it (nothing is then logged)."""
+    def evaluate_val(self, log: bool = True, final: bool = False) -> bool:
+        """The held-out evaluation; False if a signal or the time limit stopped it (nothing is then logged).
+
+        The ``final`` one, after training, may run past the time limit by :meth:`StopPolicy.final_allowance`.
+        """
         assert self.heldout_env is not None
+        stop = self.stopping.interrupts_final_evaluation if final else self.stopping.interrupts_evaluation
         try:
             res = evaluate_task(self.heldout_env, self.policy, self.cfg.eval_episodes, seed=HELDOUT_SEED,
-                                steps=self.steps, should_stop=self.stopping.interrupts_evaluation)
+                                steps=self.steps, should_stop=stop)
         except EvaluationStopped as exc:
+            allowance = f" and the final evaluation's {self.stopping.final_allowance():.0f} s" if final else ""
             why = ("a signal" if self.stopping.request.signum is not None
-                   else f"the time limit (max_minutes = {self.cfg.max_minutes})")
+                   else f"the time limit (max_minutes = {self.cfg.max_minutes}{allowance})")
             print(f"meta-rl: held-out evaluation at env step {self.env_steps} stopped by {why} after "
                   f"{exc.batches_done} of {exc.batches} batches; not logged (run meta-rl eval {self.run_dir} for it).",
                   file=sys.stderr)
-            self.eval_stopped = True
             return False
         if isinstance(res, TrialReturns):  # bandits, MDPs, control, plug-ins: return per trial and by episode
             self.final = {"eval/return": res.total}
@@ -555,13 +563,14 @@ class Trainer:
     def finish(self) -> None:
         """After the last update: the final evaluation, hyper-parameters, the last checkpoint.
 
-        The last update's checkpoint is written after the final evaluation, so a kill during that
-        evaluation resumes before it and logs it once. A resumed run with nothing left to do
-        evaluates without logging again.
+        The final evaluation runs even where the time limit stopped training (or cut an evaluation short),
+        within :meth:`StopPolicy.final_allowance` more. The last update's checkpoint is written after it, so
+        a kill during that evaluation resumes before it and logs it once. A resumed run with nothing left
+        to do evaluates without logging again.
         """
         trained = self.update > self.first_update
-        if self.heldout_env is not None and self.evaluated_at != self.env_steps and not self.eval_stopped:
-            self.evaluate_val(log=trained)
+        if self.heldout_env is not None and self.evaluated_at != self.env_steps:
+            self.evaluate_val(log=trained, final=True)
         if trained and self.world.is_main:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
                        for k, v in self.cfg.to_dict().items()}
@@ -590,15 +599,18 @@ class Trainer:
             ro = self.collect_or_keep_the_last_update()
             self.phase("updating the policy")
             self.train_step(ro)
-            if self.update % cfg.log_every == 0:
+            if self.update % cfg.log_every == 0 or self.log_cadence.due():
                 self.log()
             self.stopping.agree(self.device)
             if self.stopping.signum is not None:
                 break  # the safe point: this update is complete; checkpoint below, skip the evaluation
             # One process leaves after a cut-short evaluation (checkpoint below); several ranks go
             # on to the collective checkpoint and leave together after the next agree().
+            if self.stopping.over_time() and not self.world.enabled:
+                break  # out of time: the final evaluation follows, with its own allowance
             self.phase("evaluating on held-out tasks")
-            if (self.heldout_env is not None and self.update % cfg.eval_every == 0
+            if (self.heldout_env is not None
+                    and (self.update % cfg.eval_every == 0 or self.eval_cadence.due())
                     and not self.evaluate_val() and not self.world.enabled):
                 break
             if self.update % cfg.checkpoint_every == 0 and self.env_steps < cfg.total_env_steps:
@@ -650,6 +662,7 @@ class Trainer:
         self.init_logging()
         self.policy.train()
         self.stopping.start()  # max_minutes counts from here, after the set-up
+        self.log_cadence, self.eval_cadence = self.stopping.cadence(LOG_POINTS), self.stopping.cadence(EVAL_POINTS)
         self.metrics.start_clock()
         try:
             with self.watch_env_calls():
