@@ -40,6 +40,7 @@ from meta_rl.envs.bandits import (
 )
 from meta_rl.envs.cartpole import CartPoleTaskEnv, CartPoleTaskVectorEnv
 from meta_rl.envs.classification import FEEDBACK_MODES, FewShotEnv, FewShotVectorEnv
+from meta_rl.envs.gym_tasks import register_gym_task
 from meta_rl.envs.point_nav import PointNavEnv, PointNavVectorEnv
 from meta_rl.envs.single_task_env import SingleTaskEnv
 from meta_rl.envs.tabular_mdp import TabularMDPEnv, TabularMDPVectorEnv
@@ -61,6 +62,7 @@ __all__ = [
     "TabularMDPEnv",
     "TabularMDPVectorEnv",
     "register_envs",
+    "register_gym_task",
 ]
 
 _FEW_SHOT = ("meta_rl.envs.classification:FewShotEnv", "meta_rl.envs.classification:FewShotVectorEnv")

@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict(saved, source="the command line")
     result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-        print(json.dumps(result))
+        print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}))
     return 0
 
 
@@ -89,7 +89,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     changed = f", evaluated with {' '.join(args.overrides)}" if args.overrides else ""
-    print(f"{cfg.env_id} ({args.split} split), {cfg.core} core, {cfg.encoder} encoder, "
+    print(f"{cfg.env_id} ({args.split} split), {cfg.core} core, {agent.policy.encoder_name} encoder, "
           f"{int(ckpt['counters']['env_steps']):,} training steps{changed}")
     label = f"meta-rl {cfg.core} ({args.split})"
     if isinstance(result, TrialReturns):

@@ -203,9 +203,14 @@ def build_encoder(
     Raises:
         ConfigError: an unknown name or option, or an image encoder for a non-image input.
     """
+    return ENCODERS.build(resolved_encoder(name, input_shape), input_shape, hidden=tuple(hidden), options=options)
+
+
+def resolved_encoder(name: str, input_shape: Sequence[int]) -> str:
+    """The encoder ``name`` builds for ``input_shape``: ``auto`` is ``cnn`` for (C, H, W) images, else ``mlp``."""
     if name == "auto":
-        name = "cnn" if len(input_shape) == 3 else "mlp"
-    return ENCODERS.build(name, input_shape, hidden=tuple(hidden), options=options)
+        return "cnn" if len(input_shape) == 3 else "mlp"
+    return name
 
 
 def make_encoder(

@@ -18,7 +18,7 @@ from meta_rl import distributions as D
 from meta_rl import sb3_adapter
 from meta_rl.config import CRITICS, ModelConfig, check_read_head
 from meta_rl.cores import Core, State, make_core
-from meta_rl.encoders import PRECISIONS, build_encoder, native_bfloat16
+from meta_rl.encoders import PRECISIONS, build_encoder, native_bfloat16, resolved_encoder
 from meta_rl.errors import ConfigError
 from meta_rl.memory_read import REQUIRED_OUTPUTS, MemoryReadHead
 from meta_rl.returns import popart_preserve, popart_stats, popart_std, running_average
@@ -148,12 +148,15 @@ class MetaPolicy(nn.Module):
         self.main_space = main_space
         self.encoder_precision = model.encoder_precision
         self.encoder: nn.Module | None = None
+        self.encoder_name = "no"  #: the encoder built (``auto`` resolved), for reports
         if main_space is None:
             return 0
         if isinstance(main_space, spaces.Discrete):
             _check_zero_start(main_space, "observation space")
+            self.encoder_name = "mlp"
             self.encoder = build_encoder("mlp", (int(main_space.n),), hidden=model.encoder_hidden)
         elif isinstance(main_space, spaces.Box):
+            self.encoder_name = resolved_encoder(model.encoder, main_space.shape)
             self.encoder = build_encoder(model.encoder, main_space.shape, hidden=model.encoder_hidden,
                                          options=model.encoder_kwargs)
         else:

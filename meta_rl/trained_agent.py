@@ -100,6 +100,22 @@ def _recorded_spaces(recorded: dict[str, Any], cfg: TrainConfig, path: Path) -> 
     return obs_space, act_space, steps
 
 
+def _check_same_spaces(recorded: dict[str, Any], obs_space: Any, act_space: Any, over: dict[str, Any],
+                       path: Path) -> None:
+    """Raise a CheckpointError naming the space that evaluation ``over``rides changed from the trained one's."""
+    for what, new in (("action", act_space), ("observation", obs_space)):
+        try:
+            old = space_from_dict(recorded[what])
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue  # a malformed record: the weights' shapes are checked below
+        if old != new:
+            raise CheckpointError(
+                f"{over} changes the task's {what} space from {old} to {new}, but the policy in {path} was trained "
+                f"for {old}. Evaluate with settings that keep the spaces (e.g. env_kwargs.dataset, not n_way), or "
+                "train a run on the new task."
+            )
+
+
 def check_task_length(agent: TrainedAgent, env: VectorEnv) -> None:
     """Raise a CheckpointError if ``env``'s tasks are not as long as the agent's policy was built for.
 
@@ -158,6 +174,8 @@ def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_m
         obs_space, act_space = probe.single_observation_space, probe.single_action_space
         steps = cfg.rollout_steps or task_length(probe)
         probe.close()
+        if isinstance(recorded, dict):
+            _check_same_spaces(recorded, obs_space, act_space, over, path)
     try:  # the weights must fit the model the records describe before that model is allocated
         with torch.device("meta"):
             check_state_shapes(policy_for_spaces(cfg, obs_space, act_space, steps), ckpt["policy"], path, "policy")

@@ -344,3 +344,51 @@ def test_first_signal_says_what_it_waits_for_and_the_second_stops_at_once(tmp_pa
     assert proc.returncode == 130 and re.search(r"stopped at once by a second SIGINT while collecting a rollout.*; "
                                                 r"the run's last whole update 2 is saved", err), err[-2000:]
     assert _saved_update(run_dir) == 2
+
+
+# --- issue 34 (item 6): an evaluation override that changes a space is named as such ------------------------------
+def test_an_override_that_changes_the_action_space_is_named(bandit_run: Path) -> None:
+    import meta_rl
+    from meta_rl.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"changes the task's action space from Discrete\(5\) to Discrete\(10\)"
+                                              r".*trained for Discrete\(5\)"):
+        meta_rl.load(bandit_run, device="cpu", overrides=["env_id=meta_rl/Bandit-k10-n10-v0"])
+
+
+def test_register_gym_task_is_exported_by_meta_rl_envs() -> None:
+    from meta_rl.envs import register_gym_task
+    from meta_rl.envs.gym_tasks import register_gym_task as defined
+
+    assert register_gym_task is defined
+
+
+def test_the_train_command_prints_rounded_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The summary line carries no float noise (``0.5624000000000001``): every figure has at most 6 decimals."""
+    from meta_rl.cli import main
+
+    rc = main(["train", "env_id=meta_rl/Bandit-k5-n10-v0", "num_envs=8", "hidden=8", "total_env_steps=160",
+               "eval_every=1", "eval_episodes=8", "device=cpu", "torch_threads=1", "--run-dir", str(tmp_path / "r"),
+               "--no-progress"])
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    floats = [v for v in json.loads(out).values() if isinstance(v, float)]
+    assert rc == 0 and floats and all(len(repr(v).split(".")[-1]) <= 6 for v in floats), out
+
+
+def test_the_eval_header_names_the_encoder_built(bandit_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``encoder = "auto"`` is reported as what it built (an MLP for the bandit's Box(1) observation)."""
+    from meta_rl.cli import main
+
+    assert main(["eval", str(bandit_run), "--episodes", "8", "--batch", "8"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "memory core, mlp encoder" in header and "auto" not in header, header
+
+
+def test_version_answers_without_importing_torch() -> None:
+    """``meta-rl --version`` (issue 34): the same answer as the parser's, with torch never imported."""
+    code = ("import sys; from meta_rl.__main__ import main; rc = main(['--version']); "
+            "print('torch' in sys.modules, rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    from meta_rl import __version__
+
+    assert proc.stdout.split("\n")[:2] == [f"meta-rl {__version__}", "False 0"], proc.stdout + proc.stderr
