@@ -497,7 +497,8 @@ class GymTaskVectorEnv(MetaVectorEnv):
         return self._vec.get_attr(name)
 
     def close_extras(self, **kwargs: Any) -> None:
-        self._vec.close()
+        """Close the copies (``terminate=True``: abandon async workers, even one stuck in a step)."""
+        self._vec.close(**kwargs)
 
     def _check_step(self, obs: Any, reward: np.ndarray, inner: np.ndarray) -> None:
         """Every step: finite rewards, finite float observations, Discrete ones in range (a few numpy reductions

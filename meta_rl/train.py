@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -632,6 +633,18 @@ class Trainer:
         self.stopping.request.watchdog = watchdog
         return watchdog
 
+    def abandon_envs(self) -> None:
+        """Close the envs after a call of theirs timed out, terminating async workers (one may be stuck in it)."""
+        for env in (self.env, self.heldout_env):
+            if env is None:
+                continue
+            with warnings.catch_warnings():  # gymnasium warns that a step is pending: that is the point
+                warnings.simplefilter("ignore")
+                try:
+                    env.close(terminate=True)
+                except TypeError:  # an env whose close takes no options: nothing to terminate
+                    env.close()
+
     def collect_or_keep_the_last_update(self) -> Rollout:
         """A new rollout; where a second signal or the step watchdog stops it, a checkpoint of the last whole
         update first (one process): nothing has changed since but the action generator, which is put back, so
@@ -673,6 +686,10 @@ class Trainer:
                     raise self.interrupted(self.stopping.signum)
                 self.phase("the final evaluation and checkpoint")
                 self.finish()
+        except EnvStepTimeout:
+            self.abandon_envs()
+            self.close(failing=True)
+            raise
         except StopNow as exc:
             self.close(failing=True)
             if exc.kept:
