@@ -402,3 +402,18 @@ def test_version_answers_without_importing_torch() -> None:
     from meta_rl import __version__
 
     assert proc.stdout.split("\n")[:2] == [f"meta-rl {__version__}", "False 0"], proc.stdout + proc.stderr
+
+
+def test_baseline_help_lists_its_named_configs_and_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    """``meta-rl baseline --help`` (issue 34): the shipped names and every key, and no path that does not exist."""
+    from meta_rl.cli import main
+    from meta_rl.config import named_configs
+
+    with pytest.raises(SystemExit) as done:
+        main(["baseline", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert all(name in out for name in named_configs("baselines")) and "protonet-5way1shot" in out
+    assert "maml (MAMLConfig):" in out and "protonet (ProtoNetConfig):" in out
+    assert "meta_batch (int" in out and "inner_steps" in out
+    assert "experiments/baselines" not in out

@@ -24,7 +24,7 @@ from meta_rl.baselines.maml import MAML, MAMLConfig
 from meta_rl.baselines.protonet import ProtoNet, ProtoNetConfig, pixel_nn_accuracy
 from meta_rl.baselines.training import RESUMABLE_KEYS, train_baseline
 from meta_rl.checkpoint import CheckpointError, load_checkpoint
-from meta_rl.config import ConfigError, parse_overrides, resolve_device
+from meta_rl.config import ConfigError, config_help, named_configs, parse_overrides, resolve_device
 from meta_rl.data import EpisodeSampler
 from meta_rl.evaluation import HELDOUT_SEED, santoro_table
 from meta_rl.lifecycle import CHECKPOINT_NAME, add_run_arguments
@@ -57,11 +57,15 @@ def add_baseline_parser(subparsers: Any) -> None:
     Overrides that follow an option reach argparse as leftovers of ``parse_known_args``; append them
     to ``args.overrides`` before calling ``args.func(args)`` (as :func:`main` does).
     """
+    names = ", ".join(named_configs("baselines"))
+    keys = "\n\n".join(f"{kind} ({cls.__name__}):\n{config_help(cls)}"
+                        for kind, (cls, _) in sorted(BASELINES.items()))
     b = subparsers.add_parser(
-        "baseline", help="train a supervised few-shot baseline (Prototypical Networks or MAML) on the same tasks"
+        "baseline", help="train a supervised few-shot baseline (Prototypical Networks or MAML) on the same tasks",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"named configs: {names}\n\n{keys}",
     )
     b.add_argument("kind", nargs="?", help=f"which baseline: {' or '.join(sorted(BASELINES))} (not with --resume)")
-    add_run_arguments(b, what="baseline run", config="experiments/baselines/protonet-5way1shot.toml",
+    add_run_arguments(b, what="baseline run", config=f"a shipped name ({names}) or a .toml file",
                       overrides="n_way=20 shots=1 max_minutes=3")
     b.set_defaults(func=run_baseline_command)
 
