@@ -103,7 +103,8 @@ def test_load_errors_name_the_fix(run_dir: Path, tmp_path: Path) -> None:
         meta_rl.load(run_dir, device="mps")
     with pytest.raises(ConfigError, match=r"\['hidden'\] describe the trained policy.*env_kwargs"):
         meta_rl.load(run_dir, overrides=["hidden=8"])
-    with pytest.raises(ValueError, match=r"do not fit the task.*not n_way"):
+    with pytest.raises(ValueError, match=r"changes the task.s action space from Discrete\(5\) to Discrete\(3\)"
+                                         r".*not n_way"):
         meta_rl.load(run_dir, overrides=["env_kwargs.n_way=3"])
     with pytest.raises(ValueError, match=r"does not exist; train first"):
         meta_rl.load(tmp_path)
