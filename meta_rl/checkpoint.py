@@ -225,11 +225,11 @@ def load_state(module: Any, state: Any, path: str | Path, what: str) -> None:
     For ``nn.Module`` targets, missing and unexpected entries and shape mismatches are named
     before anything is loaded (:func:`check_state_shapes`), so the module is left unchanged on error.
     """
-    if not isinstance(state, dict):
-        raise CheckpointError(
-            f"checkpoint {path}: {what!r} is a {type(state).__name__}, not a state dict; {_MISMATCH_FIX}")
     if isinstance(module, torch.nn.Module):
         check_state_shapes(module, state, path, what)
+    elif not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {path}: {what!r} is a {type(state).__name__}, not a state dict; {_MISMATCH_FIX}")
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:

@@ -126,27 +126,26 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)")
 
 
-def _eval_seed(text: str) -> int:
-    """``--seed`` of ``meta-rl eval``: a whole number the task generators take, 0 <= seed < 2**64."""
-    try:
-        seed = int(text)
-    except ValueError:
-        seed = -1
-    if not 0 <= seed < 2**64:
-        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a seed: use a whole number from 0 to 2**64 - 1, "
-                                         "e.g. 12345")
-    return seed
+def _whole_number(low: int, high: int | None, noun: str, hint: str) -> Any:
+    """An argparse ``type``: a whole number from ``low`` to ``high`` (None: no upper bound), else an error
+    saying the input is not a ``noun`` and what to use (``hint``)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if n < low or (high is not None and n > high):
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is not a {noun}: {hint}")
+        return n
+
+    return parse
 
 
-def _count(text: str) -> int:
-    """A count of ``meta-rl eval`` (``--episodes``, ``--batch``, ``--shots``, ``--queries``): a whole number >= 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a count: use a whole number >= 1")
-    return n
+#: ``--seed`` of ``meta-rl eval``: a seed the task generators take, 0 <= seed < 2**64.
+_eval_seed = _whole_number(0, 2**64 - 1, "seed", "use a whole number from 0 to 2**64 - 1, e.g. 12345")
+#: A count of ``meta-rl eval`` (``--episodes``, ``--batch``, ``--shots``, ``--queries``).
+_count = _whole_number(1, None, "count", "use a whole number >= 1")
 
 
 def build_parser() -> argparse.ArgumentParser:

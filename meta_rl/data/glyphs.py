@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from meta_rl.atomic import WriteError, write_atomic
 from meta_rl.checkpoint import CHECKSUM_KEY, checksum
 from meta_rl.data.dataset import ImageDataset, split_by_group
+from meta_rl.memory_estimate import available_memory
 
 __all__ = [
     "DEBIAN_FONT_DIRS",
@@ -820,17 +821,6 @@ def _remove_stale_temp_files(root: Path) -> None:
                 leftover.unlink(missing_ok=True)
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory the system can still give (``MemAvailable``: free plus reclaimable); None if unknown."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return None
-
-
 def _free_disk(folder: Path) -> int | None:
     """Free bytes on the file system that holds (or will hold) ``folder``; None if unknown."""
     existing = folder.absolute()
@@ -851,7 +841,7 @@ def _check_room(image_size: int, n_images: int, root: Path) -> None:
     n_bytes = n_images * image_size * image_size  # uint8
     what = f"{n_images:,} images of {image_size}x{image_size} = {n_bytes:,} bytes"
     fix = "pass a smaller image_size (env_kwargs.image_size in a config), e.g. 28, or fewer classes or instances"
-    memory = _available_memory()
+    memory = available_memory(torch.device("cpu"))  # MemAvailable, and the cgroup's limit where there is one
     if memory is not None and _BUILD_PEAK_COPIES * n_bytes > memory:
         raise ValueError(
             f"image_size={image_size}: the glyph build would hold {what}, and needs about "
