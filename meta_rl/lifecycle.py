@@ -45,9 +45,11 @@ __all__ = [
     "TrainingInterrupted",
     "add_run_arguments",
     "after_existing_event_files",
+    "budget_steps",
     "check_config_unedited",
     "check_holds_only_run_files",
     "locked_run_dir",
+    "si_count",
     "stop_on_signals",
 ]
 
@@ -345,6 +347,32 @@ class StopPolicy:
         """``points`` events evenly over ``max_minutes`` from now (none without a time limit or with several
         ranks, whose clocks differ)."""
         return TimeCadence(0.0 if self.world.enabled else 60 * self.max_minutes / points)
+
+    def budget(self, done: int, total: int, per_second: float) -> int:
+        """The step (or update) this run will stop at, from ``total`` and the time limit (:func:`budget_steps`)."""
+        return budget_steps(done, total, self.max_minutes, self.minutes(), per_second)
+
+
+def budget_steps(done: int, total: int, max_minutes: float, minutes: float, per_second: float) -> int:
+    """The step (or update) a run will stop at: ``total``, or sooner where ``max_minutes`` comes first,
+    projected from the current speed, so that a progress bar's total and ETA follow the budget that stops it.
+
+    Args:
+        done: steps so far. total, max_minutes: the run's budgets (0 minutes: none).
+        minutes: minutes trained so far. per_second: the current speed, in steps per second.
+    """
+    if max_minutes and per_second > 0:
+        left = max(max_minutes - minutes, 0.0) * 60
+        total = min(total, done + int(per_second * left))
+    return max(total, done)
+
+
+def si_count(x: float) -> str:
+    """A count with a k / M / G suffix (``1.25M``)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
 
 
 class TimeCadence:

@@ -61,6 +61,7 @@ from meta_rl.lifecycle import (
     after_existing_event_files,
     check_config_unedited,
     locked_run_dir,
+    si_count,
 )
 from meta_rl.logger import MetricLogger
 from meta_rl.memory_estimate import check_fits, check_threads, estimate_training_memory
@@ -77,7 +78,6 @@ __all__ = [
     "NonFiniteError",
     "Trainer",
     "TrainingInterrupted",
-    "budget_steps",
     "build_policy",
     "make_vec_env",
     "optimize",
@@ -456,22 +456,19 @@ class Trainer:
         if "charts/accuracy" in means:  # accuracy only where the task has labels to be right about
             shown["accuracy"] = means["charts/accuracy"]
         if self.show_bar:
-            self.bar.total = self.budget_steps(self.bar.n, means.get("charts/steps_per_second", 0.0))
+            self.bar.total = self.stopping.budget(self.bar.n, self.cfg.total_env_steps,
+                                                  means.get("charts/steps_per_second", 0.0))
             self.bar.set_postfix({k[:3]: f"{v:.2f}" for k, v in shown.items() if v is not None})
         elif self.console:
             print(self.console_line(means, shown), file=sys.stderr, flush=True)
 
-    def budget_steps(self, done: int, steps_per_second: float) -> int:
-        """The env step this run will stop at (:func:`budget_steps`)."""
-        return budget_steps(done, self.cfg.total_env_steps, self.cfg.max_minutes, self.stopping.minutes(),
-                            steps_per_second)
-
     def console_line(self, means: dict[str, float], shown: dict[str, float | None]) -> str:
         """One compact progress line for headless runs and log files (CleanRL / SB3 console style)."""
         minutes = self.stopping.minutes()
-        budget = self.budget_steps(self.env_steps, means.get("charts/steps_per_second", 0.0))
-        speed = _si(means.get("charts/steps_per_second", 0.0))
-        parts = [f"update {self.update}", f"steps {_si(self.env_steps)}/{_si(budget)}", f"{speed} steps/s",
+        per_second = means.get("charts/steps_per_second", 0.0)
+        budget = self.stopping.budget(self.env_steps, self.cfg.total_env_steps, per_second)
+        speed = si_count(per_second)
+        parts = [f"update {self.update}", f"steps {si_count(self.env_steps)}/{si_count(budget)}", f"{speed} steps/s",
                  f"{int(minutes)}:{minutes % 1 * 60:04.1f}"]
         parts += [f"{name} {value:.3f}" for name, value in shown.items() if value is not None]
         if "eval/accuracy_instance_2" in self.final:
@@ -705,30 +702,6 @@ class Trainer:
         if cfg.skip_nonfinite_updates:
             result["skipped_updates"] = self.guard.skipped
         return {**result, **self.final}
-
-
-def budget_steps(done: int, total_env_steps: int, max_minutes: float, minutes: float,
-                 steps_per_second: float) -> int:
-    """The env step a run will stop at: ``total_env_steps``, or sooner where ``max_minutes`` comes first,
-    projected from the current speed, so that a progress bar's total and ETA follow the budget that stops it.
-
-    Args:
-        done: env steps so far. total_env_steps, max_minutes: the run's budgets (0 minutes: none).
-        minutes: minutes trained so far. steps_per_second: the current speed.
-    """
-    total = total_env_steps
-    if max_minutes and steps_per_second > 0:
-        left = max(max_minutes - minutes, 0.0) * 60
-        total = min(total, done + int(steps_per_second * left))
-    return max(total, done)
-
-
-def _si(x: float) -> str:
-    """A count with a k / M / G suffix (``1.25M``)."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.2f}{unit}"
-    return f"{x:.0f}"
 
 
 def _log_strip(writer: Any, ro: Rollout, env_steps: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,18 @@ def test_resume_refuses_overrides_that_cannot_change_before_loading_anything(
     assert "n_way cannot change when a run is resumed" in capsys.readouterr().err
     assert main(["baseline", "--resume", str(tmp_path / "run"), "--seed", "3"]) == 2
     assert "--seed cannot change when a run is resumed" in capsys.readouterr().err
+
+
+def test_redirected_stderr_gets_lines_with_the_time_limit_in_the_total(
+        proto_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No bar is drawn into a log file (stderr is not a terminal under capsys): one line per log instead, whose
+    total follows the time limit where it comes before ``max_updates``."""
+    train_baseline(tiny(proto_dataset, max_updates=100_000, max_minutes=0.002), build_baseline, tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "update/s" not in err and "\r" not in err  # no tqdm bar
+    totals = [int(t) for t in re.findall(r"^meta-rl baseline \| update \d+/(\d+) \|", err, re.M)]
+    assert totals, err
+    assert max(totals) < 10_000, err  # 0.12 s of updates: the time limit's total, not max_updates' 100k
+    train_baseline(tiny(proto_dataset, max_updates=3), build_baseline, tmp_path / "run2")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("meta-rl baseline |")]
+    assert [line.split(" | ")[1] for line in lines] == ["update 1/3", "update 2/3", "update 3/3"]

@@ -25,9 +25,9 @@ from meta_rl.cli import main
 from meta_rl.config import ConfigError, TrainConfig, field_docs, load_config, named_configs
 from meta_rl.data.sources import FASHION_MNIST_DIR
 from meta_rl.evaluation import REFERENCE_ROWS, TABLE_INSTANCES, first_instance_limit, santoro_table, summarize
+from meta_rl.lifecycle import budget_steps
 from meta_rl.spaces import space_from_dict, space_to_dict
 from meta_rl.tensorboard_figures import accuracy_figure, episode_strip
-from meta_rl.train import budget_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from meta_rl.config import ConfigError, resolve_device
 from meta_rl.data import EpisodeSampler
 from meta_rl.distributed import World
 from meta_rl.evaluation import HELDOUT_SEED
-from meta_rl.lifecycle import CHECKPOINT_NAME
+from meta_rl.lifecycle import CHECKPOINT_NAME, si_count
 from meta_rl.memory_estimate import check_threads
 from meta_rl.nonfinite_guard import NonFiniteGuard
 
@@ -150,7 +151,9 @@ class BaselineRun:
                                   resume="meta-rl baseline --resume")
         if not self.resume:
             self.writer.add_text("config", "```\n" + config + "\n```", 0)
-        self.bar = tqdm(total=cfg.max_updates, initial=self.update, unit="update", disable=not self.progress,
+        # A bar where someone watches (a terminal); otherwise (--no-progress, a log file) one line per log.
+        self.show_bar = self.progress and sys.stderr.isatty()
+        self.bar = tqdm(total=cfg.max_updates, initial=self.update, unit="update", disable=not self.show_bar,
                         mininterval=2.0)
 
     def train_step(self) -> None:
@@ -175,10 +178,18 @@ class BaselineRun:
         n = max(self._summed, 1)
         for key, total in self._sums.items():
             self.writer.add_scalar(f"train/{key}", total / n, self.update)
-        self.writer.add_scalar("charts/updates_per_second",
-                               (self.update - self.first_update) / max(self.stopping.minutes() * 60, 1e-9),
-                               self.update)
-        self.bar.set_postfix(loss=f"{self._sums['loss'] / n:.3f}", acc=f"{self._sums['query_accuracy'] / n:.2f}")
+        minutes = self.stopping.minutes()
+        per_second = (self.update - self.first_update) / max(minutes * 60, 1e-9)
+        self.writer.add_scalar("charts/updates_per_second", per_second, self.update)
+        loss, accuracy = self._sums["loss"] / n, self._sums["query_accuracy"] / n
+        budget = self.stopping.budget(self.update, self.cfg.max_updates, per_second)  # the time limit's too
+        if self.show_bar:
+            self.bar.total = budget
+            self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.2f}")
+        else:
+            print(f"meta-rl baseline | update {self.update}/{si_count(budget)} | {per_second:.1f} updates/s | "
+                  f"{int(minutes)}:{minutes % 1 * 60:04.1f} | loss {loss:.3f} | accuracy {accuracy:.3f}",
+                  file=sys.stderr, flush=True)
         self._sums.clear()
         self._summed = 0
 
