@@ -25,7 +25,7 @@ from meta_rl.config import (
     parse_overrides,
 )
 from meta_rl.env_contract import EnvCheckError, reference_returns
-from meta_rl.evaluation import TrialReturns, evaluate_task, query_accuracy, returns_table, santoro_table
+from meta_rl.evaluation import TrialReturns, evaluate_task, query_accuracy
 from meta_rl.lifecycle import EnvStepTimeout, StopNow, add_run_arguments
 from meta_rl.train import (
     NonFiniteError,
@@ -92,10 +92,7 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{cfg.env_id} ({args.split} split), {cfg.core} core, {agent.policy.encoder_name} encoder, "
           f"{int(ckpt['counters']['env_steps']):,} training steps{changed}")
     label = f"meta-rl {cfg.core} ({args.split})"
-    if isinstance(result, TrialReturns):
-        print(returns_table(result, baselines, label=label))
-    else:
-        print(santoro_table(result, label=label))
+    print(result.table(label, baselines))
     return 0
 
 

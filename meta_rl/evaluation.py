@@ -3,7 +3,9 @@ classification, return by inner episode of a trial for every other task."""
 
 from __future__ import annotations
 
+import abc
 import math
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -22,6 +24,7 @@ __all__ = [
     "TABLE_INSTANCES",
     "EvalResult",
     "EvaluationStopped",
+    "HeldOutResult",
     "TrialReturns",
     "accuracy_by_instance",
     "evaluate",
@@ -97,8 +100,42 @@ def accuracy_by_instance(
     return hits, onehot.sum(0)
 
 
+class HeldOutResult(abc.ABC):
+    """What every held-out evaluation returns (:func:`evaluate_task`, ``TrainedAgent.evaluate``): generic code
+    reads these, whatever the task; :class:`EvalResult` (classification) and :class:`TrialReturns` (every other
+    task) add their own detail.
+
+    Attributes:
+        score_name: what :attr:`score` measures: ``"accuracy"`` or ``"return"`` (per trial).
+    """
+
+    score_name: typing.ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def score(self) -> float:
+        """The headline figure: accuracy over every instance, or the mean return per trial."""
+
+    @property
+    @abc.abstractmethod
+    def tasks(self) -> int:
+        """How many held-out tasks the figures are over."""
+
+    @abc.abstractmethod
+    def scalars(self) -> dict[str, float]:
+        """Every figure as ``eval/...`` scalars (the training run's TensorBoard tags)."""
+
+    @abc.abstractmethod
+    def table(self, label: str = "this agent", baselines: dict[str, torch.Tensor] | None = None) -> str:
+        """The figures as a printed table beside ``baselines`` (name -> returns per trial) and published rows."""
+
+    @abc.abstractmethod
+    def to_json(self) -> dict[str, object]:
+        """The figures as plain JSON values."""
+
+
 @dataclass(frozen=True)
-class EvalResult:
+class EvalResult(HeldOutResult):
     """Accuracy at the k-th instance of a class (k = 1..K) over held-out tasks.
 
     ``ci95[k]`` is the half-width of a normal 95% confidence interval, with tasks as units.
@@ -113,6 +150,26 @@ class EvalResult:
     accuracy: float
     request_rate_by_instance: list[float] | None = None
     request_ci95: list[float] | None = None
+    score_name: typing.ClassVar[str] = "accuracy"
+
+    @property
+    def score(self) -> float:
+        return self.accuracy
+
+    @property
+    def tasks(self) -> int:
+        return self.episodes
+
+    def scalars(self) -> dict[str, float]:
+        out = {f"eval/accuracy_instance_{k}": a for k, a in enumerate(self.accuracy_by_instance, start=1)}
+        out["eval/accuracy"] = self.accuracy
+        if self.request_rate_by_instance is not None:
+            out.update({f"eval/request_rate_instance_{k}": r
+                        for k, r in enumerate(self.request_rate_by_instance, start=1)})
+        return out
+
+    def table(self, label: str = "this agent", baselines: dict[str, torch.Tensor] | None = None) -> str:
+        return santoro_table(self, label)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -269,7 +326,7 @@ def evaluate(
 def evaluate_task(
     env: VectorEnv, policy: MetaPolicy, tasks: int, *, seed: int = 0, steps: int | None = None,
     deterministic: bool | None = None, max_instance: int = MAX_INSTANCE, should_stop: Callable[[], bool] | None = None,
-) -> EvalResult | TrialReturns:
+) -> HeldOutResult:
     """The measure that fits the task: accuracy by instance where the env reports instances, else returns.
 
     A classification env (its info gives ``"instance"``) yields an :class:`EvalResult`; any other
@@ -346,7 +403,7 @@ def returns_by_inner_episode(
 
 
 @dataclass(frozen=True)
-class TrialReturns:
+class TrialReturns(HeldOutResult):
     """Mean return of the 1st, 2nd, ... episode of a trial over held-out tasks, with 95% intervals.
 
     ``improvement`` is the mean over tasks of (last episode - first episode), with its interval:
@@ -361,6 +418,25 @@ class TrialReturns:
     trials: int
     total: float = 0.0
     total_ci95: float = 0.0
+    score_name: typing.ClassVar[str] = "return"
+
+    @property
+    def score(self) -> float:
+        return self.total
+
+    @property
+    def tasks(self) -> int:
+        return self.trials
+
+    def scalars(self) -> dict[str, float]:
+        out = {"eval/return": self.total}
+        if len(self.mean) > 1:
+            out.update({f"eval/return_episode_{k}": r for k, r in enumerate(self.mean, start=1)})
+            out["eval/improvement"] = self.improvement
+        return out
+
+    def table(self, label: str = "this agent", baselines: dict[str, torch.Tensor] | None = None) -> str:
+        return returns_table(self, baselines, label)
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -25,7 +25,7 @@ from meta_rl.checkpoint import CheckpointError, check_state_shapes, load_checkpo
 from meta_rl.config import ConfigError, TrainConfig, parse_overrides, resolve_device
 from meta_rl.env_contract import task_length
 from meta_rl.env_factory import make_vec_env
-from meta_rl.evaluation import EvalResult, TrialReturns, evaluate_task
+from meta_rl.evaluation import HeldOutResult, evaluate_task
 from meta_rl.lifecycle import CHECKPOINT_NAME
 from meta_rl.policy import MetaPolicy
 from meta_rl.spaces import space_from_dict
@@ -72,8 +72,11 @@ class TrainedAgent:
         return env
 
     def evaluate(self, episodes: int = 1000, *, split: str = "test", seed: int = 12345, batch: int = 250,
-                 **env_kwargs: Any) -> EvalResult | TrialReturns:
-        """Accuracy by instance (classification) or return per trial (other tasks) on ``episodes`` new tasks."""
+                 **env_kwargs: Any) -> HeldOutResult:
+        """Accuracy by instance (classification) or return per trial (other tasks) on ``episodes`` new tasks.
+
+        The result's common view (:class:`~meta_rl.evaluation.HeldOutResult`: ``score``, ``tasks``, ``scalars()``,
+        ``table()``, ``to_json()``) is the same for every task; its type adds the task's own detail."""
         env = self.make_env(split, min(batch, episodes), **env_kwargs)
         try:
             return evaluate_task(env, self.policy, episodes, seed=seed, steps=self.steps)

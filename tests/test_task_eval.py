@@ -124,3 +124,22 @@ def test_credit_vote_prior_only_without_revealed_labels() -> None:
     torch.testing.assert_close(prior.policy_head.weight - plain.policy_head.weight, expected)
     with pytest.raises(ConfigError, match="does nothing here"):  # a GRU has no memory to read
         policy("gru", read_gain=5.0)
+
+
+def test_both_results_share_one_view() -> None:
+    """Generic code reads score, tasks, scalars(), table() and to_json() without branching on the task."""
+    from meta_rl.evaluation import HeldOutResult
+
+    acc = EvalResult([0.2, 0.9], [0.01, 0.02], 40, 0.55, request_rate_by_instance=[0.5, 0.1], request_ci95=[0, 0])
+    ret = TrialReturns([1.0, 3.0], [0.1, 0.1], 2.0, 0.2, 30, total=4.0, total_ci95=0.3)
+    assert isinstance(acc, HeldOutResult) and isinstance(ret, HeldOutResult)
+    assert (acc.score_name, acc.score, acc.tasks) == ("accuracy", 0.55, 40)
+    assert (ret.score_name, ret.score, ret.tasks) == ("return", 4.0, 30)
+    assert acc.scalars() == {"eval/accuracy_instance_1": 0.2, "eval/accuracy_instance_2": 0.9, "eval/accuracy": 0.55,
+                             "eval/request_rate_instance_1": 0.5, "eval/request_rate_instance_2": 0.1}
+    assert ret.scalars() == {"eval/return": 4.0, "eval/return_episode_1": 1.0, "eval/return_episode_2": 3.0,
+                             "eval/improvement": 2.0}
+    assert "20.0±1.0" in acc.table("me") and "MANN" in acc.table("me")
+    table = ret.table("me", {"random": torch.tensor([1.0, 3.0])})
+    assert "4.00 ± 0.30" in table and "random" in table and "2.00 ±" in table
+    assert json.loads(json.dumps(ret.to_json()))["return_per_trial"] == 4.0
