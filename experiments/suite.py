@@ -3,7 +3,7 @@
 ``python experiments/suite.py`` trains each task of :data:`TASKS` with ``TrainConfig``'s defaults
 (only ``env_id`` changes, no per-task flags) for the same budget, evaluates it on held-out
 (test-split) tasks, and prints one row per task beside the classic baselines played on the same
-tasks and seeds and the published RL² figure (``../shared/ANCHORS.md``; Duan et al. 2016).
+tasks and seeds and the published RL² figure (Duan et al. 2016, Tables 1 and 2: :data:`_RL2_BANDIT`).
 
 * Bandits, MDPs and control report the return per trial (and by inner episode where a trial has
   several); the baselines come from the env (:func:`meta_rl.env_contract.reference_returns`).

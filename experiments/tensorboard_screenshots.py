@@ -3,9 +3,10 @@
 TensorBoard is started on a free port of 127.0.0.1 over the run's directory; once its data
 endpoints list the run's tags, Debian's ``chromium --headless`` saves the Scalars and Images
 tabs as PNGs. Each shot is checked: the right size and not blank (a page that failed to load
-renders as one flat colour). The README shows the two shots in ``docs/``.
+renders as one flat colour). The README shows the two shots in ``docs/`` (``--out docs`` refreshes them).
 
-    python experiments/tensorboard_screenshots.py                      # train 300k steps, write docs/*.png
+    python experiments/tensorboard_screenshots.py                      # train 300k steps, write runs/screenshots/*.png
+    python experiments/tensorboard_screenshots.py --out docs           # the same, replacing the README's shots
     python experiments/tensorboard_screenshots.py --logdir runs/x      # screenshot an existing run
     python experiments/tensorboard_screenshots.py --out /tmp/shots total_env_steps=20000 eval_every=2
 """
@@ -141,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value settings of the short run (after "
                         + " ".join(SHORT_RUN) + ")")
     parser.add_argument("--logdir", type=Path, help="screenshot this run directory instead of training one")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs",
-                        help="folder for tensorboard_<tab>.png (default: docs/)")
+    parser.add_argument("--out", type=Path, default=Path("runs/screenshots"),
+                        help="folder for tensorboard_<tab>.png (default: runs/screenshots; --out docs replaces the "
+                             "README's shots)")
     parser.add_argument("--chromium", help="Chromium executable (default: chromium on PATH)")
     args = parser.parse_args(argv)
     chromium = args.chromium or find_chromium()

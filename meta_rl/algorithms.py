@@ -85,7 +85,7 @@ class Algorithm(ABC):
             "charts/return": first_trial_returns(ro.rewards, ro.dones).mean(),
             "losses/value_target_mean": returns.mean(),
             "losses/value_target_second": returns.square().mean(),
-            "charts/reward_mean": ro.rewards.mean(),
+            "losses/reward_mean": ro.rewards.mean(),
         }
 
 

@@ -63,7 +63,7 @@ def ordinal(k: int) -> str:
 def first_instance_limit(n_way: int) -> float:
     """The best accuracy at the 1st instance of a class with the labels of earlier classes revealed:
     a new class can only exclude the labels already taken, so over the n classes of an episode the
-    limit is the mean of 1/n, 1/(n-1), ..., 1 (45.7% for 5-way; ``../shared/ANCHORS.md``)."""
+    limit is the mean of 1/n, 1/(n-1), ..., 1 (45.7% for 5-way)."""
     return sum(1.0 / j for j in range(1, n_way + 1)) / n_way
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from gymnasium.vector import VectorEnv
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm.auto import tqdm
 
 from meta_rl.algorithms import Algorithm, make_algorithm
@@ -179,7 +180,7 @@ def gradients(
 def update_running_stats(policy: MetaPolicy, stats: dict[str, torch.Tensor], cfg: TrainConfig, world: World) -> None:
     """After an admitted step: the mean reward credits are measured against and the critic's target statistics
     move towards this update's (over all ranks)."""
-    names = ("charts/reward_mean", "losses/value_target_mean", "losses/value_target_second")
+    names = ("losses/reward_mean", "losses/value_target_mean", "losses/value_target_second")
     means = world.all_sum(torch.stack([stats[k] for k in names])) / world.size  # one collective for all three
     policy.update_reward_mean(means[0], cfg.return_norm_rate)
     if cfg.normalize_returns:
@@ -572,10 +573,12 @@ class Trainer:
         if trained and self.world.is_main:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
                        for k, v in self.cfg.to_dict().items()}
-            metrics = {f"hparam/{k.split('/')[-1]}": v for k, v in self.final.items()}
-            if not metrics:  # no held-out evaluation (eval_every = 0): the training return stands in
-                metrics = {"hparam/train_return": self.metrics.last_return}
-            self.writer.add_hparams(hparams, metrics, run_name=".", global_step=self.env_steps)
+            # The metrics name curves already logged (eval/..., or charts/return without a held-out evaluation): the
+            # HParams tab reads their values from there, with no copy of them under another tag.
+            metrics = dict(self.final) or {"charts/return": self.metrics.last_return}
+            file_writer = self.writer._get_file_writer()
+            for summary in hparams_summary(hparams, metrics):
+                file_writer.add_summary(summary, self.env_steps)
         self.writer.flush()
         self.save_checkpoint()
         if self.stopping.request.signum is not None:  # during the final evaluation: the run is complete and saved

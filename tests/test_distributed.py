@@ -104,7 +104,7 @@ def test_two_ranks_under_torchrun_match_one_process_and_resume(proto_dataset: st
     # (c) only rank 0 wrote to the run directory: event files of one process, one checkpoint, nothing else.
     names = sorted(p.name for p in run_dir.iterdir())
     events = [n for n in names if n.startswith("events.out.tfevents.")]
-    # add_hparams writes a second event file from the same process: all must come from one pid
+    # all event files must come from one pid (rank 0's)
     assert events and len({n.split(".")[-2] for n in events}) == 1, names
     assert set(names) - set(events) <= {CHECKPOINT_NAME, "config.json", ".lock"}, names
     ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)

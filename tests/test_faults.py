@@ -223,7 +223,7 @@ def test_sigkill_at_random_moments_loses_nothing(plugin: Path, tmp_path: Path,
     ref = reference(updates)
     assert_same_state(load_checkpoint(ckpt_path), ref)
     # TensorBoard: one point per update, in order, without duplicates or gaps, equal to the reference.
-    for tag in ("losses/policy", "charts/return", "charts/accuracy_instance_1"):
+    for tag in ("losses/policy", "charts/return", "charts_by_instance/accuracy_1"):
         got, want = scalars(run_dir, tag), scalars(ref["run_dir"], tag)
         assert [s for s, _ in got] == [S * (i + 1) for i in range(updates)], tag
         assert got == want, tag

@@ -189,10 +189,14 @@ def test_tensorboard_tags(tiny_run: Run) -> None:
     scalars = set(tags["scalars"])
     expected = {"losses/policy", "losses/value", "losses/entropy", "losses/explained_variance", "charts/return",
                 "charts/steps_per_second", "charts/accuracy", "eval/accuracy"}
-    expected |= {f"{part}/accuracy_instance_{k}" for part in ("charts", "eval") for k in range(1, K + 1)}
+    expected |= {f"eval/accuracy_instance_{k}" for k in range(1, K + 1)}
+    expected |= {f"charts_by_instance/accuracy_{k}" for k in range(1, K + 1)}
     assert expected <= scalars, sorted(expected - scalars)
     # Only instances that exist in a task are logged (T = 3 x 3: no 4th instance of a class).
-    assert not {f"{part}/accuracy_instance_{K + 1}" for part in ("charts", "eval")} & scalars
+    assert not {f"eval/accuracy_instance_{K + 1}", f"charts_by_instance/accuracy_{K + 1}"} & scalars
+    # The headline group holds the headline curves only (TensorBoard pages a group's cards, 12 at a time).
+    assert {t for t in scalars if t.startswith("charts/")} == {"charts/return", "charts/accuracy",
+                                                               "charts/steps_per_second"}
     # One training point per update (log_every = 1), at the env-step count.
     steps = [s.step for s in acc.Scalars("losses/policy")]
     assert steps == [STEPS_PER_UPDATE * (i + 1) for i in range(UPDATES)]
@@ -205,6 +209,10 @@ def test_tensorboard_tags(tiny_run: Run) -> None:
     assert "config/text_summary" in tags["tensors"]
     assert '"n_way": 3' in acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert acc.PluginTagToContent("hparams")
+    # The hparams' metrics are the eval/ curves themselves: no copy of them under another group.
+    assert not {t for t in scalars if t.startswith("hparam")}, sorted(scalars)
+    session = acc.PluginTagToContent("hparams")
+    assert any(b"eval/accuracy" in content for content in session.values())
 
 
 # --------------------------------------------------------------------------------------------
