@@ -124,7 +124,7 @@ def score_run(cfg: TrainConfig, run_dir: Path, trials: int) -> dict[str, Any]:
     scored: dict[str, Any] = res.to_json()
     if isinstance(res, TrialReturns):
         scored["baselines"] = {k: _ci(v) for k, v in reference_returns(env, trials, EVAL_SEED).items()}
-    else:
+    elif isinstance(res, EvalResult):
         oracle = _oracle(env, trials)
         if oracle is not None:
             scored["oracle_by_instance"] = oracle.accuracy_by_instance

@@ -45,7 +45,6 @@ from meta_rl.evaluation import (
     REFERENCE_ROWS,
     EvalResult,
     EvaluationStopped,
-    TrialReturns,
     evaluate_task,
 )
 from meta_rl.lifecycle import (
@@ -496,17 +495,7 @@ class Trainer:
                   f"{exc.batches_done} of {exc.batches} batches; not logged (run meta-rl eval {self.run_dir} for it).",
                   file=sys.stderr)
             return False
-        if isinstance(res, TrialReturns):  # bandits, MDPs, control, plug-ins: return per trial and by episode
-            self.final = {"eval/return": res.total}
-            if len(res.mean) > 1:
-                self.final.update({f"eval/return_episode_{k}": r for k, r in enumerate(res.mean, start=1)})
-                self.final["eval/improvement"] = res.improvement
-        else:
-            self.final = {f"eval/accuracy_instance_{k}": a for k, a in enumerate(res.accuracy_by_instance, start=1)}
-            self.final["eval/accuracy"] = res.accuracy
-            if res.request_rate_by_instance is not None:
-                self.final.update({f"eval/request_rate_instance_{k}": r
-                                   for k, r in enumerate(res.request_rate_by_instance, start=1)})
+        self.final = res.scalars()  # accuracy by instance, or return per trial and by episode
         if log:
             for key, value in self.final.items():
                 self.writer.add_scalar(key, value, self.env_steps)
