@@ -134,8 +134,8 @@ def _print_query_accuracy(args: argparse.Namespace, agent: Any, env: Any, datase
             out["dataset"] = dataset
         print(json.dumps(out))
     else:
-        print(f"{n_way}-way {args.shots}-shot query accuracy ({agent.config.core} core, {args.split}"
-              f"{_dataset_text(dataset)}): {100 * acc:.1f} ± {100 * half:.1f} over {tasks} tasks")
+        print(f"{n_way}-way {args.shots}-shot query accuracy ({agent.config.core} core, {args.split}): "
+              f"{100 * acc:.1f} ± {100 * half:.1f} over {tasks} tasks{_dataset_text(dataset)}")
     return 0
 
 

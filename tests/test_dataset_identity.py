@@ -133,6 +133,8 @@ def test_eval_prints_the_hash(run: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert f"dataset {NAME} (content {content_hash(NAME)})" in capsys.readouterr().out
     assert main(["eval", str(run), *EVAL, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dataset"] == {"name": NAME, "hash": content_hash(NAME)}
+    assert main(["eval", str(run), *EVAL, "--shots", "1", "--queries", "2"]) == 0
+    assert f"dataset {NAME} (content {content_hash(NAME)})" in capsys.readouterr().out
 
 
 def test_other_content_under_the_same_name_is_refused_unless_allowed(run: Path,

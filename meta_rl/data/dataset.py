@@ -177,7 +177,7 @@ def _feed_tensor(h: hashlib._Hash, t: torch.Tensor, dtype: torch.dtype) -> None:
     array = t.detach().to("cpu", dtype).contiguous().numpy()
     array = array.astype(array.dtype.newbyteorder("<"), copy=False)
     h.update(f"{array.dtype.str}{tuple(array.shape)};".encode())
-    h.update(memoryview(array).cast("B"))
+    h.update(array.data)
 
 
 def content_hash(data: ImageDataset | Mapping[str, ImageDataset]) -> str:
