@@ -18,7 +18,7 @@ Ids (all label-feedback tasks on the glyph dataset unless named otherwise):
   episodes of 10 steps (Duan et al. 2016, Table 2; ``TabularMDPVectorEnv``).
 * ``meta_rl/CartPole-v0``: CartPole with pole length, masses, force and actuator sign (+-1) drawn
   per task, trials of 2 episodes of at most 100 steps (``CartPoleTaskVectorEnv``).
-* ``meta_rl/FewShot-v0``: the generic task; pass ``dataset=`` (for example ``"cifar:/data"``,
+* ``meta_rl/FewShot-v0``: the generic task; pass ``dataset=`` (for example ``"glyphs-system"``, ``"cifar:/data"``,
   ``"omniglot:/data"``, ``"fashion_mnist"`` or an ImageDataset) and any constructor argument.
 
 ``gymnasium.make(id)`` gives the single-task env (:class:`FewShotEnv` for the glyph ids);

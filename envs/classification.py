@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +12,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from meta_rl.data import EpisodeSampler, ImageDataset, resolve_split
+from meta_rl.data import EpisodeSampler, ImageDataset, content_hash, dataset_name, resolve_split
 from meta_rl.env_contract import MetaVectorEnv
 from meta_rl.envs.single_task_env import SingleTaskEnv
 from meta_rl.envs.task_vector_env import check_discrete_actions, check_seed, env_device, same_step_autoreset
@@ -68,6 +69,12 @@ class FewShotVectorEnv(MetaVectorEnv):
     time its class was shown in the episode, 2 for the second, ...), ``"label"`` (int64, its
     true label), ``"is_query"`` (bool).
 
+    ## Dataset identity
+    ``dataset_name`` is the source string, the registered name, or the ImageDataset's name;
+    ``dataset_hash`` the content hash of the whole dataset (every split, see
+    :func:`meta_rl.data.content_hash`), computed when first read. A run's checkpoint records both,
+    and evaluating it on other content under the same name is refused.
+
     Args:
         num_envs: B, the number of tasks run together.
         dataset: a source string (``"glyphs"``, ``"cifar:/path"``, ... see
@@ -113,6 +120,8 @@ class FewShotVectorEnv(MetaVectorEnv):
             raise ValueError(f"unknown feedback mode {feedback!r}; expected one of {FEEDBACK_MODES}.")
         self.device = env_device(device, render_mode)
         data = resolve_split(dataset, split, image_size=image_size, seed=data_seed)
+        self.dataset_name = dataset_name(dataset)
+        self._dataset_source = (dataset, image_size, data_seed)
         self.sampler = EpisodeSampler(data, n_way, instances_per_class, shots, queries_per_class, self.device)
         self.num_envs = num_envs
         self.n_way = n_way
@@ -200,6 +209,12 @@ class FewShotVectorEnv(MetaVectorEnv):
         self._images = self._images[:0]
 
     # -- extras for agents ---------------------------------------------------------------
+
+    @functools.cached_property
+    def dataset_hash(self) -> str:
+        """The content hash of the dataset the tasks are drawn from (all its splits), 16 hex digits."""
+        dataset, image_size, seed = self._dataset_source
+        return content_hash(dataset, image_size=image_size, seed=seed)
 
     def episode_images(self) -> torch.Tensor:
         """uint8 (B, T + 1, C, H, W): every image the current tasks will show, known in advance.

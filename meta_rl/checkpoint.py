@@ -13,6 +13,7 @@ import errno
 import hashlib
 import importlib.metadata
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "load_state",
     "malformed_state",
     "read_counters",
+    "read_dataset",
     "save_checkpoint",
     "state_leaves",
 ]
@@ -217,6 +219,28 @@ def read_counters(data: dict[str, Any], path: str | Path, names: tuple[str, str]
             "or start a new run."
         )
     return first, second
+
+
+_HASH = re.compile(r"[0-9a-f]{16}")
+
+
+def read_dataset(data: dict[str, Any], path: str | Path) -> dict[str, str] | None:
+    """The checkpoint's record of the dataset its run trained on, ``{"name": ..., "hash": ...}``, or None if it has
+    none (a task without a dataset).
+
+    Raises:
+        CheckpointError: the record is not a dict of a name and a 16-hex-digit content hash.
+    """
+    record = data.get("dataset")
+    if record is None:
+        return None
+    if (not isinstance(record, dict) or set(record) != {"name", "hash"} or not isinstance(record["name"], str)
+            or not isinstance(record["hash"], str) or not _HASH.fullmatch(record["hash"])):
+        raise CheckpointError(
+            f"checkpoint {path} records its dataset as {record!r}; expected {{'name': str, 'hash': 16 hex digits}}. "
+            "It is damaged or was edited: restore it from a backup or retrain."
+        )
+    return {"name": record["name"], "hash": record["hash"]}
 
 
 def load_state(module: Any, state: Any, path: str | Path, what: str) -> None:

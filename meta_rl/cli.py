@@ -24,7 +24,7 @@ from meta_rl.config import (
     named_configs,
     parse_overrides,
 )
-from meta_rl.env_contract import EnvCheckError, reference_returns
+from meta_rl.env_contract import EnvCheckError, dataset_record, reference_returns
 from meta_rl.evaluation import TrialReturns, evaluate_task, query_accuracy
 from meta_rl.lifecycle import EnvStepTimeout, StopNow, add_run_arguments
 from meta_rl.train import (
@@ -77,35 +77,62 @@ def _eval(args: argparse.Namespace) -> int:
     agent = load(run_dir, device=args.device, env_module=args.env_module, model_module=args.model_module,
                  overrides=overrides)
     cfg, ckpt = agent.config, agent.checkpoint
-    env = agent.make_env(args.split, min(args.batch, args.episodes))
+    env = agent.make_env(args.split, min(args.batch, args.episodes), allow_dataset_change=args.allow_dataset_change)
+    dataset = _dataset_report(ckpt["dataset"], dataset_record(env))
     if args.shots is not None:
-        return _print_query_accuracy(args, agent, env)
+        return _print_query_accuracy(args, agent, env, dataset)
     result = evaluate_task(env, agent.policy, args.episodes, seed=args.seed, steps=agent.steps)
     baselines = reference_returns(env, args.episodes, args.seed) if isinstance(result, TrialReturns) else {}
     if args.json:
         out = result.to_json()
         if baselines:
             out["baselines"] = {name: float(r.double().mean()) for name, r in baselines.items()}
+        if dataset:
+            out["dataset"] = dataset
         print(json.dumps(out))
         return 0
     changed = f", evaluated with {' '.join(args.overrides)}" if args.overrides else ""
     print(f"{cfg.env_id} ({args.split} split), {cfg.core} core, {agent.policy.encoder_name} encoder, "
-          f"{int(ckpt['counters']['env_steps']):,} training steps{changed}")
+          f"{int(ckpt['counters']['env_steps']):,} training steps{changed}{_dataset_text(dataset)}")
     label = f"meta-rl {cfg.core} ({args.split})"
     print(result.table(label, baselines))
     return 0
 
 
-def _print_query_accuracy(args: argparse.Namespace, agent: Any, env: Any) -> int:
+def _dataset_report(trained: dict[str, str] | None, evaluated: dict[str, str] | None) -> dict[str, str]:
+    """What ``meta-rl eval`` reports of the data: the evaluated dataset's name and content hash, and the trained
+    one's where it differs (another dataset, or the same name with ``--allow-dataset-change``); {} for no dataset."""
+    if evaluated is None:
+        return {}
+    out = dict(evaluated)
+    if trained is not None and trained != evaluated:
+        out.update(trained_name=trained["name"], trained_hash=trained["hash"])
+    return out
+
+
+def _dataset_text(dataset: dict[str, str]) -> str:
+    """The header's dataset part: ``, dataset glyphs (content 64614fb838ba84ec)`` and what the run trained on."""
+    if not dataset:
+        return ""
+    text = f", dataset {dataset['name']} (content {dataset['hash']})"
+    if "trained_hash" in dataset:
+        text += f"; trained on {dataset['trained_name']} (content {dataset['trained_hash']})"
+    return text
+
+
+def _print_query_accuracy(args: argparse.Namespace, agent: Any, env: Any, dataset: dict[str, str]) -> int:
     """``meta-rl eval --shots K``: accuracy on the queries, beside the supervised baselines' K-shot figures."""
     acc, half, tasks = query_accuracy(env, agent.policy, args.episodes, agent.steps, seed=args.seed, shots=args.shots)
     n_way = int(getattr(env, "n_way", 0))
     if args.json:
-        print(json.dumps({"accuracy": acc, "ci95": half, "episodes": tasks, "n_way": n_way, "shots": args.shots,
-                          "queries_per_class": args.queries, "split": args.split, "core": agent.config.core}))
+        out: dict[str, Any] = {"accuracy": acc, "ci95": half, "episodes": tasks, "n_way": n_way, "shots": args.shots,
+                               "queries_per_class": args.queries, "split": args.split, "core": agent.config.core}
+        if dataset:
+            out["dataset"] = dataset
+        print(json.dumps(out))
     else:
         print(f"{n_way}-way {args.shots}-shot query accuracy ({agent.config.core} core, {args.split}): "
-              f"{100 * acc:.1f} ± {100 * half:.1f} over {tasks} tasks")
+              f"{100 * acc:.1f} ± {100 * half:.1f} over {tasks} tasks{_dataset_text(dataset)}")
     return 0
 
 
@@ -174,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score N-way K-shot tasks instead: K labelled shots per class, then queries that reveal "
                         "nothing (the supervised baselines' protocol); prints the query accuracy")
     e.add_argument("--queries", type=_count, default=15, help="with --shots: queries per class (default 15)")
+    e.add_argument("--allow-dataset-change", action="store_true",
+                   help="score the run on a dataset of the name it trained on whose content hash differs (another "
+                        "machine's fonts, changed files); refused by default, as the results would not be comparable")
     _add_module_flags(e, "")
     e.set_defaults(func=_eval)
 

@@ -10,7 +10,10 @@ class-level attributes in the manner of ``VectorEnv``'s own (``metadata``, ``num
 - ``reference_returns(trials, seed)``: the classic baselines' return per trial on the tasks an
   agent evaluated with the same seed meets (bandit indices, PSRL, a task-knowing oracle), where the env has them;
 - ``episode_images()``: every image the current tasks will show, where they are known at reset
-  (None otherwise), so a rollout can encode a whole task in one batched pass.
+  (None otherwise), so a rollout can encode a whole task in one batched pass;
+- ``dataset_name`` and ``dataset_hash``: the dataset its tasks are drawn from and the content hash of its
+  images (:class:`HasDataset`), where it has one, so a checkpoint records what a run trained on and an
+  evaluation or a resume on other content under the same name is refused (:func:`check_same_dataset`).
 
 The parts are also protocols (:class:`HasEpisodeLength`, ...), so a plug-in ``VectorEnv`` that does not subclass
 :class:`MetaVectorEnv` but has, say, an ``episode_length`` attribute is read the same way; an env
@@ -28,9 +31,12 @@ from typing import Protocol, runtime_checkable
 import torch
 from gymnasium.vector import VectorEnv
 
+from meta_rl.errors import ConfigError
+
 __all__ = [
-    "EnvCheckError", "HasEpisodeLength", "HasReferenceReturns", "HasTrials", "KnowsImages", "MetaVectorEnv",
-    "env_name", "known_images", "label_request_action", "reference_returns", "task_length", "trial_episodes",
+    "DatasetChangedError", "EnvCheckError", "HasDataset", "HasEpisodeLength", "HasReferenceReturns", "HasTrials",
+    "KnowsImages", "MetaVectorEnv", "check_same_dataset", "dataset_record", "env_name", "known_images",
+    "label_request_action", "reference_returns", "task_length", "trial_episodes",
 ]
 
 
@@ -77,6 +83,18 @@ class HasReferenceReturns(Protocol):
     def reference_returns(self, trials: int, seed: int) -> dict[str, torch.Tensor]: ...
 
 
+@runtime_checkable
+class HasDataset(Protocol):
+    """Draws its tasks from a dataset it names, with the content hash of that dataset's images (16 hex digits)."""
+
+    dataset_name: str
+    dataset_hash: str
+
+
+class DatasetChangedError(ConfigError):
+    """A run meets other content under the dataset name it trained on (other fonts, changed files)."""
+
+
 class MetaVectorEnv(VectorEnv):
     """A vector env of B meta-learning tasks (see the module docstring for the attributes it declares)."""
 
@@ -118,3 +136,38 @@ def reference_returns(env: object, trials: int, seed: int) -> dict[str, torch.Te
     ``num_envs``: batch i starts from ``env.reset(seed=seed + i)``.
     """
     return env.reference_returns(trials, seed) if isinstance(env, HasReferenceReturns) else {}
+
+
+def dataset_record(env: object) -> dict[str, str] | None:
+    """``{"name": ..., "hash": ...}`` of the dataset ``env``'s tasks come from (None where it declares none)."""
+    name, digest = getattr(env, "dataset_name", None), getattr(env, "dataset_hash", None)
+    if not isinstance(name, str) or not isinstance(digest, str):
+        return None
+    return {"name": name, "hash": digest}
+
+
+def check_same_dataset(trained: dict[str, str] | None, env: object, *, run: str, fix: str) -> dict[str, str] | None:
+    """Refuse ``env`` where its dataset has the name the run ``trained`` on but other content; return its record.
+
+    Another dataset name is a deliberate change (say ``env_kwargs.dataset=fashion_mnist``) and passes,
+    as does an env or a run with no record.
+
+    Args:
+        trained: the record (:func:`dataset_record`) the run's checkpoint holds, or None.
+        env: the env the run is about to meet.
+        run: the run, for the message (its checkpoint's path).
+        fix: what the user can do, for the message.
+
+    Raises:
+        DatasetChangedError: naming the dataset, both hashes, the likely causes and ``fix``.
+    """
+    now = dataset_record(env)
+    if trained is None or now is None or now["name"] != trained["name"] or now["hash"] == trained["hash"]:
+        return now
+    name = now["name"]
+    raise DatasetChangedError(
+        f"dataset {name!r} has content hash {now['hash']} here, but {run} was trained on {name!r} with content hash "
+        f"{trained['hash']}: the same name holds other images (for 'glyphs-system', other fonts installed under "
+        "/usr/share/fonts; for 'glyphs', another matplotlib's fonts; for a folder or file source, changed files; or "
+        f"another env_kwargs.data_seed), so the results would not be comparable. {fix}"
+    )

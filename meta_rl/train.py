@@ -34,11 +34,12 @@ from meta_rl.checkpoint import (
     load_state,
     malformed_state,
     read_counters,
+    read_dataset,
     save_checkpoint,
 )
 from meta_rl.config import ConfigError, ModelConfig, TrainConfig, resolve_device
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
-from meta_rl.env_contract import task_length
+from meta_rl.env_contract import check_same_dataset, dataset_record, task_length
 from meta_rl.env_factory import make_vec_env
 from meta_rl.evaluation import (
     HELDOUT_SEED,
@@ -377,6 +378,9 @@ class Trainer:
         if self.resume:
             ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
             _check_resumable(ckpt["config"], self.cfg, self.ckpt_path)
+            check_same_dataset(read_dataset(ckpt, self.ckpt_path), self.env, run=f"the run in {self.run_dir}",
+                               fix="Resume it on the data it started with (the machine or files it trained on), "
+                                   "or start a new run directory on this data.")
             if self.world.is_main:
                 check_config_unedited(self.run_dir, ckpt["config"], self.cfg.to_dict())
             load_state(self.policy, ckpt["policy"], self.ckpt_path, "policy")
@@ -537,6 +541,9 @@ class Trainer:
                       "action": space_to_dict(self.env.single_action_space), "steps": self.steps}
             if spaces["observation"] is not None and spaces["action"] is not None:
                 payload["spaces"] = spaces  # meta_rl.load rebuilds the policy from these, without an env
+            dataset = dataset_record(self.env)
+            if dataset is not None:  # the data it trained on: evaluation and --resume refuse other content
+                payload["dataset"] = dataset
             if self.cfg.skip_nonfinite_updates:
                 payload["faults"] = {"skipped_updates": self.guard.skipped}
             if self.world.enabled:

@@ -8,6 +8,10 @@ factory for its env (:meth:`TrainedAgent.make_env`), so that scoring it is one m
     result = agent.evaluate(episodes=500)                      # held-out test classes
     other = agent.evaluate(episodes=500, dataset="fashion_mnist")  # another dataset, same policy
 
+The checkpoint records the dataset the run trained on and its content hash; an env whose dataset has
+that name but other content (another machine's fonts, changed files) is refused unless
+``allow_dataset_change=True``.
+
 The policy is rebuilt from the spaces the checkpoint records; a checkpoint written before they
 were recorded builds a one-task env to read them.
 """
@@ -21,9 +25,16 @@ from typing import Any
 import torch
 from gymnasium.vector import VectorEnv
 
-from meta_rl.checkpoint import CheckpointError, check_state_shapes, load_checkpoint, load_state, read_counters
+from meta_rl.checkpoint import (
+    CheckpointError,
+    check_state_shapes,
+    load_checkpoint,
+    load_state,
+    read_counters,
+    read_dataset,
+)
 from meta_rl.config import ConfigError, TrainConfig, parse_overrides, resolve_device
-from meta_rl.env_contract import task_length
+from meta_rl.env_contract import check_same_dataset, task_length
 from meta_rl.env_factory import make_vec_env
 from meta_rl.evaluation import HeldOutResult, evaluate_task
 from meta_rl.lifecycle import CHECKPOINT_NAME
@@ -47,7 +58,9 @@ class TrainedAgent:
         config: the run's :class:`~meta_rl.config.TrainConfig` (with any task overrides applied).
         steps: the length of one rollout (one task) the policy was built for.
         device: where the policy lives.
-        checkpoint: the checkpoint's counters and config (``checkpoint["counters"]["env_steps"]``).
+        checkpoint: the checkpoint's counters, config and the dataset it trained on
+            (``checkpoint["counters"]["env_steps"]``, ``checkpoint["dataset"]``: ``{"name", "hash"}`` or None).
+        path: the checkpoint's path.
     """
 
     policy: MetaPolicy
@@ -55,10 +68,17 @@ class TrainedAgent:
     steps: int
     device: torch.device
     checkpoint: dict[str, Any]
+    path: Path
 
-    def make_env(self, split: str = "test", num_envs: int = 1, **env_kwargs: Any) -> VectorEnv:
+    def make_env(self, split: str = "test", num_envs: int = 1, *, allow_dataset_change: bool = False,
+                 **env_kwargs: Any) -> VectorEnv:
         """The run's env (``env_kwargs`` change its settings, e.g. ``dataset="fashion_mnist"``) on the agent's
-        device, ``num_envs`` tasks of ``split``."""
+        device, ``num_envs`` tasks of ``split``.
+
+        Raises:
+            DatasetChangedError: the env's dataset has the name the run trained on but another content hash
+                (other fonts or files), unless ``allow_dataset_change``.
+        """
         cfg = self.config
         if env_kwargs:
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "env_kwargs": {**cfg.env_kwargs, **env_kwargs}},
@@ -66,18 +86,25 @@ class TrainedAgent:
         env = make_vec_env(cfg, split, num_envs, self.device)
         try:
             check_task_length(self, env)
-        except CheckpointError:
+            if not allow_dataset_change:
+                check_same_dataset(self.checkpoint["dataset"], env, run=f"the run in {self.path.parent}",
+                                   fix="Evaluate it on the data it trained on (the machine or files it used), or "
+                                       "accept the change: meta-rl eval --allow-dataset-change, or "
+                                       "allow_dataset_change=True in Python.")
+        except (CheckpointError, ConfigError):
             env.close()
             raise
         return env
 
     def evaluate(self, episodes: int = 1000, *, split: str = "test", seed: int = 12345, batch: int = 250,
-                 **env_kwargs: Any) -> HeldOutResult:
+                 allow_dataset_change: bool = False, **env_kwargs: Any) -> HeldOutResult:
         """Accuracy by instance (classification) or return per trial (other tasks) on ``episodes`` new tasks.
 
         The result's common view (:class:`~meta_rl.evaluation.HeldOutResult`: ``score``, ``tasks``, ``scalars()``,
-        ``table()``, ``to_json()``) is the same for every task; its type adds the task's own detail."""
-        env = self.make_env(split, min(batch, episodes), **env_kwargs)
+        ``table()``, ``to_json()``) is the same for every task; its type adds the task's own detail.
+        ``allow_dataset_change`` scores the run on a dataset of its training name with other content (see
+        :meth:`make_env`)."""
+        env = self.make_env(split, min(batch, episodes), allow_dataset_change=allow_dataset_change, **env_kwargs)
         try:
             return evaluate_task(env, self.policy, episodes, seed=seed, steps=self.steps)
         finally:
@@ -192,5 +219,6 @@ def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_m
     policy = policy_for_spaces(cfg, obs_space, act_space, steps).to(torch_device)
     load_state(policy, ckpt["policy"], path, "policy")
     policy.eval()
-    return TrainedAgent(policy=policy, config=cfg, steps=steps, device=torch_device,
-                        checkpoint={"counters": ckpt["counters"], "config": ckpt["config"]})
+    return TrainedAgent(policy=policy, config=cfg, steps=steps, device=torch_device, path=path,
+                        checkpoint={"counters": ckpt["counters"], "config": ckpt["config"],
+                                    "dataset": read_dataset(ckpt, path)})

@@ -12,7 +12,7 @@ from meta_rl.data.formats import (
     load_mini_imagenet,
     load_omniglot,
 )
-from meta_rl.data.sources import SPLITS, load_splits, register_dataset, resolve_split
+from meta_rl.data.sources import SPLITS, content_hash, dataset_name, load_splits, register_dataset, resolve_split
 
 __all__ = [
     "SPLITS",
@@ -20,6 +20,8 @@ __all__ = [
     "EpisodeBatch",
     "EpisodeSampler",
     "ImageDataset",
+    "content_hash",
+    "dataset_name",
     "load_cifar",
     "load_idx",
     "load_image_folder",

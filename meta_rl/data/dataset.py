@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ImageDataset", "split_by_group"]
+__all__ = ["CONTENT_HASH_CHARS", "ImageDataset", "content_hash", "split_by_group"]
+
+#: Hex digits of a dataset's :func:`content_hash` (64 bits of SHA-256).
+CONTENT_HASH_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -165,3 +170,38 @@ def split_by_group(
     return {
         name: dataset.subset(sorted(ids), name=f"{dataset.name}/{name}") for name, ids in zip(names, assigned)
     }
+
+
+def _feed_tensor(h: hashlib._Hash, t: torch.Tensor, dtype: torch.dtype) -> None:
+    """Hash a tensor's dtype, shape and bytes (little-endian, whatever the machine)."""
+    array = t.detach().to("cpu", dtype).contiguous().numpy()
+    array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    h.update(f"{array.dtype.str}{tuple(array.shape)};".encode())
+    h.update(array.data)
+
+
+def content_hash(data: ImageDataset | Mapping[str, ImageDataset]) -> str:
+    """A short, stable digest of a dataset's content: the first :data:`CONTENT_HASH_CHARS` hex digits of a SHA-256.
+
+    It covers, split by split (in sorted order of their names): the split's name, which is its
+    membership, and its images (dtype, shape and every pixel), labels, class names and groups. It leaves
+    out the datasets' ``name`` and their devices, so the same images give the same hash on every machine,
+    and any changed pixel, label, class or split membership gives another.
+
+    Args:
+        data: an ImageDataset (hashed as one split named ``""``) or a mapping of split names to ImageDatasets.
+
+    Raises:
+        TypeError: ``data`` is neither, or a split is not an ImageDataset.
+    """
+    splits = {"": data} if isinstance(data, ImageDataset) else data
+    if not isinstance(splits, Mapping) or not all(isinstance(v, ImageDataset) for v in splits.values()):
+        raise TypeError(f"content_hash takes an ImageDataset or a mapping of split names to ImageDatasets, "
+                        f"got {type(data).__name__}.")
+    h = hashlib.sha256()
+    for split in sorted(splits):
+        ds = splits[split]
+        h.update(json.dumps([split, list(ds.class_names), list(ds.groups)]).encode())
+        _feed_tensor(h, ds.images, torch.uint8)
+        _feed_tensor(h, ds.labels, torch.int64)
+    return h.hexdigest()[:CONTENT_HASH_CHARS]

@@ -1,13 +1,17 @@
-"""An Omniglot-style dataset rendered offline from the fonts installed on the machine.
+"""An Omniglot-style dataset rendered offline from fonts.
 
 A class is a letter of some script and a script is an alphabet (the split unit). An instance is
 the letter drawn by one of the fonts that cover it, randomly distorted like a hand drawing: an
 affine warp (rotation, shear, scale, translation), a smooth elastic deformation and a random stroke
 weight, rendered large and reduced to ``image_size``. Strokes are bright (255) on black (0).
 
-Fonts: matplotlib's bundled DejaVu and STIX fonts always, plus Debian's ``fonts-noto-core``,
-``fonts-freefont-ttf`` and ``fonts-ancient-scripts`` when they are installed. Letters that look
-alike in different scripts (Latin O, Cyrillic О, Greek Ο, Armenian Օ) are kept only once.
+Fonts: the default set (``dataset="glyphs"``) is matplotlib's bundled DejaVu and STIX fonts only,
+which ship inside a Python dependency, so the dataset is the same on every machine with the same
+matplotlib, whatever fonts the system has installed. ``system_fonts=True`` (``dataset="glyphs-system"``)
+adds Debian's ``fonts-noto-core``, ``fonts-freefont-ttf`` and ``fonts-ancient-scripts`` where they
+are installed (:data:`DEBIAN_FONT_DIRS`): more scripts, but its content depends on the machine (its
+content hash tells builds apart). Letters that look alike in different scripts (Latin O, Cyrillic О,
+Greek Ο, Armenian Օ) are kept only once.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ __all__ = [
     "render_glyph_instances",
 ]
 
-#: Debian font packages used when installed (fonts-noto-core, fonts-freefont-ttf, fonts-ancient-scripts).
+#: Debian font packages that ``system_fonts=True`` adds where installed (fonts-noto-core, fonts-freefont-ttf,
+#: fonts-ancient-scripts).
 DEBIAN_FONT_DIRS: tuple[str, ...] = (
     "/usr/share/fonts/truetype/noto",
     "/usr/share/fonts/truetype/freefont",
@@ -138,22 +143,30 @@ def _font_files(directory: Path, keep: Callable[[str], bool] = lambda stem: True
     return out
 
 
-def glyph_fonts(font_dirs: Sequence[str | Path] | None = None) -> list[Path]:
+def glyph_fonts(font_dirs: Sequence[str | Path] | None = None, *, system_fonts: bool = False) -> list[Path]:
     """List the font files the glyph dataset draws with, sorted.
 
     Args:
         font_dirs: folders searched recursively for ``.ttf``/``.otf`` files. ``None`` means
-            matplotlib's DejaVu and STIX fonts plus :data:`DEBIAN_FONT_DIRS` that exist.
+            matplotlib's bundled DejaVu and STIX fonts (and, with ``system_fonts``, more).
+        system_fonts: with ``font_dirs=None``, also the fonts of :data:`DEBIAN_FONT_DIRS` that are
+            installed (``dataset="glyphs-system"``); the list then depends on the machine.
 
     Raises:
-        ValueError: if a folder in ``font_dirs`` does not exist.
+        ValueError: if a folder in ``font_dirs`` does not exist, or ``system_fonts`` is set with
+            ``font_dirs`` (which it would not change).
     """
     found: list[Path] = []
     if font_dirs is None:
         found += _font_files(_matplotlib_font_dir(), lambda stem: bool(_MATPLOTLIB_FONT.match(stem)))
-        for debian_dir in DEBIAN_FONT_DIRS:
+        for debian_dir in DEBIAN_FONT_DIRS if system_fonts else ():
             if Path(debian_dir).is_dir():
                 found += _font_files(Path(debian_dir))
+    elif system_fonts:
+        raise ValueError(
+            "system_fonts=True adds the installed system fonts to the default fonts, but font_dirs names the "
+            "fonts itself; pass font_dirs or system_fonts=True, not both."
+        )
     else:
         dirs = [font_dirs] if isinstance(font_dirs, (str, Path)) else list(font_dirs)
         for d in dirs:
@@ -646,8 +659,7 @@ def _select(letters: Sequence[_Letter], cap: int, workers: int, progress: bool) 
     if len(scripts) < 3:
         raise ValueError(
             f"the fonts cover only {len(scripts)} scripts with at least {MIN_LETTERS_PER_SCRIPT} "
-            "letters, but 3 splits need 3; install more fonts (apt-get install fonts-noto-core "
-            "fonts-freefont-ttf fonts-ancient-scripts) or pass font_dirs with more scripts."
+            "letters, but 3 splits need 3; pass font_dirs with more scripts (or use the default fonts)."
         )
     quotas = _allot([len(g) for g in scripts], cap)
     level = max(quotas)
@@ -678,7 +690,8 @@ def _select(letters: Sequence[_Letter], cap: int, workers: int, progress: bool) 
 
 
 def _build(
-    fonts: Sequence[Path], image_size: int, instances: int, seed: int, cap: int, workers: int, progress: bool
+    fonts: Sequence[Path], image_size: int, instances: int, seed: int, cap: int, workers: int, progress: bool,
+    name: str,
 ) -> dict[str, ImageDataset]:
     letters = _scan_letters(fonts)
     chosen = _select(letters, cap, workers, progress)
@@ -692,7 +705,7 @@ def _build(
         torch.from_numpy(labels),
         tuple(f"U+{le.codepoint:04X} {unicodedata.name(chr(le.codepoint))}" for le, _ in kept),
         tuple(le.script for le, _ in kept),
-        name="glyphs",
+        name=name,
     )
     return split_by_group(dataset, SPLIT_FRACTIONS, ("train", "val", "test"), seed=_SPLIT_SEED)
 
@@ -755,8 +768,8 @@ def _to_payload(splits: dict[str, ImageDataset]) -> dict[str, Any]:
     return payload
 
 
-def _from_payload(payload: Any) -> dict[str, ImageDataset]:
-    """The splits of a cache file's content, checked against its checksum.
+def _from_payload(payload: Any, name: str) -> dict[str, ImageDataset]:
+    """The splits of a cache file's content, checked against its checksum, named ``name/split``.
 
     Raises:
         ValueError: the content is not of this format, has no checksum, or does not match it.
@@ -773,7 +786,7 @@ def _from_payload(payload: Any) -> dict[str, ImageDataset]:
     for k in ("train", "val", "test"):
         s = payload["splits"][k]
         out[k] = ImageDataset(
-            s["images"], s["labels"], tuple(s["class_names"]), tuple(s["groups"]), name=f"glyphs/{k}"
+            s["images"], s["labels"], tuple(s["class_names"]), tuple(s["groups"]), name=f"{name}/{k}"
         )
     return out
 
@@ -900,6 +913,7 @@ def load_glyphs(
     seed: int = 0,
     max_classes: int | None = None,
     font_dirs: Sequence[str | Path] | None = None,
+    system_fonts: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     num_workers: int | None = None,
@@ -918,8 +932,10 @@ def load_glyphs(
         seed: seed of the random distortions; the same seed gives identical tensors.
         max_classes: cap on the number of classes (at least 42: 3 scripts of 14 letters);
             ``None`` means :data:`DEFAULT_MAX_CLASSES`.
-        font_dirs: folders of ``.ttf``/``.otf`` fonts; ``None`` for the defaults (see
-            :func:`glyph_fonts`).
+        font_dirs: folders of ``.ttf``/``.otf`` fonts; ``None`` for matplotlib's bundled fonts (see
+            :func:`glyph_fonts`), the same on every machine.
+        system_fonts: with ``font_dirs=None``, also the Debian fonts installed on this machine
+            (:data:`DEBIAN_FONT_DIRS`): ``dataset="glyphs-system"``, whose content depends on the machine.
         cache_dir: cache folder; default ``$META_RL_CACHE``, else ``$XDG_CACHE_HOME/meta_rl``,
             else ``~/.cache/meta_rl``.
         progress: show tqdm progress bars while building.
@@ -930,10 +946,11 @@ def load_glyphs(
 
     Raises:
         ValueError: for an invalid argument, a build too large for the memory or the cache's disk,
-            or fonts that cover fewer than 3 scripts.
+            fonts that cover fewer than 3 scripts, or ``system_fonts`` with ``font_dirs``.
     """
     _check_arguments(image_size, instances_per_class, seed, max_classes, num_workers)
-    fonts = glyph_fonts(font_dirs)
+    fonts = glyph_fonts(font_dirs, system_fonts=system_fonts)
+    name = "glyphs-system" if system_fonts else "glyphs"
     if not fonts:
         raise ValueError(
             f"no .ttf/.otf fonts found in {[str(d) for d in font_dirs or []] or 'the default folders'}; "
@@ -954,13 +971,13 @@ def load_glyphs(
     _remove_stale_temp_files(root)
     if path.is_file():
         try:
-            return _from_payload(torch.load(path, map_location="cpu", weights_only=True))
+            return _from_payload(torch.load(path, map_location="cpu", weights_only=True), name)
         except Exception as exc:  # damaged, truncated, of another format: never used as it is
             warnings.warn(
                 f"glyph cache {path} is damaged or unreadable ({exc}); rebuilding it.", stacklevel=2
             )
     _check_room(image_size, cap * instances_per_class, root)
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-    splits = _build(fonts, image_size, instances_per_class, seed, cap, workers, progress)
+    splits = _build(fonts, image_size, instances_per_class, seed, cap, workers, progress, name)
     _save_cache(_to_payload(splits), path)
     return splits

@@ -2,7 +2,10 @@
 
 Sources:
 
-* ``"glyphs"``: the Omniglot-style glyph dataset built offline from fonts (default).
+* ``"glyphs"``: the Omniglot-style glyph dataset built offline from matplotlib's bundled fonts (default):
+  the same images on every machine.
+* ``"glyphs-system"``: the same with Debian's Noto, FreeFont and ancient-script fonts where installed
+  (more scripts; its content depends on the machine's fonts).
 * ``"omniglot:ROOT"``: ``images_background``/``images_evaluation`` folders or zips.
 * ``"cifar:ROOT"``: CIFAR-10 or CIFAR-100 python pickles.
 * ``"mini_imagenet:PATH"``: miniImageNet pickles.
@@ -13,6 +16,9 @@ Sources:
 Splits are ``train``/``val``/``test`` with disjoint classes. Where the dataset has fewer
 than :data:`MIN_CLASSES_FOR_CLASS_SPLIT` classes (MNIST-like), the splits share classes and
 differ by image instead (train/val from the training files, test from the test files).
+
+Every dataset has a :func:`content_hash`: 16 hex digits over its splits' images, labels, classes and
+split membership, so two machines (or two days) can tell whether one name meant the same images.
 """
 
 from __future__ import annotations
@@ -27,13 +33,18 @@ import torch
 
 from meta_rl.data import formats
 from meta_rl.data.dataset import ImageDataset, split_by_group
+from meta_rl.data.dataset import content_hash as splits_content_hash
 
-__all__ = ["MIN_CLASSES_FOR_CLASS_SPLIT", "SPLITS", "load_splits", "register_dataset", "resolve_split"]
+__all__ = [
+    "MIN_CLASSES_FOR_CLASS_SPLIT", "SPLITS", "content_hash", "dataset_name", "load_splits", "register_dataset",
+    "resolve_split",
+]
 
 SPLITS = ("train", "val", "test")
 MIN_CLASSES_FOR_CLASS_SPLIT = 30
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _REGISTERED: dict[str, Mapping[str, ImageDataset]] = {}
+_REGISTERED_HASHES: dict[str, str] = {}  # a registered name's content hash, computed when first asked for
 
 
 def register_dataset(name: str, splits: Mapping[str, ImageDataset]) -> None:
@@ -49,6 +60,7 @@ def register_dataset(name: str, splits: Mapping[str, ImageDataset]) -> None:
     if missing:
         raise ValueError(f"splits for {name!r} lack ImageDatasets for {missing}; provide train, val and test.")
     _REGISTERED[name] = dict(splits)
+    _REGISTERED_HASHES.pop(name, None)
 
 
 def _merge(parts: list[ImageDataset], name: str) -> ImageDataset:
@@ -91,11 +103,12 @@ def _rename(ds: ImageDataset, name: str) -> ImageDataset:
 
 
 def _load_glyphs(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
-    """``glyphs``: the glyph dataset built from fonts (progress bars only if ``META_RL_PROGRESS`` is unset or ``1``)."""
+    """``glyphs``: the glyph dataset built from matplotlib's fonts, ``glyphs-system`` from those and the installed
+    Debian fonts (progress bars only if ``META_RL_PROGRESS`` is unset or ``1``)."""
     from meta_rl.data.glyphs import load_glyphs
 
     progress = os.environ.get("META_RL_PROGRESS", "1") == "1"
-    return load_glyphs(image_size=image_size, seed=seed, progress=progress)
+    return load_glyphs(image_size=image_size, seed=seed, progress=progress, system_fonts=source == "glyphs-system")
 
 
 def _load_omniglot(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
@@ -169,6 +182,7 @@ def _load_idx(source: str, arg: str, image_size: int, seed: int) -> dict[str, Im
 # ``kind:arg = source``; the order is the one error messages list the kinds in.
 _LOADERS: dict[str, Callable[[str, str, int, int], dict[str, ImageDataset]]] = {
     "glyphs": _load_glyphs,
+    "glyphs-system": _load_glyphs,
     "omniglot": _load_omniglot,
     "cifar": _load_cifar,
     "mini_imagenet": _load_mini_imagenet,
@@ -177,7 +191,8 @@ _LOADERS: dict[str, Callable[[str, str, int, int], dict[str, ImageDataset]]] = {
     "folder": _load_folder,
 }
 KINDS = tuple(_LOADERS)
-_PATH_OPTIONAL = ("glyphs", "fashion_mnist")  # every other kind needs 'kind:PATH'
+_NO_PATH = ("glyphs", "glyphs-system")  # built from fonts, never from a path
+_PATH_OPTIONAL = (*_NO_PATH, "fashion_mnist")  # every other kind needs 'kind:PATH'
 
 
 @functools.lru_cache(maxsize=8)
@@ -190,8 +205,8 @@ def _load_cached(source: str, image_size: int, seed: int) -> dict[str, ImageData
             f"(as 'kind' or 'kind:PATH'), a name given to register_dataset() ({sorted(_REGISTERED)}), "
             "or an ImageDataset."
         )
-    if kind == "glyphs" and arg:
-        raise ValueError(f"dataset source {source!r}: 'glyphs' takes no path; use dataset='glyphs'.")
+    if kind in _NO_PATH and arg:
+        raise ValueError(f"dataset source {source!r}: {kind!r} takes no path; use dataset={kind!r}.")
     if kind not in _PATH_OPTIONAL and not arg:
         raise ValueError(f"dataset source {source!r} needs a path: use '{kind}:/path/to/data'.")
     return _LOADERS[kind](source, arg, image_size, seed)
@@ -205,11 +220,50 @@ def load_splits(source: str = "glyphs", *, image_size: int = 28, seed: int = 0) 
         image_size: side length for sources that are resized (glyphs, Omniglot, folders).
         seed: seed of the class split (and of the glyph rendering).
     """
-    if not isinstance(source, str):
-        raise TypeError(f"source must be a str such as 'glyphs' or 'cifar:/data', got {type(source).__name__}.")
+    _check_source(source)
     if source in _REGISTERED:
         return dict(_REGISTERED[source])
     return _load_cached(source, int(image_size), int(seed))
+
+
+def _check_source(source: object) -> None:
+    if not isinstance(source, str):
+        raise TypeError(f"source must be a str such as 'glyphs' or 'cifar:/data', got {type(source).__name__}.")
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_cached(source: str, image_size: int, seed: int) -> str:
+    return splits_content_hash(_load_cached(source, image_size, seed))
+
+
+def content_hash(
+    dataset: str | ImageDataset | Mapping[str, ImageDataset], *, image_size: int = 28, seed: int = 0
+) -> str:
+    """The content hash of a dataset (:func:`meta_rl.data.dataset.content_hash` of all its splits).
+
+    Computed once per process for a source string or a registered name (registering a name again
+    forgets its hash), and each time for splits or an ImageDataset passed in.
+
+    Args:
+        dataset: a source string (see the module docstring), a mapping of splits, or an ImageDataset.
+        image_size: as for :func:`load_splits`.
+        seed: as for :func:`load_splits`.
+    """
+    if not isinstance(dataset, str):
+        return splits_content_hash(dataset)
+    if dataset in _REGISTERED:
+        if dataset not in _REGISTERED_HASHES:
+            _REGISTERED_HASHES[dataset] = splits_content_hash(_REGISTERED[dataset])
+        return _REGISTERED_HASHES[dataset]
+    return _hash_cached(dataset, int(image_size), int(seed))
+
+
+def dataset_name(dataset: str | ImageDataset | Mapping[str, ImageDataset]) -> str:
+    """How a dataset is named in checkpoints and reports: the source string or registered name itself, an
+    ImageDataset's ``name``, or ``"(in-memory splits)"`` for a mapping of splits."""
+    if isinstance(dataset, str):
+        return dataset
+    return dataset.name if isinstance(dataset, ImageDataset) else "(in-memory splits)"
 
 
 def resolve_split(
