@@ -114,7 +114,7 @@ class RunView:
     def logged_at(self) -> int | None:
         """The env step of the latest log (None: none yet); ``== env_steps`` in ``on_update`` when this update
         logged."""
-        return self._trainer.logged_at  # type: ignore[no-any-return]
+        return self._trainer.logged_at
 
     @property
     def evaluation(self) -> Mapping[str, float]:
@@ -125,7 +125,7 @@ class RunView:
     @property
     def evaluated_at(self) -> int | None:
         """The env step of the latest held-out evaluation (None: none yet)."""
-        return self._trainer.evaluated_at  # type: ignore[no-any-return]
+        return self._trainer.evaluated_at
 
     @property
     def evaluates(self) -> bool:

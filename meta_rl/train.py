@@ -426,13 +426,14 @@ class Trainer:
         writers: list[MetricWriter] = []  # every row of scalars
         if self.world.is_main:
             write_atomic(self.run_dir / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2).encode(), what="config")
+            # The log files first: one that cannot be resumed (ConfigError) then leaves no event writer open.
+            writers += file_writers(cfg.log_to, self.run_dir, self.env_steps if self.resume else None)
             if "tensorboard" in cfg.log_to:
                 after_existing_event_files(self.run_dir)
                 self.writer = EventWriter(self.run_dir, purge_step=self.env_steps + 1 if self.resume else 0)
                 writers.append(TensorBoardScalars(self.writer))
                 if not self.resume:
                     self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```\n", 0)
-            writers += file_writers(cfg.log_to, self.run_dir, self.env_steps if self.resume else None)
         self.metrics = MetricLogger(writers, self.world, self.device, self.env_steps)
         if self.eval_envs:
             self.heldout_env = make_vec_env(cfg, cfg.heldout_split, self.eval_envs, self.device)

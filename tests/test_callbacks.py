@@ -5,6 +5,7 @@ run normally (also agreed over ranks), StopOnThreshold, SaveBestCheckpoint and b
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -393,6 +394,12 @@ def test_resume_drops_the_rows_logged_after_the_checkpoint(proto_dataset: str, t
         eval_steps = [int(row["env_steps"]) for row in rows if "eval/accuracy" in row]
         assert train_steps == [k * S for k in range(1, 7)]
         assert eval_steps == [2 * S, 4 * S, 6 * S]
+    # A log edited by hand is not silently dropped: the resume names the line and the fix.
+    lines = (run_dir / "progress.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "progress.jsonl").write_text("".join([lines[0], "not json\n", *lines[1:]]))
+    longer = dataclasses.replace(cfg, total_env_steps=7 * S)
+    with pytest.raises(ConfigError, match=r"progress.jsonl: line 2 is not a JSON object.*move it away"):
+        train(longer, run_dir, resume=True, progress=False)
 
 
 def test_a_fresh_run_starts_its_logs_anew_and_run_files_are_accepted(proto_dataset: str, tmp_path: Path) -> None:
