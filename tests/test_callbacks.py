@@ -288,6 +288,14 @@ def test_best_checkpoint_is_the_best_evaluation_and_loads(proto_dataset: str, tm
     assert "accuracy_by_instance" in capsys.readouterr().out
     with pytest.raises(ConfigError, match=r"checkpoint = 'top'; use 'last'.*or 'best'"):
         meta_rl.load(run_dir, checkpoint="top")
+
+    # A resumed run starts from the best that best.pt records: an equal figure does not replace it, a better one does.
+    resumed, run = meta_rl.SaveBestCheckpoint(), FakeRun(run_dir, resumed=True)
+    resumed.on_training_start(run)  # type: ignore[arg-type]
+    for step, value in ((1, top["eval/accuracy"]), (2, top["eval/accuracy"] + 0.01)):
+        run.env_steps, run.evaluation = step, {"eval/accuracy": value}
+        resumed.on_eval(run)  # type: ignore[arg-type]
+    assert run.saved == [2]
     (run_dir / BEST_NAME).unlink()
     with pytest.raises(CheckpointError, match=r"has no best.pt: a run writes it when trained with the "
                                               r"SaveBestCheckpoint callback"):
@@ -295,7 +303,7 @@ def test_best_checkpoint_is_the_best_evaluation_and_loads(proto_dataset: str, tm
     assert main(["eval", str(run_dir), "--checkpoint", "best"]) == 2
     assert "has no best.pt" in capsys.readouterr().err
 
-    # A resumed run starts from the best that best.pt records.
+    # A best.pt that records no evaluation has nothing to beat.
     best_cb_again = meta_rl.SaveBestCheckpoint()
     run = FakeRun(run_dir, resumed=True)
     (run_dir / BEST_NAME).write_bytes((run_dir / CHECKPOINT_NAME).read_bytes())  # a best.pt without "evaluation"
