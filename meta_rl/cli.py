@@ -69,13 +69,16 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if is_baseline_run(run_dir):  # a ProtoNet/MAML run from `meta-rl baseline`
+        if args.checkpoint != "last":
+            raise ConfigError(f"{run_dir} is a baseline run, which keeps one checkpoint; --checkpoint "
+                              f"{args.checkpoint} is for agent runs trained with SaveBestCheckpoint. Drop it.")
         return evaluate_baseline_run(run_dir, args.episodes, args.split, args.seed, args.json)
     overrides = list(args.overrides)
     if args.shots is not None:  # N-way K-shot: the run's classes and setting, as shots then queries
         overrides += ["env_id=meta_rl/FewShot-v0", f"env_kwargs.shots={args.shots}",
                       f"env_kwargs.queries_per_class={args.queries}"]
     agent = load(run_dir, device=args.device, env_module=args.env_module, model_module=args.model_module,
-                 overrides=overrides)
+                 overrides=overrides, checkpoint=args.checkpoint)
     cfg, ckpt = agent.config, agent.checkpoint
     env = agent.make_env(args.split, min(args.batch, args.episodes), allow_dataset_change=args.allow_dataset_change)
     dataset = _dataset_report(ckpt["dataset"], dataset_record(env))
@@ -196,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_eval_seed, default=12345, help="seed of the evaluation tasks (0 to 2**64 - 1)")
     e.add_argument("--batch", type=_count, default=250, help="tasks run in parallel")
     e.add_argument("--device", help="device (default: the run's)")
+    e.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="last: checkpoint.pt (default); best: best.pt, the best held-out evaluation's (written by "
+                        "the SaveBestCheckpoint callback)")
     e.add_argument("--json", action="store_true", help="print one JSON line")
     e.add_argument("--shots", type=_count, metavar="K",
                    help="score N-way K-shot tasks instead: K labelled shots per class, then queries that reveal "

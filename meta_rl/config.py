@@ -29,6 +29,7 @@ from meta_rl.cores import CORES
 from meta_rl.encoders import ENCODERS, PRECISIONS
 from meta_rl.errors import ConfigError
 from meta_rl.memory_read import ReadHeadConfig
+from meta_rl.metric_writers import LOG_WRITERS
 from meta_rl.registry import Registry
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "TaskConfig",
     "TrainConfig",
     "available_devices",
+    "check_log_to",
     "check_part",
     "check_read_head",
     "check_type",
@@ -334,6 +336,10 @@ class RunConfig(RunSettings):
     step_timeout: float = 300.0
     """Seconds one env ``step`` or ``reset`` may take before the run stops with a checkpoint of its last
     update (0: wait for ever). A step still running 30 s past ``max_minutes`` stops the run the same way."""
+    log_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where training means and held-out figures go, any of ``tensorboard`` (event files), ``csv`` (``progress.csv``,
+    a row per log), ``jsonl`` (``progress.jsonl``, an object per log) and ``stdout`` (a table per log); on the
+    command line ``log_to='["csv","jsonl"]'``. Only rank 0 writes. May change when resuming."""
 
 
 #: The sections of :class:`TrainConfig`, in the order ``--help`` lists them.
@@ -365,6 +371,10 @@ class TrainConfig(ConfigBase, RunConfig, AlgorithmConfig, ModelConfig, TaskConfi
     HELP_SECTIONS: ClassVar[tuple[tuple[str, type], ...]] = SECTIONS
     HELP_FIRST: ClassVar[tuple[str, ...]] = ESSENTIAL_KEYS
 
+    def _check_types(self) -> None:
+        check_log_to(self.log_to)  # first: the generic type check would not name the writers
+        super()._check_types()
+
     def check(self) -> None:
         if not -(2**63) <= self.seed < 2**63:  # what torch.Generator.manual_seed takes
             raise ConfigError(f"seed must lie in [-2**63, 2**63), got {self.seed}.")
@@ -392,6 +402,31 @@ def check_part(registry: Registry[Any], name: str, options: dict[str, Any]) -> N
         ConfigError: an unknown name (with the registered ones) or an option the part does not take.
     """
     registry.check_options(name, options)
+
+
+def check_log_to(value: Any) -> None:
+    """``log_to`` is a non-empty list of distinct writer names (:data:`~meta_rl.metric_writers.LOG_WRITERS`).
+
+    Raises:
+        ConfigError: naming the value, the writers and how to write the list.
+    """
+    names = ", ".join(LOG_WRITERS)
+    example = "log_to='[\"tensorboard\",\"csv\"]' on the command line, log_to = [\"tensorboard\", \"csv\"] in TOML"
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"log_to must be a list of writer names ({names}), got {value!r}; write it as a list: "
+                          f"{example}.")
+    if not value:
+        raise ConfigError(f"log_to = [] would log nothing; name at least one of {names} (the default is "
+                          "[\"tensorboard\"]).")
+    for name in value:
+        if name not in LOG_WRITERS:
+            close = did_you_mean(name, list(LOG_WRITERS))
+            hint = f"; did you mean {close!r}?" if close else "."
+            raise ConfigError(f"log_to names {name!r}, which is not a writer (the writers are {names}){hint}")
+    twice = sorted({v for v in value if value.count(v) > 1})
+    if twice:
+        raise ConfigError(f"log_to names {', '.join(repr(v) for v in twice)} more than once ({value!r}); name each "
+                          "writer once.")
 
 
 def check_read_head(table: dict[str, Any]) -> ReadHeadConfig:

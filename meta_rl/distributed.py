@@ -108,18 +108,20 @@ class World:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
-    def agree_stop(self, signum: int | None, timed_out: bool, device: torch.device) -> tuple[int | None, bool]:
-        """The stop decision of all ranks together: any rank's signal or time limit stops every rank.
+    def agree_stop(self, signum: int | None, timed_out: bool, asked: bool,
+                   device: torch.device) -> tuple[int | None, bool, bool]:
+        """The stop decision of all ranks together: any rank's signal, time limit or callback's request (``asked``)
+        stops every rank.
 
         One tiny all-reduce and host read per update; without it a rank that stopped alone would
         leave the others waiting forever in the next collective.
         """
         if not self.enabled:
-            return signum, timed_out
-        t = torch.tensor([signum or 0, int(timed_out)], dtype=torch.int64, device=device)
+            return signum, timed_out, asked
+        t = torch.tensor([signum or 0, int(timed_out), int(asked)], dtype=torch.int64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        s, timed = (int(x) for x in t.tolist())
-        return (s or None), bool(timed)
+        s, timed, by_callback = (int(x) for x in t.tolist())
+        return (s or None), bool(timed), bool(by_callback)
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank (``[obj]`` with one process)."""

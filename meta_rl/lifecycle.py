@@ -23,14 +23,17 @@ from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from meta_rl.atomic import write_error
 from meta_rl.checkpoint import load_checkpoint
 from meta_rl.config import ConfigError
 from meta_rl.distributed import World
+from meta_rl.metric_writers import CSV_NAME, JSONL_NAME
 from meta_rl.runlock import LOCK_NAME, run_lock
 
 __all__ = [
+    "BEST_NAME",
     "CHECKPOINT_NAME",
     "CONFIG_NAME",
     "STOP_SIGNALS",
@@ -54,6 +57,8 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The checkpoint of the best held-out evaluation so far (:class:`meta_rl.callbacks.SaveBestCheckpoint`).
+BEST_NAME = "best.pt"
 #: Seconds an env call may run past the time limit before the watchdog stops the run.
 TIME_LIMIT_GRACE = 30.0
 #: The final held-out evaluation of a time-limited run may run this share of ``max_minutes`` past it, and at
@@ -290,10 +295,11 @@ if hasattr(os, "register_at_fork"):
 
 
 class StopPolicy:
-    """When a run stops: a signal (:class:`StopRequest`), the time limit, or, with several ranks, their agreement.
+    """When a run stops: a signal (:class:`StopRequest`), the time limit, a callback's request (:meth:`ask`), or, with
+    several ranks, their agreement.
 
     With several ranks the loop reads only the agreed decision (:meth:`agree`, once per update),
-    never a rank's own signal flag or clock, so all ranks leave the loop after the same update.
+    never a rank's own signal flag, clock or callbacks, so all ranks leave the loop after the same update.
     """
 
     def __init__(self, stop: StopRequest, world: World, max_minutes: float) -> None:
@@ -301,6 +307,8 @@ class StopPolicy:
         self.started = time.monotonic()
         self._agreed_signum: int | None = None
         self._time_up = False
+        self.asked_by: str | None = None  # the callback (of this rank) that asked the run to end
+        self._agreed_ask = False
 
     def start(self) -> None:
         """Start the clock of ``max_minutes`` (the set-up before the loop does not count)."""
@@ -315,16 +323,34 @@ class StopPolicy:
         """The signal that stops the run: the agreed one with several ranks, else this process's."""
         return self._agreed_signum if self.world.enabled else self.request.signum
 
+    def ask(self, by: str) -> None:
+        """A callback (named ``by``) asks the run to end normally: after the current update, then the final
+        evaluation and checkpoint. With several ranks it takes effect at the next :meth:`agree`."""
+        if self.asked_by is None:
+            self.asked_by = by
+
+    @property
+    def asked(self) -> bool:
+        """Whether a callback's request ends the run: the agreed one with several ranks, else this process's."""
+        return self._agreed_ask if self.world.enabled else self.asked_by is not None
+
     def before_update(self) -> bool:
         """Whether to start another update (a single process checks its clock here)."""
-        if self.signum is not None or self._time_up:
+        if self.signum is not None or self._time_up or self.asked:
             return False
         return self.world.enabled or not self.over_time()
 
     def agree(self, device: torch.device) -> None:
-        """All ranks share their signals and clocks (a no-op for one process)."""
+        """All ranks share their signals, clocks and callbacks' requests (a no-op for one process)."""
         if self.world.enabled:
-            self._agreed_signum, self._time_up = self.world.agree_stop(self.request.signum, self.over_time(), device)
+            self._agreed_signum, self._time_up, self._agreed_ask = self.world.agree_stop(
+                self.request.signum, self.over_time(), self.asked_by is not None, device)
+
+    def ends_training(self) -> bool:
+        """After an update's agreement: whether training ends normally here (the final evaluation and checkpoint
+        follow): a callback asked, or, for one process, the time is up. Several ranks leave on the time limit at
+        the next :meth:`before_update`, after the collective checkpoint."""
+        return self.asked or (self.over_time() and not self.world.enabled)
 
     def interrupts_evaluation(self) -> bool:
         """Asked between evaluation batches: a signal arrived or the time is up (this process's view)."""
@@ -423,9 +449,10 @@ def locked_run_dir(run_dir: Path, resume: bool, world: World, checkpoint_name: s
             if not resume and world.is_main:
                 check_holds_only_run_files(run_dir)
             if world.is_main:
-                for leftover in run_dir.glob(f".{checkpoint_name}.*.tmp"):  # from a process killed mid-write
-                    with contextlib.suppress(OSError):  # a read-only folder fails later, with a clear error
-                        leftover.unlink(missing_ok=True)
+                for name in (checkpoint_name, BEST_NAME, CSV_NAME, JSONL_NAME):
+                    for leftover in run_dir.glob(f".{name}.*.tmp"):  # from a process killed mid-write
+                        with contextlib.suppress(OSError):  # a read-only folder fails later, with a clear error
+                            leftover.unlink(missing_ok=True)
             stop = StopRequest()
             with stop_on_signals(stop):
                 yield stop
@@ -435,8 +462,10 @@ def locked_run_dir(run_dir: Path, resume: bool, world: World, checkpoint_name: s
         raise
 
 
-#: What a run writes in its directory besides the checkpoint: TensorBoard events, the lock, temporary files.
-_RUN_FILE = re.compile(rf"events\.out\.tfevents\..+|{re.escape(LOCK_NAME)}|\..+\.tmp")
+#: What a run writes in its directory besides the checkpoint: TensorBoard events, the lock, temporary files, the CSV and
+#: JSON-lines logs (``log_to``) and the best checkpoint (:class:`meta_rl.callbacks.SaveBestCheckpoint`).
+_RUN_FILE = re.compile("|".join([r"events\.out\.tfevents\..+", r"\..+\.tmp",
+                                 *(re.escape(n) for n in (LOCK_NAME, CSV_NAME, JSONL_NAME, BEST_NAME))]))
 
 #: Keys every saved config has: a training run's (``meta-rl train``) and a baseline run's (``meta-rl baseline``).
 _RUN_CONFIG_KEYS = ({"env_id", "seed", "num_envs"}, {"kind", "meta_batch", "dataset"})
@@ -475,8 +504,9 @@ def check_holds_only_run_files(run_dir: Path) -> None:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise ConfigError(
             f"run directory {run_dir} holds files a meta-rl run did not write ({shown}); a run writes "
-            f"{CONFIG_NAME}, {CHECKPOINT_NAME} and TensorBoard events there and would overwrite files of the same "
-            f"names. Choose an empty or new --run-dir (e.g. {run_dir / 'runs' / 'run1'})."
+            f"{CONFIG_NAME}, {CHECKPOINT_NAME}, {BEST_NAME}, TensorBoard events, {CSV_NAME} and {JSONL_NAME} "
+            f"there and would overwrite files of the same names. Choose an empty or new --run-dir (e.g. "
+            f"{run_dir / 'runs' / 'run1'})."
         )
 
 
@@ -573,6 +603,13 @@ class EventWriter:
                 kept=f"the last checkpoint {ckpt} is intact" if ckpt.is_file() else "no checkpoint was written yet",
                 then=f"resume with {self._resume} {self._run_dir}" if ckpt.is_file() else "start again",
             ) from exc
+
+    def add_hparams_linked(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        """The HParams tab's entry: ``hparams`` beside ``metrics``, whose names are tags already logged, so the tab
+        reads their curves (SummaryWriter.add_hparams would copy the values to a second run and group)."""
+        file_writer = self._guard(self._writer._get_file_writer)
+        for summary in hparams_summary(hparams, metrics):
+            self._guard(lambda summary=summary: file_writer.add_summary(summary, step))
 
     def close(self) -> None:
         try:

@@ -1,19 +1,20 @@
 """Metrics averaged over updates on the device and written to every writer at ``dump`` (SB3's Logger, batched).
 
 ``record_mean`` adds a device tensor to a running sum without a host read; ``dump`` averages,
-reduces over ranks where there are several, and writes each mean to every writer. A rank that
-does not log simply has no writers.
+reduces over ranks where there are several, and writes the means as one row to every writer
+(:mod:`meta_rl.metric_writers`: TensorBoard, CSV, JSON lines, stdout). A rank that does not log
+simply has no writers.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 
 from meta_rl.distributed import World
 from meta_rl.evaluation import MAX_INSTANCE, accuracy_by_instance
+from meta_rl.metric_writers import MetricWriter
 
 __all__ = ["INSTANCE_GROUP", "MetricLogger"]
 
@@ -26,14 +27,14 @@ class MetricLogger:
     """Running means of per-update metrics and accuracy by instance, dumped to ``writers``.
 
     Args:
-        writers: objects with ``add_scalar(tag, value, step)`` (TensorBoard's SummaryWriter); none on ranks that
+        writers: :class:`~meta_rl.metric_writers.MetricWriter` s, each given a dump as one row; none on ranks that
             do not log.
         world: the ranks whose values :meth:`dump` averages.
         device: where the running sums live.
         start_step: the env step the run starts from (for the first steps-per-second figure).
     """
 
-    def __init__(self, writers: list[Any], world: World, device: torch.device, start_step: int) -> None:
+    def __init__(self, writers: list[MetricWriter], world: World, device: torch.device, start_step: int) -> None:
         self.writers, self.world, self.device = writers, world, device
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0  # updates in the sums (skipped ones are left out)
@@ -58,16 +59,17 @@ class MetricLogger:
         self._hits += h.sum(0)
         self._counts += c.sum(0)
 
-    def write(self, tag: str, value: Any, step: int) -> None:
+    def write(self, values: dict[str, float], step: int) -> None:
+        """One row of figures (a dump, or a held-out evaluation's) to every writer."""
         for writer in self.writers:
-            writer.add_scalar(tag, value, step)
+            writer.write(values, step)
 
     def dump(self, step: int, extra: dict[str, float] | None = None) -> dict[str, float]:
         """Write the means since the last dump (over all ranks), accuracy, throughput and ``extra``; reset.
 
         Returns:
-            the means written, ``"charts/steps_per_second"``, and ``"charts/accuracy"`` over all instances where the
-            task has labels.
+            the row written: the means, ``extra``, ``"charts/steps_per_second"``, and where the task has labels
+            ``"charts/accuracy"`` over all instances and ``"charts_by_instance/accuracy_k"``.
         """
         now = time.monotonic()
         if self.world.enabled and self._sums:  # the mean over ranks of each rank's mean
@@ -78,19 +80,14 @@ class MetricLogger:
             self._hits.copy_(self.world.all_sum(self._hits))
             self._counts.copy_(self.world.all_sum(self._counts))
         means = {k: float(v) / self._count for k, v in self._sums.items()}
-        for key, mean in means.items():
-            self.write(key, mean, step)
-        for key, value in (extra or {}).items():
-            self.write(key, value, step)
-        accuracy = (self._hits / self._counts.clamp_min(1)).tolist()
-        for k, acc in enumerate(accuracy, start=1):
-            if self._counts[k - 1] > 0:
-                self.write(f"{INSTANCE_GROUP}/accuracy_{k}", acc, step)
+        means.update(extra or {})
+        accuracy, counts = (self._hits / self._counts.clamp_min(1)).tolist(), self._counts.tolist()
+        means.update({f"{INSTANCE_GROUP}/accuracy_{k}": acc
+                      for k, (acc, n) in enumerate(zip(accuracy, counts), start=1) if n > 0})
         means["charts/steps_per_second"] = (step - self._last_step) / max(now - self._last_time, 1e-9)
-        self.write("charts/steps_per_second", means["charts/steps_per_second"], step)
-        if bool(self._counts.sum() > 0):  # the accuracy over every instance, where the task has labels
+        if sum(counts) > 0:  # the accuracy over every instance, where the task has labels
             means["charts/accuracy"] = float(self._hits.sum() / self._counts.sum())
-            self.write("charts/accuracy", means["charts/accuracy"], step)
+        self.write(means, step)
         self.last_return = means.get("charts/return", self.last_return)
         self._hits.zero_()
         self._counts.zero_()

@@ -17,17 +17,17 @@ import dataclasses
 import json
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from gymnasium.vector import VectorEnv
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm.auto import tqdm
 
 from meta_rl.algorithms import Algorithm, make_algorithm
 from meta_rl.atomic import write_atomic
+from meta_rl.callbacks import Callback, RunView, check_callbacks, run_hook
 from meta_rl.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -66,6 +66,7 @@ from meta_rl.lifecycle import (
 )
 from meta_rl.logger import MetricLogger
 from meta_rl.memory_estimate import check_fits, check_threads, estimate_training_memory
+from meta_rl.metric_writers import MetricWriter, TensorBoardScalars, file_writers
 from meta_rl.nonfinite_guard import NonFiniteError, NonFiniteGuard, eager_by_default
 from meta_rl.policy import MetaPolicy
 from meta_rl.registry import import_plugin
@@ -95,7 +96,7 @@ EVAL_POINTS = 10
 
 # Keys that may differ between a run and its resumption: how long it runs, not what it learns.
 RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates", "step_timeout",
-                  "encoder_precision")
+                  "encoder_precision", "log_to")
 Collector = Callable[..., Rollout]  # meta_rl.rollout.collect's signature
 AlgorithmFactory = Callable[[TrainConfig], Algorithm]  # meta_rl.algorithms.make_algorithm's signature
 
@@ -217,7 +218,7 @@ def untrusted_modules(cfg: TrainConfig) -> list[str]:
 
 
 def load_run_config(run_dir: str | Path, *, env_module: str | None = None, model_module: str | None = None,
-                    flag: str = "--env-module") -> TrainConfig:
+                    flag: str = "--env-module", checkpoint_name: str = CHECKPOINT_NAME) -> TrainConfig:
     """The config a run directory's checkpoint was trained with, safe to build an env and a policy from.
 
     A checkpoint is data and must not decide what code runs: a plug-in module it names is imported
@@ -229,12 +230,13 @@ def load_run_config(run_dir: str | Path, *, env_module: str | None = None, model
         model_module: the module the user trusts for this run's core or encoder; replaces the saved one.
         flag: how the user names the env module, for the error message (the model module's is
             ``--model-module``).
+        checkpoint_name: the checkpoint file to read (``best.pt`` for the best evaluation's).
 
     Raises:
         CheckpointError: the checkpoint is missing or damaged.
         ConfigError: the run needs a module the user did not name.
     """
-    path = Path(run_dir) / CHECKPOINT_NAME
+    path = Path(run_dir) / checkpoint_name
     saved = load_checkpoint(path)["config"]
     named = {"env_module": env_module, "model_module": model_module}
     saved.update({k: v for k, v in named.items() if v is not None})
@@ -254,11 +256,15 @@ def load_run_config(run_dir: str | Path, *, env_module: str | None = None, model
 def train(
     cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
     collector: Collector = collect, algorithm: AlgorithmFactory = make_algorithm, eager_guard: bool | None = None,
+    callbacks: Sequence[Callback] | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` writing TensorBoard logs and checkpoints to ``run_dir``; returns final figures.
+    """Train ``cfg`` writing logs (``log_to``) and checkpoints to ``run_dir``; returns final figures.
 
     With ``resume`` the run continues from ``run_dir/checkpoint.pt``: parameters, optimizer,
     counters and RNG states, so on CPU it ends exactly where an uninterrupted run would.
+
+    ``callbacks`` (:class:`meta_rl.callbacks.Callback` instances) are called at the phase boundaries on rank 0; one
+    may end the run normally, and the result's ``"stopped_by"`` then names it (:mod:`meta_rl.callbacks`).
 
     Raises:
         ConfigError: a bad setting, or ``run_dir`` already holds a run (RunLockedError: one that is running).
@@ -266,11 +272,13 @@ def train(
             CheckpointWriteError: a checkpoint could not be written (e.g. disk full).
         TrainingInterrupted: SIGINT/SIGTERM stopped the run after checkpointing it.
         NonFiniteError: a loss, gradient or parameter became NaN or inf (nothing bad was saved).
+        TypeError: ``callbacks`` is not a list of callbacks; anything a callback raises fails the run as it is.
 
     ``collector``, ``algorithm`` and ``eager_guard`` replace the rollout collector, the algorithm and
     the NaN guard's mode (see :class:`Trainer`), e.g. to inject faults in tests.
     """
     cfg.validate()
+    callbacks = check_callbacks(callbacks)
     run_dir = Path(run_dir)
     # Under torchrun (WORLD_SIZE > 1) join the process group. Every rank makes the same read-only
     # checks of run_dir, so a bad invocation fails on all ranks alike; only rank 0 holds the lock
@@ -280,7 +288,7 @@ def train(
     try:
         with locked_run_dir(run_dir, resume, world) as stop:
             trainer = Trainer(cfg, run_dir, resume=resume, stop=stop, world=world, device=device, progress=progress,
-                              collector=collector, algorithm=algorithm, eager_guard=eager_guard)
+                              collector=collector, algorithm=algorithm, eager_guard=eager_guard, callbacks=callbacks)
             result = trainer.learn()
     except BaseException:
         teardown(owns_group)
@@ -305,12 +313,13 @@ class Trainer:
         collector: gathers a rollout (:func:`meta_rl.rollout.collect`'s signature).
         algorithm: builds the algorithm from the config (:func:`meta_rl.algorithms.make_algorithm`).
         eager_guard: read the NaN verdict every update (default: on the CPU or when skipping).
+        callbacks: :class:`~meta_rl.callbacks.Callback` s, called at the phase boundaries (rank 0 only).
     """
 
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, *, resume: bool, stop: StopRequest, world: World, device: torch.device,
         progress: bool = False, collector: Collector = collect, algorithm: AlgorithmFactory = make_algorithm,
-        eager_guard: bool | None = None,
+        eager_guard: bool | None = None, callbacks: Sequence[Callback] = (),
     ) -> None:
         self.cfg, self.run_dir, self.resume, self.world, self.device = cfg, run_dir, resume, world, device
         self.progress, self.collector, self.make_algorithm = progress, collector, algorithm
@@ -327,6 +336,11 @@ class Trainer:
         self.evaluated_at: int | None = None  # env step of the last held-out evaluation
         self.final: dict[str, float] = {}
         self.last_rollout: Rollout | None = None
+        self.callbacks = list(callbacks) if world.is_main else []  # rank 0 alone calls them
+        self.view = RunView(self)
+        self.logged_means: dict[str, float] = {}  # the latest log's figures, for callbacks
+        self.logged_at: int | None = None
+        self.finishing = False  # the final evaluation and checkpoint: a callback's stop has nothing left to stop
 
     # --- set-up phases --------------------------------------------------------------------
     def init_envs(self) -> None:
@@ -402,23 +416,28 @@ class Trainer:
         self.first_update = self.update
 
     def init_logging(self) -> None:
-        """config.json and TensorBoard on rank 0 (the only rank that writes to run_dir), and the held-out env.
+        """config.json and the writers ``log_to`` names on rank 0 (the only rank that writes to run_dir), and the
+        held-out env.
 
         purge_step: TensorBoard hides every event from an earlier attempt at a step >= purge_step. A
         resumed run keeps what was logged up to its checkpoint (steps <= env_steps) and drops what a
         killed process logged after it; a fresh run drops anything left by an attempt that never
-        checkpointed.
+        checkpointed. ``progress.csv`` and ``progress.jsonl`` drop those rows likewise.
         """
         cfg = self.cfg
-        self.writer: Any = NullWriter()
+        self.writer: Any = NullWriter()  # TensorBoard's figures, images, text and hparams
+        writers: list[MetricWriter] = []  # every row of scalars
         if self.world.is_main:
             write_atomic(self.run_dir / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2).encode(), what="config")
-            after_existing_event_files(self.run_dir)
-            self.writer = EventWriter(self.run_dir, purge_step=self.env_steps + 1 if self.resume else 0)
-            if not self.resume:
-                self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```\n", 0)
-        self.metrics = MetricLogger([self.writer] if self.world.is_main else [], self.world, self.device,
-                                    self.env_steps)
+            # The log files first: one that cannot be resumed (ConfigError) then leaves no event writer open.
+            writers += file_writers(cfg.log_to, self.run_dir, self.env_steps if self.resume else None)
+            if "tensorboard" in cfg.log_to:
+                after_existing_event_files(self.run_dir)
+                self.writer = EventWriter(self.run_dir, purge_step=self.env_steps + 1 if self.resume else 0)
+                writers.append(TensorBoardScalars(self.writer))
+                if not self.resume:
+                    self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```\n", 0)
+        self.metrics = MetricLogger(writers, self.world, self.device, self.env_steps)
         if self.eval_envs:
             self.heldout_env = make_vec_env(cfg, cfg.heldout_split, self.eval_envs, self.device)
         # A bar where someone watches (a terminal); otherwise (--no-progress, a log file) one line per log.
@@ -456,6 +475,7 @@ class Trainer:
         self.guard.check_deferred()
         extra = {"faults/skipped_updates": float(self.guard.skipped)} if self.cfg.skip_nonfinite_updates else None
         means = self.metrics.dump(self.env_steps, extra)
+        self.logged_means, self.logged_at = means, self.env_steps
         shown = {"return": means.get("charts/return")}
         if "charts/accuracy" in means:  # accuracy only where the task has labels to be right about
             shown["accuracy"] = means["charts/accuracy"]
@@ -501,8 +521,7 @@ class Trainer:
             return False
         self.final = res.scalars()  # accuracy by instance, or return per trial and by episode
         if log:
-            for key, value in self.final.items():
-                self.writer.add_scalar(key, value, self.env_steps)
+            self.metrics.write(self.final, self.env_steps)
             if isinstance(res, EvalResult):
                 curves: dict[str, tuple[list[float], list[float]]] = {"held-out": (res.accuracy_by_instance, res.ci95)}
                 if res.request_rate_by_instance is not None and res.request_ci95 is not None:
@@ -514,18 +533,25 @@ class Trainer:
             if self.last_rollout is not None:
                 _log_strip(self.writer, self.last_rollout, self.env_steps)
         self.evaluated_at = self.env_steps
+        self.notify("on_eval")
         return True
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, path: Path | None = None) -> None:
         """Check, gather and write the run's state (rank 0 writes; every rank calls it at the same updates).
 
         The checks and gathers are collective or agree by construction (identical parameters,
         all-reduced finite flags).
+
+        Args:
+            path: instead, a copy there (``best.pt``) with the latest held-out figures, written by rank 0 alone from
+                its own state (no collective: callbacks run on rank 0); the run's checkpoint is untouched.
         """
+        copy = path is not None
         self.guard.check_parameters(self.update)
-        self.world.average_float_buffers(self.policy)  # BatchNorm statistics, the only per-rank state in the policy
-        rng_by_rank = self.world.gather(self.generator.get_state())
-        digests = self.world.gather(param_digest(self.policy)) if self.world.enabled else []
+        if not copy:
+            self.world.average_float_buffers(self.policy)  # BatchNorm statistics, the only per-rank state in the policy
+        rng_by_rank = [self.generator.get_state()] if copy else self.world.gather(self.generator.get_state())
+        digests = self.world.gather(param_digest(self.policy)) if self.world.enabled and not copy else []
         if self.world.is_main:
             if len(set(digests)) > 1:
                 print(f"meta-rl: warning: parameters differ between ranks at update {self.update}: {digests}",
@@ -546,11 +572,23 @@ class Trainer:
                 payload["dataset"] = dataset
             if self.cfg.skip_nonfinite_updates:
                 payload["faults"] = {"skipped_updates": self.guard.skipped}
-            if self.world.enabled:
+            if self.world.enabled and not copy:
                 payload["rng"]["actions_by_rank"] = rng_by_rank
                 payload["distributed"] = {"world_size": self.world.size, "param_digests": digests}
-            save_checkpoint(self.ckpt_path, payload)
-        self.saved_update = self.update
+            if copy:
+                payload["evaluation"] = dict(self.final)
+            save_checkpoint(path or self.ckpt_path, payload)
+        if not copy:
+            self.saved_update = self.update
+
+    def notify(self, hook: str) -> None:
+        """Call ``hook`` of every callback (:func:`~meta_rl.callbacks.run_hook`); one that returns False asks the run
+        to end normally (:meth:`StopPolicy.ask`), except during the final evaluation and checkpoint."""
+        if not self.callbacks:
+            return
+        stopper = run_hook(self.callbacks, hook, self.view)
+        if stopper is not None and not self.finishing:
+            self.stopping.ask(repr(stopper))
 
     def interrupted(self, signum: int) -> TrainingInterrupted:
         return TrainingInterrupted(signum, self.run_dir, self.update, self.env_steps)
@@ -564,6 +602,7 @@ class Trainer:
         to do evaluates without logging again.
         """
         trained = self.update > self.first_update
+        self.finishing = True
         if self.heldout_env is not None and self.evaluated_at != self.env_steps:
             self.evaluate_val(log=trained, final=True)
         if trained and self.world.is_main:
@@ -572,11 +611,10 @@ class Trainer:
             # The metrics name curves already logged (eval/..., or charts/return without a held-out evaluation): the
             # HParams tab reads their values from there, with no copy of them under another tag.
             metrics = dict(self.final) or {"charts/return": self.metrics.last_return}
-            file_writer = self.writer._get_file_writer()
-            for summary in hparams_summary(hparams, metrics):
-                file_writer.add_summary(summary, self.env_steps)
+            self.writer.add_hparams_linked(hparams, metrics, self.env_steps)
         self.writer.flush()
         self.save_checkpoint()
+        self.notify("on_checkpoint")
         if self.stopping.request.signum is not None:  # during the final evaluation: the run is complete and saved
             raise self.interrupted(self.stopping.request.signum)
 
@@ -590,29 +628,34 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------
     def loop(self) -> None:
-        """Updates until the budget, the time limit or a signal: collect, train, log, evaluate, checkpoint."""
+        """Updates until the budget, the time limit, a signal or a callback: collect, train, log, evaluate,
+        checkpoint (with the callbacks' hooks between)."""
         cfg = self.cfg
         while self.env_steps < cfg.total_env_steps and self.stopping.before_update():
             ro = self.collect_or_keep_the_last_update()
+            self.notify("on_rollout_end")
             self.phase("updating the policy")
             self.train_step(ro)
             if self.update % cfg.log_every == 0 or self.log_cadence.due():
                 self.log()
+            self.notify("on_update")
             self.stopping.agree(self.device)
             if self.stopping.signum is not None:
                 break  # the safe point: this update is complete; checkpoint below, skip the evaluation
             # One process leaves after a cut-short evaluation (checkpoint below); several ranks go
             # on to the collective checkpoint and leave together after the next agree().
-            if self.stopping.over_time() and not self.world.enabled:
-                break  # out of time: the final evaluation follows, with its own allowance
+            if self.stopping.ends_training():
+                break  # out of time or a callback's stop: the final evaluation follows (out of time: its allowance)
             self.phase("evaluating on held-out tasks")
             if (self.heldout_env is not None
                     and (self.update % cfg.eval_every == 0 or self.eval_cadence.due())
                     and not self.evaluate_val() and not self.world.enabled):
                 break
-            if self.update % cfg.checkpoint_every == 0 and self.env_steps < cfg.total_env_steps:
+            last = self.env_steps >= cfg.total_env_steps or self.stopping.asked  # its checkpoint is finish()'s
+            if self.update % cfg.checkpoint_every == 0 and not last:
                 self.phase("writing a checkpoint")
                 self.save_checkpoint()
+                self.notify("on_checkpoint")
 
     def phase(self, doing: str) -> None:
         """What the run does now, for the notice of a first SIGINT/SIGTERM."""
@@ -670,10 +713,12 @@ class Trainer:
         self.restore()
         self.init_logging()
         self.policy.train()
-        self.stopping.start()  # max_minutes counts from here, after the set-up
-        self.log_cadence, self.eval_cadence = self.stopping.cadence(LOG_POINTS), self.stopping.cadence(EVAL_POINTS)
-        self.metrics.start_clock()
         try:
+            self.notify("on_training_start")
+            self.stopping.start()  # max_minutes counts from here, after the set-up
+            self.log_cadence, self.eval_cadence = (self.stopping.cadence(LOG_POINTS),
+                                                   self.stopping.cadence(EVAL_POINTS))
+            self.metrics.start_clock()
             with self.watch_env_calls():
                 self.loop()
                 self.bar.close()
@@ -682,6 +727,7 @@ class Trainer:
                     raise self.interrupted(self.stopping.signum)
                 self.phase("the final evaluation and checkpoint")
                 self.finish()
+                self.notify("on_training_end")
         except EnvStepTimeout:
             self.abandon_envs()
             self.close(failing=True)
@@ -700,6 +746,8 @@ class Trainer:
                                   "minutes": self.stopping.minutes()}
         if cfg.skip_nonfinite_updates:
             result["skipped_updates"] = self.guard.skipped
+        if self.stopping.asked:
+            result["stopped_by"] = self.stopping.asked_by or "a callback on rank 0"
         return {**result, **self.final}
 
 

@@ -37,7 +37,7 @@ from meta_rl.config import ConfigError, TrainConfig, parse_overrides, resolve_de
 from meta_rl.env_contract import check_same_dataset, task_length
 from meta_rl.env_factory import make_vec_env
 from meta_rl.evaluation import HeldOutResult, evaluate_task
-from meta_rl.lifecycle import CHECKPOINT_NAME
+from meta_rl.lifecycle import BEST_NAME, CHECKPOINT_NAME
 from meta_rl.policy import MetaPolicy
 from meta_rl.spaces import space_from_dict
 from meta_rl.train import load_run_config, policy_for_spaces
@@ -47,6 +47,9 @@ __all__ = ["TrainedAgent", "load"]
 #: What an evaluation may change: the run's task, and where and in what arithmetic the policy computes;
 #: everything else describes the policy it trained.
 TASK_KEYS = ("env_id", "env_module", "env_kwargs", "heldout_split", "train_split", "device", "encoder_precision")
+#: The checkpoints of a run :func:`load` reads: the last one (what ``--resume`` continues) and the best held-out
+#: evaluation's (written by :class:`meta_rl.callbacks.SaveBestCheckpoint`).
+CHECKPOINTS = {"last": CHECKPOINT_NAME, "best": BEST_NAME}
 
 
 @dataclass
@@ -162,7 +165,8 @@ def check_task_length(agent: TrainedAgent, env: VectorEnv) -> None:
 
 
 def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_module: str | None = None,
-         model_module: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainedAgent:
+         model_module: str | None = None, overrides: list[str] | dict[str, Any] | None = None,
+         checkpoint: str = "last") -> TrainedAgent:
     """The trained agent in ``run_dir`` (written by ``meta-rl train``), ready to act on ``device``.
 
     Args:
@@ -173,13 +177,23 @@ def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_m
         model_module: the module that registers the run's own core or encoder, if it has one (likewise).
         overrides: changes to the task (``["env_kwargs.dataset=fashion_mnist"]`` or a dict); the keys the
             policy's architecture depends on cannot change.
+        checkpoint: ``"last"`` (``checkpoint.pt``) or ``"best"`` (``best.pt``: the best held-out evaluation's, which
+            :class:`~meta_rl.callbacks.SaveBestCheckpoint` writes).
 
     Raises:
         CheckpointError: no readable checkpoint in ``run_dir``, or its weights do not fit the task.
-        ConfigError: a bad device or override, or a plug-in module not named.
+        ConfigError: a bad device, override or ``checkpoint``, or a plug-in module not named.
     """
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir, env_module=env_module, model_module=model_module)
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint = {checkpoint!r}; use 'last' ({CHECKPOINT_NAME}, the run's latest) or 'best' "
+                          f"({BEST_NAME}, the best held-out evaluation's, written by SaveBestCheckpoint).")
+    path = run_dir / CHECKPOINTS[checkpoint]
+    if checkpoint == "best" and not path.exists() and (run_dir / CHECKPOINT_NAME).is_file():
+        raise CheckpointError(f"run {run_dir} has no {BEST_NAME}: a run writes it when trained with the "
+                              "SaveBestCheckpoint callback (meta_rl.train.train(..., callbacks=[SaveBestCheckpoint()]))"
+                              f"; load its last checkpoint with checkpoint='last'.")
+    cfg = load_run_config(run_dir, env_module=env_module, model_module=model_module, checkpoint_name=path.name)
     over = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
     fixed = sorted(set(over) - set(TASK_KEYS))
     if fixed:
@@ -193,7 +207,6 @@ def load(run_dir: str | Path, device: str | torch.device | None = None, *, env_m
             over["env_kwargs"] = {**data["env_kwargs"], **over["env_kwargs"]}
         cfg = TrainConfig.from_dict({**data, **over}, source="the evaluation overrides")
     torch_device = resolve_device(str(device) if device is not None else cfg.device)
-    path = run_dir / CHECKPOINT_NAME
     ckpt = load_checkpoint(path, map_location=torch_device)
     read_counters(ckpt, path)
     recorded = ckpt.get("spaces")
