@@ -169,8 +169,12 @@ class WorkerPoolVectorEnv(VectorEnv):
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env with its row of ``actions``; an env whose episode ended is reset in the same step."""
-        items = list(iterate(self.action_space, actions))
-        replies = self._gather("step", [items[start:stop] for start, stop in self.shares])
+        if isinstance(actions, np.ndarray):  # Discrete and Box actions: each worker gets its rows, iterated there
+            payloads = [actions[start:stop] for start, stop in self.shares]
+        else:
+            items = list(iterate(self.action_space, actions))
+            payloads = [items[start:stop] for start, stop in self.shares]
+        replies = self._gather("step", payloads)
         obs, rewards, terminated, truncated, infos = zip(*replies)
         return (self._join_obs(list(obs)), np.concatenate(rewards), np.concatenate(terminated),
                 np.concatenate(truncated), self._infos(list(infos)))
@@ -323,6 +327,7 @@ class _Share:
                                    f"env {self.start} has {first.observation_space}, {first.action_space}: every env "
                                    "must have the same observation and action spaces.")
         self.space = first.observation_space
+        self.actions = batch_space(first.action_space, len(self.envs))
         return first.observation_space, first.action_space
 
     def run(self, command: str, data: Any) -> Any:
@@ -341,7 +346,10 @@ class _Share:
             infos.append((None, info))
         return self._batch(obs), infos
 
-    def step(self, actions: list[Any]) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, list[Any]]:
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, list[Any]]:
+        """``actions``: the share's rows of the batched actions (as ``SyncVectorEnv`` iterates them), or a list."""
+        if isinstance(actions, np.ndarray):
+            actions = iterate(self.actions, actions)
         n = len(self.envs)
         rewards, terminated, truncated = np.zeros(n), np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_)
         obs, infos = [], []

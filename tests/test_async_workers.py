@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from experiment_scripts import import_script
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
@@ -406,3 +407,47 @@ def test_register_gym_task_takes_num_workers() -> None:
     env = gym.make_vec("workers/Flicker-v0", num_envs=3, vectorization_mode="vector_entry_point")
     assert env.num_workers == 2  # type: ignore[attr-defined]
     env.close()
+
+
+def make_pendulum() -> gym.Env:
+    return gym.make("Pendulum-v1")
+
+
+def sample_pendulum(env: gym.Env, rng: np.random.Generator) -> None:
+    env.unwrapped.m = rng.uniform(0.5, 2.0)  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("no_children_left")
+def test_box_actions_step_alike_in_workers() -> None:
+    """Box actions go to the workers as row slices: the same trajectories as sync, clipping included."""
+    actions = torch.as_tensor(np.random.default_rng(2).uniform(-3, 3, (12, 3, 1)), dtype=torch.float32)
+
+    def run(vectorization: str, **kw: Any) -> list[torch.Tensor]:
+        env = GymTaskVectorEnv(make_pendulum, sample_pendulum, 3, 2, 4, vectorization, **kw)
+        out = [env.reset(seed=5)[0]]
+        for a in actions:
+            obs, reward, *_ = env.step(a)
+            out += [obs, reward]
+        env.close()
+        return out
+
+    assert all(torch.equal(a, b) for a, b in zip(run("sync"), run("async", num_workers=2)))
+
+
+# --- experiments/bench.py plugin --------------------------------------------------------------------------------------
+def test_bench_plugin_times_sync_and_each_worker_count(capsys: pytest.CaptureFixture[str]) -> None:
+    """Tiny sizes: every mode is timed raw and in the collect loop, with the spread over the rounds; a worker count
+    above B is timed as B; the table has a row per mode. No speed is asserted."""
+    bench = import_script("bench")
+    bench.main(["plugin", "--json", "--num-envs", "3", "--workers", "5", "--seconds", "0.01", "--warmup", "0",
+                "--repeats", "2", "--hidden", "8", "--threads", "1"])
+    out = json.loads(capsys.readouterr().out)
+    assert [(r["vectorization"], r["workers"]) for r in out["rows"]] == [("sync", 0), ("async", 3)]
+    for row in out["rows"]:
+        for key in ("env_steps_per_s", "collect_steps_per_s"):
+            assert row[key]["n"] == 2 and 0 < row[key]["min"] <= row[key]["median"] <= row[key]["max"]
+    table = bench.format_plugin_table(out).splitlines()
+    assert table[1].startswith("sync ") and "x1.00" in table[1] and table[2].startswith("async, 3 workers")
+    assert table[-1].startswith("B = 3, 2 rounds")
+    assert bench.plugin_modes(64, [1, 2, 0]) == [("sync", 0), ("async", 1), ("async", 2)] + (
+        [("async", min(os.cpu_count() or 1, 64))] if (os.cpu_count() or 1) > 2 else [])
