@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -380,6 +381,7 @@ def test_env_kwargs_set_async_and_the_worker_count() -> None:
             make_vec_env(load_config(None, [*ARGS, *extra]), "train", 3, torch.device("cpu"))
 
 
+@pytest.mark.usefixtures("no_children_left")
 def test_meta_rl_train_runs_a_plugin_in_workers_and_refuses_workers_for_sync(
         plugin: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     built: list[tuple[int, int]] = []
@@ -407,6 +409,34 @@ def test_register_gym_task_takes_num_workers() -> None:
     env = gym.make_vec("workers/Flicker-v0", num_envs=3, vectorization_mode="vector_entry_point")
     assert env.num_workers == 2  # type: ignore[attr-defined]
     env.close()
+
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.mark.usefixtures("no_children_left")
+def test_the_readme_command_trains_the_bandit_plugin_in_two_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's command, as written, at a tiny size (appended overrides): its envs run in 2 workers."""
+    after = README[README.index("**Worker processes.**"):]
+    line = after[after.index("```bash\n") + 8:after.index("```", after.index("```bash\n") + 8)].strip()
+    env_var, exe, *args = shlex.split(line)
+    assert env_var == "PYTHONPATH=experiments" and exe == "meta-rl" and args[:3] == ["train", "--run-dir",
+                                                                                       "runs/bandit-async"]
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    monkeypatch.chdir(tmp_path)
+    built: list[tuple[int, int]] = []
+
+    def spy(cfg: Any, split: str, num_envs: int, device: torch.device) -> Any:
+        env = make_vec_env(cfg, split, num_envs, device)
+        built.append((num_envs, env.num_workers))
+        return env
+
+    monkeypatch.setattr(train_module, "make_vec_env", spy)
+    assert main([*args, "num_envs=3", "hidden=8", "total_env_steps=300", "eval_every=0", "torch_threads=1",
+                 "--no-progress"]) == 0
+    assert built[:2] == [(1, 1), (3, 2)] and (tmp_path / "runs" / "bandit-async" / "checkpoint.pt").is_file()
 
 
 def make_pendulum() -> gym.Env:
