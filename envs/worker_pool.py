@@ -126,7 +126,7 @@ class WorkerPoolVectorEnv(VectorEnv):
         self.shares = shares(self.num_envs, self.num_workers)
         self.close_timeout = close_timeout
         payloads = [_pickled(list(env_fns[start:stop]), start) for start, stop in self.shares]
-        ctx = get_context(context)
+        ctx: Any = get_context(context)  # typeshed's BaseContext lacks Process
         self._conns: list[Connection] = []
         self._processes: list[Any] = []
         self._broken = ""  # why the workers' replies cannot be trusted (a call left early, a worker gone)
@@ -169,6 +169,7 @@ class WorkerPoolVectorEnv(VectorEnv):
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env with its row of ``actions``; an env whose episode ended is reset in the same step."""
+        payloads: list[Any]
         if isinstance(actions, np.ndarray):  # Discrete and Box actions: each worker gets its rows, iterated there
             payloads = [actions[start:stop] for start, stop in self.shares]
         else:
@@ -202,7 +203,8 @@ class WorkerPoolVectorEnv(VectorEnv):
 
     def __del__(self) -> None:
         if getattr(self, "_processes", None) and not getattr(self, "closed", True):
-            self.close(terminate=True)
+            with contextlib.suppress(Exception):  # at interpreter exit, modules may already be gone
+                self.close(terminate=True)
 
     # --- talking to the workers -----------------------------------------------------------
     def _gather(self, command: str, payloads: list[Any]) -> list[Any]:
@@ -233,7 +235,7 @@ class WorkerPoolVectorEnv(VectorEnv):
 
     def _receive(self, w: int, command: str) -> tuple[str, Any]:
         try:
-            return self._conns[w].recv()  # type: ignore[no-any-return]
+            return self._conns[w].recv()
         except (EOFError, ConnectionError) as exc:
             raise self._gone(w, command) from exc
 
@@ -258,7 +260,7 @@ class WorkerPoolVectorEnv(VectorEnv):
             exc = RuntimeError(f"{kind}: {message}")
         if hasattr(exc, "add_note"):  # Python 3.11+
             exc.add_note(f"Raised by env {index} in env worker {w} (pid {self._processes[w].pid}); there:\n{trace}")
-        return exc  # type: ignore[no-any-return]
+        return exc
 
     # --- assembling the batch ---------------------------------------------------------------
     def _join_obs(self, parts: list[Any]) -> Any:
@@ -299,7 +301,7 @@ def _stop(process: Any, wait: float) -> None:
 
 def _pickled(env_fns: list[Callable[[], gym.Env]], start: int) -> bytes:
     try:
-        return cloudpickle.dumps(env_fns)  # type: ignore[no-any-return]
+        return cloudpickle.dumps(env_fns)
     except Exception as exc:
         raise TypeError(
             f"vectorization='async' runs the envs in worker processes, so what builds env {start} must be picklable, "
@@ -378,7 +380,8 @@ class _Share:
                 env.close()
 
     def _batch(self, obs: list[Any]) -> Any:
-        return concatenate(self.space, obs, create_empty_array(self.space, len(obs)))
+        out: Any = create_empty_array(self.space, len(obs))
+        return concatenate(self.space, obs, out)
 
 
 def _failure(exc: BaseException, index: int, worker: int) -> tuple[int, int, bytes | None, str, str, str]:
@@ -394,6 +397,7 @@ def _failure(exc: BaseException, index: int, worker: int) -> tuple[int, int, byt
 def _work(conn: Connection, payload: bytes, start: int, worker: int) -> None:
     """A worker process: build its envs, report their spaces, then serve calls until ``close`` or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the main process decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # terminate() ends it, whatever handler a fork inherited
     share = _Share(start)
     try:
         conn.send(("ok", share.build(payload)))
