@@ -1,7 +1,7 @@
 """Plug any Gymnasium env into the meta-RL trainer: a task sampler plus trials of several episodes.
 
 :class:`GymTaskVectorEnv` runs ``num_envs`` copies of an ordinary ``gymnasium.Env`` (through
-``gymnasium.vector.SyncVectorEnv`` or W worker processes, :mod:`meta_rl.envs.worker_pool`) and makes them look like the
+``gymnasium.vector.SyncVectorEnv`` or worker processes, :mod:`meta_rl.envs.worker_pool`) and makes them look like the
 torch-native vector envs of :mod:`meta_rl.envs`: tensors on a device, ``SAME_STEP`` autoreset,
 and one *task* per trial of ``episodes_per_trial`` episodes. :func:`register_gym_task` gives it
 a gymnasium id, so ``meta-rl train env_module=<your module> env_id=<your id>`` trains on it.

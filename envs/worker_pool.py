@@ -14,7 +14,8 @@ Guarantees:
 - *Errors* raised by an env in a worker reach the caller as the same exception with the env's
   message (rebuilt from its pickle; where it cannot be, a ``RuntimeError`` with its type and message),
   with a note naming the global env index, the worker and the worker's traceback. Where envs of several
-  workers fail in one call, the lowest env index wins, as in ``SyncVectorEnv``.
+  workers fail in one call, the lowest env index wins, as in ``SyncVectorEnv``; the workers stay up, but
+  (as in ``SyncVectorEnv``, where the envs after the failing one did not step) the envs are no longer in step.
 - *Interrupted calls*: a call the caller leaves early (a signal handler's exception such as the
   trainer's step watchdog, Ctrl-C) leaves the workers' replies unread; every later call is refused and
   ``close()`` terminates the workers instead of asking them to finish.
