@@ -1,7 +1,7 @@
 """Plug any Gymnasium env into the meta-RL trainer: a task sampler plus trials of several episodes.
 
 :class:`GymTaskVectorEnv` runs ``num_envs`` copies of an ordinary ``gymnasium.Env`` (through
-``gymnasium.vector.SyncVectorEnv`` or ``AsyncVectorEnv``) and makes them look like the
+``gymnasium.vector.SyncVectorEnv`` or worker processes, :mod:`meta_rl.envs.worker_pool`) and makes them look like the
 torch-native vector envs of :mod:`meta_rl.envs`: tensors on a device, ``SAME_STEP`` autoreset,
 and one *task* per trial of ``episodes_per_trial`` episodes. :func:`register_gym_task` gives it
 a gymnasium id, so ``meta-rl train env_module=<your module> env_id=<your id>`` trains on it.
@@ -25,12 +25,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
 from meta_rl.env_contract import EnvCheckError, MetaVectorEnv
 from meta_rl.envs.checker import check_finite_actions
 from meta_rl.envs.task_vector_env import SPLIT_STREAMS, check_split, env_device
+from meta_rl.envs.worker_pool import WorkerPoolVectorEnv, check_picklable, resolve_workers
 
 __all__ = ["GymTaskVectorEnv", "TaskTrialEnv", "register_gym_task"]
 
@@ -337,8 +338,10 @@ class GymTaskVectorEnv(MetaVectorEnv):
     them the env is reset but the task stays, so an agent that remembers what it learnt about the
     task does better in the later episodes. For the gymnasium API one trial is one episode: the
     trainer keeps the agent's memory across the inner episodes and clears it only when a new task
-    begins. The B envs run in a ``SyncVectorEnv`` (``vectorization="sync"``) or in worker
-    processes (``"async"``; then ``env_fn`` and ``task_sampler`` must be picklable, e.g. defined
+    begins. The B envs run in a ``SyncVectorEnv`` (``vectorization="sync"``) or in ``num_workers``
+    worker processes that each step their share of the envs in a loop (``"async"``,
+    :class:`~meta_rl.envs.worker_pool.WorkerPoolVectorEnv`: the same results as sync for the same
+    seeds and actions; then ``env_fn`` and ``task_sampler`` must be picklable, e.g. defined
     at module level); the trial logic (:class:`TaskTrialEnv`) runs next to each env, so the task
     sampler is called in the process that owns the env.
 
@@ -392,6 +395,8 @@ class GymTaskVectorEnv(MetaVectorEnv):
         split: ``"train"``, ``"val"`` or ``"test"``: separate task streams for the same seed.
         device: where the tensors live.
         env_id: the gymnasium id, for messages (:func:`register_gym_task` passes it).
+        num_workers: worker processes for ``vectorization="async"`` (default ``min(num_envs,
+            os.cpu_count())``; more than ``num_envs`` runs one per env); refused with ``"sync"``.
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
@@ -407,6 +412,7 @@ class GymTaskVectorEnv(MetaVectorEnv):
         split: str = "train",
         device: torch.device | str = "cpu",
         env_id: str | None = None,
+        num_workers: int | None = None,
     ) -> None:
         _check_positive("num_envs", num_envs)
         _check_positive("episodes_per_trial", episodes_per_trial)
@@ -414,6 +420,12 @@ class GymTaskVectorEnv(MetaVectorEnv):
             _check_positive("max_episode_steps", max_episode_steps)
         if vectorization not in ("sync", "async"):
             raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}.")
+        if vectorization == "sync" and num_workers is not None:
+            raise ValueError(f"num_workers={num_workers!r} does nothing with vectorization='sync' (the envs run in "
+                             "this process); set vectorization='async' to run them in worker processes, or drop "
+                             "num_workers.")
+        if vectorization == "async":
+            resolve_workers(num_workers, num_envs)  # its type and value, before anything is built
         check_split(split)
         if not callable(env_fn) or not callable(task_sampler):
             raise TypeError("env_fn and task_sampler must be callables: env_fn() -> gym.Env, task_sampler(env, rng).")
@@ -425,11 +437,14 @@ class GymTaskVectorEnv(MetaVectorEnv):
         make = functools.partial(_make_trial_env, env_fn, task_sampler, episodes_per_trial, max_episode_steps, split,
                                  env_id)
         fns = [functools.partial(make, index=i) for i in range(num_envs)]
-        self._vec: SyncVectorEnv | AsyncVectorEnv
+        self._vec: SyncVectorEnv | WorkerPoolVectorEnv
         if vectorization == "async":
-            self._vec = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+            check_picklable({"env_fn": env_fn, "task_sampler": task_sampler})
+            self._vec = WorkerPoolVectorEnv(fns, num_workers)
         else:
             self._vec = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        #: Worker processes running the envs (0: they run in this process).
+        self.num_workers = self._vec.num_workers if isinstance(self._vec, WorkerPoolVectorEnv) else 0
         self.num_envs = num_envs
         self.episodes_per_trial = episodes_per_trial
         self.max_episode_steps = int(max_episode_steps)
@@ -565,8 +580,11 @@ def register_gym_task(env_id: str, env_fn: EnvFn, task_sampler: TaskSampler, **d
     this, ``env_id``) builds it, and ``gymnasium.make(env_id)`` gives one trial env with numpy
     observations. For ``vectorization="async"`` define ``env_fn`` and ``task_sampler`` at module
     level. Registering the same id again replaces it.
+
+    ``num_workers`` is a default too, and a config's ``env_kwargs`` override any of them:
+    ``meta-rl train ... env_kwargs.vectorization=async env_kwargs.num_workers=2``.
     """
-    allowed = {"episodes_per_trial", "max_episode_steps", "vectorization", "split", "device"}
+    allowed = {"episodes_per_trial", "max_episode_steps", "vectorization", "num_workers", "split", "device"}
     unknown = sorted(set(defaults) - allowed)
     if unknown:
         raise TypeError(f"unknown defaults {unknown}; allowed are {sorted(allowed)}.")

@@ -12,6 +12,9 @@ Subcommands:
 * ``time-to-accuracy``: training seconds each of the two needs to reach 90% at the 2nd
   instance on held-out (val) tasks, capped at 10 minutes.
 * ``gpu``: env alone and end-to-end training steps per second on CUDA where present, else CPU.
+* ``plugin``: steps per second of a Python plug-in (:class:`NoisyImages`, a 30-step image task written
+  as a plain ``gymnasium.Env``) in ``GymTaskVectorEnv``, sync against async with 1, 2 and all cores'
+  worker processes, stepped raw with random actions and in the trainer's collect loop.
 
 Run ``python experiments/bench.py env --json`` for one JSON line, or without ``--json`` for a
 table. New subcommands register a parser in :func:`build_parser` and a ``bench_*`` function in
@@ -46,7 +49,9 @@ from meta_rl.data.synthetic import random_dataset
 from meta_rl.distributed import World
 from meta_rl.encoders import PRECISIONS, native_bfloat16
 from meta_rl.envs import FewShotEnv, FewShotVectorEnv
+from meta_rl.envs.gym_tasks import GymTaskVectorEnv
 from meta_rl.evaluation import evaluate
+from meta_rl.rollout import collect
 from meta_rl.train import build_policy, gradients, make_vec_env, optimize, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -513,6 +518,121 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+class NoisyImages(gym.Env):
+    """The ``plugin`` bench's task, a plain ``gymnasium.Env`` as a user would write one: each task draws
+    ``IMAGE_CLASSES`` random 28x28 prototype images; each of a trial's 30 steps shows one of them, shifted by up
+    to 2 pixels and noised, and pays 1 for naming its class."""
+
+    observation_space = gym.spaces.Box(0, 255, (1, 28, 28), np.uint8)
+    action_space = gym.spaces.Discrete(5)
+
+    def __init__(self) -> None:
+        self.prototypes = np.zeros((IMAGE_CLASSES, 28, 28), np.float32)
+        self.label = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return self._show(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        reward = float(int(action) == self.label)
+        return self._show(), reward, False, False, {}
+
+    def _show(self) -> np.ndarray:
+        self.label = int(self.np_random.integers(IMAGE_CLASSES))
+        shift = tuple(int(k) for k in self.np_random.integers(-2, 3, 2))
+        image = np.roll(self.prototypes[self.label], shift, (0, 1)) + self.np_random.normal(0.0, 20.0, (28, 28))
+        return np.clip(image, 0, 255).astype(np.uint8)[None]
+
+
+IMAGE_CLASSES = 5
+
+
+def make_noisy_images() -> gym.Env:
+    return NoisyImages()
+
+
+def sample_prototypes(env: gym.Env, rng: np.random.Generator) -> None:
+    """A new task: new prototype images."""
+    env.unwrapped.prototypes = rng.uniform(0, 255, (IMAGE_CLASSES, 28, 28)).astype(np.float32)  # type: ignore[attr-defined]
+
+
+def plugin_modes(num_envs: int, workers: list[int]) -> list[tuple[str, int]]:
+    """(vectorization, worker count) to time: sync, then async with each distinct count (at most ``num_envs``)."""
+    counts = sorted({min(w if w > 0 else (os.cpu_count() or 1), num_envs) for w in workers})
+    return [("sync", 0)] + [("async", w) for w in counts]
+
+
+def _plugin_env(mode: tuple[str, int], num_envs: int) -> GymTaskVectorEnv:
+    vectorization, workers = mode
+    return GymTaskVectorEnv(make_noisy_images, sample_prototypes, num_envs, episodes_per_trial=1, max_episode_steps=30,
+                            vectorization=vectorization, num_workers=workers or None)
+
+
+def _time_plugin(mode: tuple[str, int], args: argparse.Namespace) -> dict[str, float]:
+    """One round of ``mode``: raw steps/s with random actions, then (unless ``--no-collect``) the collect loop's."""
+    env = _plugin_env(mode, args.num_envs)
+    try:
+        env.reset(seed=args.seed)
+        actions = torch.as_tensor(np.random.default_rng(args.seed).integers(0, IMAGE_CLASSES,
+                                                                            (ACTION_POOL, args.num_envs)))
+        out = {"env": _time_steps(lambda i: env.step(actions[i % ACTION_POOL]), args.num_envs, args.seconds,
+                                  args.warmup, lambda: None)}
+        if args.collect:
+            cfg = TrainConfig(env_id="bench/NoisyImages", num_envs=args.num_envs, hidden=args.hidden, seed=args.seed,
+                              torch_threads=args.threads).validate()
+            torch.manual_seed(args.seed)
+            policy = build_policy(cfg, env, env.episode_length)
+            generator = torch.Generator().manual_seed(args.seed)
+            out["collect"] = _time_steps(lambda i: collect(env, policy, env.episode_length, generator, reset_seed=i),
+                                         args.num_envs * env.episode_length, args.seconds, args.warmup, lambda: None)
+    finally:
+        env.close()
+    return out
+
+
+def bench_plugin(args: argparse.Namespace) -> dict[str, Any]:
+    """Steps per second of a Python plug-in (:class:`NoisyImages`) in ``GymTaskVectorEnv``: sync against async
+    with each worker count of ``--workers``, B = ``--num-envs`` each, raw stepping (random actions) and the
+    trainer's collect loop (the default policy acting: encoder, core, heads; no update). The modes alternate for
+    ``--repeats`` rounds; each figure is the median with min and max over the rounds."""
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    modes = plugin_modes(args.num_envs, args.workers)
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {m: [] for m in modes}
+    for _ in range(args.repeats):
+        for mode in modes:
+            runs[mode].append(_time_plugin(mode, args))
+    rows = []
+    for (vectorization, workers), rounds in runs.items():
+        row: dict[str, Any] = {"vectorization": vectorization, "workers": workers}
+        for key in rounds[0]:
+            row[f"{key}_steps_per_s"] = spread([r[key] for r in rounds])
+        rows.append(row)
+    return {"rows": rows, "num_envs": args.num_envs, "episode_length": 30, "seconds_each": args.seconds,
+            "repeats": args.repeats, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "hidden": args.hidden, "torch": torch.__version__, "gymnasium": gym.__version__,
+            "python": platform.python_version()}
+
+
+def format_plugin_table(result: Mapping[str, Any]) -> str:
+    """The ``plugin`` result as a table: one row per mode, median [min, max] steps/s and the ratio to sync."""
+    keys = [k for k in ("env_steps_per_s", "collect_steps_per_s") if k in result["rows"][0]]
+    base = {k: result["rows"][0][k]["median"] for k in keys}
+    cores = result["cpu_count"]
+    lines = [f"{'mode':<30}" + "".join(f"{k.removesuffix('_per_s').replace('_', ' ') + '/s':>36}" for k in keys)]
+    for row in result["rows"]:
+        workers = row["workers"]
+        name = "sync" if not workers else f"async, {workers} worker{'s' if workers > 1 else ''}" + (
+            " (all cores)" if workers == cores else "")
+        cells = [f"{r['median']:,.0f} [{r['min']:,.0f}, {r['max']:,.0f}] x{r['median'] / base[k]:.2f}"
+                 for k, r in ((k, row[k]) for k in keys)]
+        lines.append(f"{name:<30}" + "".join(f"{c:>36}" for c in cells))
+    lines.append(f"B = {result['num_envs']}, {result['repeats']} rounds of {result['seconds_each']} s, median [min, "
+                 f"max]; x: the median over sync's; {cores} CPUs, torch threads {result['torch_threads']}")
+    return "\n".join(lines)
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """A readable two-column table of a result."""
     width = max(len(k) for k in result)
@@ -590,12 +710,28 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     gpu.add_argument("--seed", type=int, default=0)
     gpu.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    plug = sub.add_parser("plugin", help="a Python plug-in's steps per second: sync vs async worker processes")
+    plug.add_argument("--num-envs", type=int, default=64, help="parallel tasks B")
+    plug.add_argument("--workers", type=int, nargs="+", default=[1, 2, 0],
+                      help="async worker counts to time (0: os.cpu_count()); sync is always timed")
+    plug.add_argument("--seconds", type=float, default=5.0, help="timed seconds per mode, measure and round")
+    plug.add_argument("--warmup", type=float, default=1.0, help="untimed warm-up seconds before each")
+    plug.add_argument("--repeats", type=int, default=3, help="rounds over all modes (medians of these)")
+    plug.add_argument("--no-collect", dest="collect", action="store_false",
+                      help="time raw env stepping only, not the trainer's collect loop")
+    plug.add_argument("--hidden", type=int, default=128, help="the acting policy's core size (the default config's)")
+    plug.add_argument("--threads", type=int, default=1, help="torch threads of this process (0: torch's default)")
+    plug.add_argument("--seed", type=int, default=0)
+    plug.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     return parser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "env": bench_env, "train": bench_train, "time-to-accuracy": bench_time_to_accuracy, "gpu": bench_gpu,
+    "plugin": bench_plugin,
 }
+#: Tables for results that are not one value per key (default: :func:`format_table`).
+FORMATTERS: dict[str, Callable[[Mapping[str, Any]], str]] = {"plugin": format_plugin_table}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -604,7 +740,7 @@ def main(argv: list[str] | None = None) -> None:
     if getattr(args, "json", False):
         print(json.dumps(result), flush=True)
     else:
-        print(format_table(result), flush=True)
+        print(FORMATTERS.get(args.command, format_table)(result), flush=True)
 
 
 if __name__ == "__main__":

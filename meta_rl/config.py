@@ -211,7 +211,9 @@ class TaskConfig:
     env_module: str = "meta_rl.envs"
     """Module imported before ``gymnasium.make_vec`` so that it registers ``env_id`` (your plug-in)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the env constructor (e.g. ``{n_way = 20}``)."""
+    """Keyword arguments for the env constructor (e.g. ``{n_way = 20}``); a key the env does not take is refused. A
+    ``register_gym_task`` plug-in takes ``episodes_per_trial``, ``max_episode_steps``, ``vectorization`` (``async``:
+    its envs in worker processes) and ``num_workers`` (default: one per CPU core)."""
     num_envs: int = 64
     """Tasks run in parallel (B)."""
     rollout_steps: int = 0

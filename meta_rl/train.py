@@ -354,18 +354,21 @@ class Trainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         probe = make_vec_env(cfg, cfg.train_split, 1, self.device)
-        self.steps = cfg.rollout_steps or task_length(probe)
-        if self.steps < 1:
-            raise ConfigError(f"env {cfg.env_id!r} has no episode_length; set rollout_steps to the length of a task.")
-        # The read head's settings as built, once, here, so the saved config (and a resume's check against it)
-        # names the policy built.
-        self.cfg = cfg = with_built_read_head(cfg, probe, self.steps)
-        self.eval_envs = (min(cfg.eval_episodes, 256) if cfg.eval_every and cfg.eval_episodes and self.world.is_main
-                          else 0)
-        estimate = estimate_training_memory(lambda: build_policy(cfg, probe, self.steps),
-                                            probe.single_observation_space, self.steps, cfg.num_envs, self.eval_envs,
-                                            cfg.eval_episodes)
-        probe.close()
+        try:
+            self.steps = cfg.rollout_steps or task_length(probe)
+            if self.steps < 1:
+                raise ConfigError(f"env {cfg.env_id!r} has no episode_length; set rollout_steps to the length of a "
+                                  "task.")
+            # The read head's settings as built, once, here, so the saved config (and a resume's check against it)
+            # names the policy built.
+            self.cfg = cfg = with_built_read_head(cfg, probe, self.steps)
+            self.eval_envs = (min(cfg.eval_episodes, 256) if cfg.eval_every and cfg.eval_episodes
+                              and self.world.is_main else 0)
+            estimate = estimate_training_memory(lambda: build_policy(cfg, probe, self.steps),
+                                                probe.single_observation_space, self.steps, cfg.num_envs,
+                                                self.eval_envs, cfg.eval_episodes)
+        finally:
+            probe.close()  # an async plug-in's probe worker ends here, on a refusal too
         check_fits(estimate, self.device, ConfigError)
         self.env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, self.device)
         self.heldout_env: VectorEnv | None = None  # built after the writer, in init_logging
@@ -621,10 +624,20 @@ class Trainer:
     def close(self, failing: bool) -> None:
         self.bar.close()
         if failing:
-            with contextlib.suppress(OSError):  # the error in flight says what went wrong, not this one
+            with contextlib.suppress(Exception):  # the error in flight says what went wrong, not this one
+                self.close_envs()
+            with contextlib.suppress(OSError):
                 self.writer.close()
         else:
+            self.close_envs()
             self.writer.close()
+
+    def close_envs(self) -> None:
+        """Close the training and held-out envs: an async plug-in's worker processes end with the run, not whenever
+        the garbage collector gets to them."""
+        for env in (self.env, self.heldout_env):
+            if env is not None:
+                env.close()
 
     # --- the loop -------------------------------------------------------------------------
     def loop(self) -> None:
@@ -709,9 +722,13 @@ class Trainer:
         """Set up, then collect → train → log → evaluate → checkpoint until done, out of time or stopped."""
         cfg = self.cfg
         self.init_envs()
-        self.init_model()
-        self.restore()
-        self.init_logging()
+        try:
+            self.init_model()
+            self.restore()
+            self.init_logging()
+        except BaseException:
+            self.close_envs()
+            raise
         self.policy.train()
         try:
             self.notify("on_training_start")

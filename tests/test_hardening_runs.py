@@ -274,8 +274,9 @@ def same_task(env, rng):
     pass
 
 
+ASYNC = os.environ.get("HANG_VECTORIZATION", "sync") == "async"
 register_gym_task("hang/Bandit-v0", HangingBandit, same_task, episodes_per_trial=1, max_episode_steps=5,
-                  vectorization=os.environ.get("HANG_VECTORIZATION", "sync"))
+                  vectorization="async" if ASYNC else "sync", **({"num_workers": 2} if ASYNC else {}))
 '''
 # 2 tasks of 5 steps: 10 env steps an update, so HANG_AFTER=25 hangs in the 3rd update, after 2 whole ones.
 HANG_ARGS = ["env_module=hanging_plugin", "env_id=hang/Bandit-v0", "num_envs=2", "hidden=8", "eval_every=0",
@@ -298,7 +299,7 @@ def _saved_update(run_dir: Path) -> int:
 def test_a_hung_step_stops_at_step_timeout_and_keeps_the_last_whole_update(tmp_path: Path, vectorization: str) -> None:
     """Sync: the main thread's step is interrupted. Async: the wait on the workers is, and they are abandoned
     (terminated) without a traceback at exit."""
-    hang_after = 25 if vectorization == "sync" else 12  # async workers count their own steps: 5 an update each
+    hang_after = 25 if vectorization == "sync" else 12  # 2 async workers count their own steps: 5 an update each
     proc = _cli("train", *HANG_ARGS, "step_timeout=2", "--run-dir", str(tmp_path / "run"), "--no-progress",
                 cwd=tmp_path, env={**_plugin_env(tmp_path, hang_after), "HANG_VECTORIZATION": vectorization},
                 timeout=120)
