@@ -5,9 +5,10 @@ with numpy arrays and never pass rewards; :func:`predict` keeps the previous act
 :class:`RL2ObservationWrapper`, the previous reward) in an :class:`RL2State`.
 
 One ``predict`` call is one step of the policy for B envs, the same computation as a step of the trainer's
-batched rollout (:func:`meta_rl.rollout.collect`), with nothing rebuilt per call: the core's state travels
-in the :class:`RL2State`, and the eval mode is set by flipping the ``training`` flags of the modules that
-are in training mode (not by ``policy.eval()`` / ``policy.train()``, which walk and set every module twice).
+batched rollout (:func:`meta_rl.rollout.collect`), recorded once and replayed by TorchScript
+(:mod:`meta_rl.traced_step`: at B = 1 Python's calls were most of a step's time); the core's state travels in
+the :class:`RL2State`, and the eval mode is set by flipping the ``training`` flags of the modules that are in
+training mode (not by ``policy.eval()`` / ``policy.train()``, which walk and set every module twice).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gymnasium import spaces
 from torch import nn
 
 from meta_rl.cores import State
+from meta_rl.traced_step import policy_step
 
 # The policy is typed Any here: meta_rl.policy imports this module (MetaPolicy.predict calls predict), and
 # this module must not import it back.
@@ -134,27 +136,27 @@ def _is_single(policy: MetaPolicy, observation: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _evaluating(policy: nn.Module) -> Iterator[None]:
-    """``policy`` in eval mode inside the block, each module's own mode restored after it.
+def _evaluating(policy: nn.Module) -> Iterator[list[nn.Module]]:
+    """``policy`` in eval mode inside the block, each module's own mode restored after it; yields its modules.
 
     Only the ``training`` flags of the modules in training mode are set (``policy.eval()`` and ``policy.train()``
-    would go through ``nn.Module.__setattr__`` for every module twice: a tenth of a step's time). Where such a
-    module overrides ``train()`` (it may do more than set its flag), ``policy.eval()`` and ``policy.train()``
-    are called instead.
+    would go through ``nn.Module.__setattr__`` for every module twice). Where such a module overrides
+    ``train()`` (it may do more than set its flag), ``policy.eval()`` and its ``train()`` are called instead.
     """
-    modules = [m for m in policy.modules() if m.training]
+    every = list(policy.modules())
+    modules = [m for m in every if m.training]
     if not modules:
-        yield
+        yield every
         return
     if any(type(m).train is not nn.Module.train for m in modules):
         policy.eval()
         try:
-            yield
+            yield every
         finally:  # their own train(), then every flag as it was (train() also sets the children's)
             for m in modules:
                 if type(m).train is not nn.Module.train:
                     m.train()
-            for m in policy.modules():
+            for m in every:
                 object.__setattr__(m, "training", False)
             for m in modules:
                 object.__setattr__(m, "training", True)
@@ -162,7 +164,7 @@ def _evaluating(policy: nn.Module) -> Iterator[None]:
     for m in modules:
         object.__setattr__(m, "training", False)
     try:
-        yield
+        yield every
     finally:
         for m in modules:
             object.__setattr__(m, "training", True)
@@ -233,13 +235,11 @@ def predict(
         state = _fresh_state(policy, b, device)
     starts = state.starts if episode_start is None else state.starts | np.asarray(episode_start, dtype=bool).reshape(b)
     prev_reward = state.prev_reward if prev_reward_obs is None else np.asarray(prev_reward_obs, np.float32).reshape(b)
-    with _evaluating(policy), torch.no_grad():
-        starts_t = torch.as_tensor(starts, device=device)[None]  # (1, B)
-        embed = policy.encode(None if main is None else main[None], (1, b))  # (1, B, E)
-        context = policy.context({k: obs_t[k][None] for k in policy.context_keys},
-                                 torch.as_tensor(state.prev_action, device=device)[None],
-                                 torch.as_tensor(prev_reward, device=device)[None], starts_t)
-        params, _, core = policy(embed, context, starts_t, state.core)
-        actions = policy.sample(params[0], None, deterministic).cpu().numpy()
+    with _evaluating(policy) as modules, torch.no_grad():
+        params, core = policy_step(
+            policy, modules, torch.as_tensor(state.prev_action, device=device),
+            torch.as_tensor(prev_reward, device=device), torch.as_tensor(starts, device=device),
+            [obs_t[k] for k in policy.context_keys], main, state.core)
+        actions = policy.sample(params, None, deterministic).cpu().numpy()
     new_state = RL2State(core, actions.copy(), np.zeros(b, dtype=np.float32), np.zeros(b, dtype=bool))
     return (actions[0] if single else actions), new_state

@@ -20,6 +20,7 @@ from meta_rl.envs.gym_tasks import GymTaskVectorEnv, register_gym_task
 from meta_rl.policy import MetaPolicy
 from meta_rl.rollout import collect
 from meta_rl.sb3_adapter import OBSERVATION_KEY, PREV_REWARD_KEY, RL2ObservationWrapper
+from meta_rl.traced_step import _RECORDINGS
 from meta_rl.train import train
 
 ARMS, EPISODES, STEPS = 3, 2, 5
@@ -154,13 +155,53 @@ def test_predict_runs_in_eval_mode_and_gives_every_module_its_own_mode_back(spy_
     policy.encoder.net.append(spy)  # type: ignore[union-attr]
     policy.policy_head.eval()  # a module the user left in eval mode stays there
     obs = np.zeros(3, np.float32)
-    policy.predict(obs)
-    assert spy.seen == [False] and policy.training and spy.training and not policy.policy_head.training
-    assert [m.training for m in policy.modules()].count(False) == 1
+    policy.predict(obs)  # the step runs in Python to be recorded (and checked against the recording)
+    assert spy.seen and set(spy.seen) == {False} and policy.training and spy.training
+    assert not policy.policy_head.training and [m.training for m in policy.modules()].count(False) == 1
     assert getattr(spy, "calls", 2) == 2  # an own train() was called to leave training mode and to come back
     policy.eval()
     policy.predict(obs)
-    assert spy.seen == [False, False] and not any(m.training for m in policy.modules())
+    assert set(spy.seen) == {False} and not any(m.training for m in policy.modules())
+
+
+class _Branchy(nn.Module):
+    """Branches on a tensor's value, which a recording cannot follow."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if bool(x.sum() > 0) else -x
+
+
+def test_predict_replays_one_recording_that_sees_later_weights_and_steps_eagerly_where_it_cannot_record() -> None:
+    """predict records the shipped parts' step once per layout and replays it, following later changes of the
+    weights; a policy with a part from elsewhere (here one that branches on a tensor's value, which a recording
+    cannot follow) steps eagerly, with the rollout's actions."""
+    policy = _policy(Beacon.observation_space, Beacon().action_space, 8)
+    obs = np.full((2, 3), 0.5, np.float32)
+    first, state = policy.predict(obs, deterministic=True)
+    policy.predict(obs, state=state, deterministic=True)
+    recordings = list(_RECORDINGS[policy].values())
+    assert len(recordings) == 1 and isinstance(recordings[0], torch.jit.ScriptModule)  # one layout, replayed
+    with torch.no_grad():
+        policy.policy_head.bias.copy_(torch.tensor([0.0, 0.0, 1e4]))  # the recording shares the parameters
+    assert policy.predict(obs, deterministic=True)[0].tolist() == [2, 2]
+    policy.load_state_dict(_policy(Beacon.observation_space, Beacon().action_space, 8).state_dict())
+    assert policy.predict(obs, deterministic=True)[0].tolist() == first.tolist()
+    assert len(_RECORDINGS[policy]) == 1
+
+    branchy = _policy(Beacon.observation_space, Beacon().action_space, 8)
+    branchy.encoder.net.append(_Branchy())  # type: ignore[union-attr]
+    vec = GymTaskVectorEnv(Beacon, hide_goal, 2, EPISODES, STEPS, split="test")
+    ro = collect(vec, branchy, vec.episode_length, torch.Generator().manual_seed(0), reset_seed=1, deterministic=True)
+    obs_t, _ = vec.reset(seed=1)
+    reward, state = np.zeros(2, np.float32), None
+    for t in range(vec.episode_length):
+        actions, state = branchy.predict({OBSERVATION_KEY: obs_t.numpy(), PREV_REWARD_KEY: reward[:, None]},
+                                         state=state, deterministic=True)
+        assert np.array_equal(actions, ro.actions[t].numpy()), t
+        obs_t, r, *_ = vec.step(torch.as_tensor(actions))
+        reward = r.numpy()
+    assert list(_RECORDINGS[branchy].values()) == [None]
+    vec.close()
 
 
 def test_evaluate_policy_runs_on_a_box_observation_plug_in(tmp_path: Path) -> None:
