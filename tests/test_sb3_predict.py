@@ -3,6 +3,7 @@ trainer's rollout step by step, evaluate_policy on a Box-observation plug-in (no
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,16 @@ def test_evaluate_policy_runs_on_a_box_observation_plug_in(tmp_path: Path) -> No
     assert lengths == [EPISODES * STEPS] * 3 and all(0.0 <= r <= EPISODES * STEPS for r in rewards)  # type: ignore
     assert len(seen) == 3 * EPISODES * STEPS and seen[0][0] == 0.0
     assert {r for r, _ in seen} <= {0.0, 1.0} and any(r == 1.0 for r, _ in seen) == (sum(rewards) > 0)  # type: ignore
+
+
+def test_bench_predict_reports_sb3_predict_and_the_rollout_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    """``experiments/bench.py predict`` on a tiny budget: every figure, wall-clock and CPU (no speed is asserted)."""
+    from experiment_scripts import import_script
+
+    import_script("bench").main(["predict", "--json", "--episodes", "1", "--rollouts", "1", "--repeats", "1",
+                                 "--batch", "2", "--core", "gru"])
+    out = json.loads(capsys.readouterr().out)
+    for name in ("sb3_evaluate_policy", "predict", "rollout"):
+        for unit in ("s", "cpu_s"):
+            assert out[f"{name}_steps_per_{unit}"]["n"] == 1 and out[f"{name}_steps_per_{unit}"]["median"] > 0
+    assert out["task_steps"] == 30 and out["batch"] == 2 and out["predict_cpu_ms"] > 0
