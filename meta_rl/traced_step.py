@@ -32,8 +32,9 @@ __all__ = ["policy_step"]
 # The policy is typed Any here: meta_rl.policy imports sb3_adapter, which imports this module.
 MetaPolicy = Any
 
-#: Recordings per policy (weakly keyed: a policy's recordings go with it), by input layout; None: run eagerly.
-_RECORDINGS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], torch.jit.ScriptModule | None]] = (
+#: Recordings per policy (weakly keyed: a policy's recordings go with it), by input layout (None: step eagerly),
+#: each with the modules and tensors its layout names.
+_RECORDINGS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[torch.jit.ScriptModule | None, Any]]] = (
     weakref.WeakKeyDictionary())
 _MAX_LAYOUTS = 8  # recordings kept per policy (a new layout beyond these starts the cache afresh)
 #: Packages whose module classes record faithfully (they branch on shapes only; tests/test_sb3_predict.py).
@@ -68,10 +69,16 @@ class _Step(nn.Module):
         return (params[0], *core)
 
 
-def _layout(policy: MetaPolicy, modules: list[nn.Module], inputs: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
-    """What a recording is valid for: the input shapes and dtypes, the policy's modules and its parameters' place."""
+def _layout(policy: MetaPolicy, modules: list[nn.Module], inputs: tuple[torch.Tensor, ...]
+            ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """What a recording is valid for (the input shapes and dtypes; the identity of the policy's modules, parameters
+    and buffers; their device and dtype), and what that key names, to be kept alive with the recording (so that no
+    other module or tensor can take an ``id`` of the key while it is in use; the policy itself is the cache's key)."""
+    tensors = [t for m in modules for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
     weight = policy.value_head.weight
-    return (tuple((t.shape, t.dtype) for t in inputs), tuple(map(id, modules)), weight.device, weight.dtype)
+    key = (tuple((t.shape, t.dtype) for t in inputs), tuple(map(id, modules)), tuple(map(id, tensors)),
+           weight.device, weight.dtype)
+    return key, (modules[1:], tensors)
 
 
 def _record(step: _Step, inputs: tuple[torch.Tensor, ...], modules: list[nn.Module]
@@ -102,7 +109,7 @@ def policy_step(policy: MetaPolicy, modules: list[nn.Module], prev_action: torch
     Call it under ``torch.no_grad()`` with the policy in the mode it should step in (SB3's ``predict``: eval).
 
     Args:
-        modules: ``list(policy.modules())`` (a recording is valid for these modules).
+        modules: ``list(policy.modules())`` (a recording is valid for these modules and their tensors).
         prev_action: (B,) or (B, A) the previous actions. prev_reward: (B,). starts: (B,) bool, a task starts.
         extras: the observation's context entries, (B, ...) each, in ``policy.context_keys`` order.
         main: (B, *obs) the encoder's part of the observation, or None.
@@ -110,13 +117,14 @@ def policy_step(policy: MetaPolicy, modules: list[nn.Module], prev_action: torch
     """
     inputs = (prev_action, prev_reward, starts, *extras, *(() if main is None else (main,)), *state)
     recordings = _RECORDINGS.setdefault(policy, {})
-    key = _layout(policy, modules, inputs)
+    key, named = _layout(policy, modules, inputs)
     if key not in recordings:
         if len(recordings) >= _MAX_LAYOUTS:
             recordings.clear()
-        recordings[key], out = _record(_Step(policy, main is not None, starts.shape[0]), inputs, modules)
+        recording, out = _record(_Step(policy, main is not None, starts.shape[0]), inputs, modules)
+        recordings[key] = (recording, named)
     else:
-        recording = recordings[key]
+        recording = recordings[key][0]
         if recording is None:
             out = _Step(policy, main is not None, starts.shape[0])(*inputs)
         else:

@@ -180,7 +180,7 @@ def test_predict_replays_one_recording_that_sees_later_weights_and_steps_eagerly
     obs = np.full((2, 3), 0.5, np.float32)
     first, state = policy.predict(obs, deterministic=True)
     policy.predict(obs, state=state, deterministic=True)
-    recordings = list(_RECORDINGS[policy].values())
+    recordings = [recording for recording, _ in _RECORDINGS[policy].values()]
     assert len(recordings) == 1 and isinstance(recordings[0], torch.jit.ScriptModule)  # one layout, replayed
     with torch.no_grad():
         policy.policy_head.bias.copy_(torch.tensor([0.0, 0.0, 1e4]))  # the recording shares the parameters
@@ -188,6 +188,13 @@ def test_predict_replays_one_recording_that_sees_later_weights_and_steps_eagerly
     policy.load_state_dict(_policy(Beacon.observation_space, Beacon().action_space, 8).state_dict())
     assert policy.predict(obs, deterministic=True)[0].tolist() == first.tolist()
     assert len(_RECORDINGS[policy]) == 1
+    policy.policy_head = nn.Linear(policy.policy_head.in_features, ARMS)  # a new module and parameters: recorded afresh
+    with torch.no_grad():
+        policy.policy_head.weight.zero_()
+        policy.policy_head.bias.copy_(torch.tensor([0.0, 1e4, 0.0]))
+    assert policy.predict(obs, deterministic=True)[0].tolist() == [1, 1] and len(_RECORDINGS[policy]) == 2
+    policy.policy_head.bias = nn.Parameter(torch.tensor([1e4, 0.0, 0.0]))  # a new parameter of the same module
+    assert policy.predict(obs, deterministic=True)[0].tolist() == [0, 0] and len(_RECORDINGS[policy]) == 3
 
     branchy = _policy(Beacon.observation_space, Beacon().action_space, 8)
     branchy.encoder.net.append(_Branchy())  # type: ignore[union-attr]
@@ -201,7 +208,7 @@ def test_predict_replays_one_recording_that_sees_later_weights_and_steps_eagerly
         assert np.array_equal(actions, ro.actions[t].numpy()), t
         obs_t, r, *_ = vec.step(torch.as_tensor(actions))
         reward = r.numpy()
-    assert list(_RECORDINGS[branchy].values()) == [None]
+    assert [recording for recording, _ in _RECORDINGS[branchy].values()] == [None]
     vec.close()
 
 
