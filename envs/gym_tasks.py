@@ -18,7 +18,7 @@ Example (``experiments/plug_in_pendulum.py``)::
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -30,15 +30,19 @@ from gymnasium.vector.utils import batch_space
 
 from meta_rl.env_contract import EnvCheckError, MetaVectorEnv
 from meta_rl.envs.checker import check_finite_actions
-from meta_rl.envs.task_vector_env import SPLIT_STREAMS, check_split, env_device
+from meta_rl.envs.task_vector_env import SPLIT_STREAMS, check_positive_int, check_seed, check_split, env_device
 from meta_rl.envs.worker_pool import WorkerPoolVectorEnv, check_picklable, resolve_workers
 
-__all__ = ["GymTaskVectorEnv", "TaskTrialEnv", "register_gym_task"]
+__all__ = ["Baseline", "GymTaskVectorEnv", "TaskTrialEnv", "check_baselines", "register_gym_task"]
 
 EnvFn = Callable[[], gym.Env]
 TaskSampler = Callable[[gym.Env, np.random.Generator], None]
+#: A baseline policy: ``fn(env, observation, rng) -> action``, called at every step of a trial (see
+#: :meth:`GymTaskVectorEnv.reference_returns`).
+Baseline = Callable[[gym.Env, Any, np.random.Generator], Any]
 
 _TASK_STREAM = 0x7A5C  # keeps the task rng apart from the env's own np_random for the same seed
+_BASELINE_STREAM = 0xBA5E  # a baseline's rng, apart from the task rng and the env's np_random for the same seed
 
 
 class TaskTrialEnv(gym.Wrapper):
@@ -153,6 +157,30 @@ class TaskTrialEnv(gym.Wrapper):
                 )
         return shift_observation(obs, self.declared_observation_space) if self._shift else obs
 
+    def play_trial(self, baseline: Baseline, seed: int, rng: np.random.Generator, name: str = "baseline") -> float:
+        """The return of one trial of the task ``reset(seed=seed)`` draws, played by ``baseline`` (see
+        :meth:`GymTaskVectorEnv.reference_returns`): it sees the env's own observations and gives actions of
+        the env's own action space (a ``Discrete(n, start=s)`` action is ``s + i``).
+
+        Raises:
+            ValueError: ``baseline`` gave an action outside the env's action space (named by ``name``).
+        """
+        obs, _ = self.reset(seed=seed)
+        space, total = self.env.action_space, 0.0
+        while True:
+            action = baseline(self.env, shift_observation(obs, self.declared_observation_space, back=True)
+                              if self._shift else obs, rng)
+            if isinstance(space, spaces.Box):
+                action = np.asarray(action, dtype=space.dtype)
+            if not space.contains(action):
+                raise ValueError(f"{self.name}: baseline {name!r} returned the action {action!r} at step "
+                                 f"{self._trial_t} of a trial, which is not in the env's action space {space}; "
+                                 "return an action of the env's own action_space (e.g. env.action_space.sample()).")
+            obs, reward, terminated, _, _ = self.step(action - self._action_start if self._action_start else action)
+            total += float(reward)
+            if terminated:  # the trial's end (a TaskTrialEnv never truncates)
+                return total
+
 
 def _check_positive(name: str, value: Any) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -209,12 +237,13 @@ def zero_based(space: spaces.Space[Any]) -> spaces.Space[Any]:
     return space
 
 
-def shift_observation(obs: Any, space: spaces.Space[Any]) -> Any:
-    """An observation of ``space`` in the terms of :func:`zero_based` ``(space)``: Discrete values less their start."""
+def shift_observation(obs: Any, space: spaces.Space[Any], back: bool = False) -> Any:
+    """An observation of ``space`` in the terms of :func:`zero_based` ``(space)``: Discrete values less their start
+    (``back``: the other way, a zero-based observation in the terms of ``space``)."""
     if isinstance(space, spaces.Discrete):
-        return obs - space.start if int(space.start) else obs
+        return obs + (space.start if back else -space.start) if int(space.start) else obs
     if isinstance(space, spaces.Dict) and isinstance(obs, dict):
-        return {key: shift_observation(obs[key], sub) for key, sub in space.spaces.items()}
+        return {key: shift_observation(obs[key], sub, back) for key, sub in space.spaces.items()}
     return obs
 
 
@@ -385,6 +414,16 @@ class GymTaskVectorEnv(MetaVectorEnv):
     split), so the same seed and actions give the same trajectories; later tasks continue those
     streams. ``reset()`` always draws new tasks for all B envs.
 
+    ## Baselines
+    ``baselines={"random": fn, "oracle": fn}`` names policies that ``meta-rl eval`` (and
+    :func:`meta_rl.env_contract.reference_returns`) plays beside the agent, on exactly the tasks
+    the agent's evaluation meets for the same seed (:meth:`reference_returns`). A baseline is
+    ``fn(env, observation, rng) -> action``, called at every step of a trial, across its inner
+    episodes: ``env`` is your env (``env_fn()``'s, with the current task set by ``task_sampler``:
+    read it through ``env.unwrapped``), ``observation`` the env's own (in its declared space),
+    ``rng`` a numpy Generator seeded from the trial's seed, and the action one of the env's own
+    ``action_space``. The trainer never reads them.
+
     Args:
         env_fn: builds one env.
         task_sampler: ``(env, rng) -> None``, makes ``env`` a new task.
@@ -397,6 +436,7 @@ class GymTaskVectorEnv(MetaVectorEnv):
         env_id: the gymnasium id, for messages (:func:`register_gym_task` passes it).
         num_workers: worker processes for ``vectorization="async"`` (default ``min(num_envs,
             os.cpu_count())``; more than ``num_envs`` runs one per env); refused with ``"sync"``.
+        baselines: name -> baseline policy (see Baselines above), or None.
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
@@ -413,6 +453,7 @@ class GymTaskVectorEnv(MetaVectorEnv):
         device: torch.device | str = "cpu",
         env_id: str | None = None,
         num_workers: int | None = None,
+        baselines: Mapping[str, Baseline] | None = None,
     ) -> None:
         _check_positive("num_envs", num_envs)
         _check_positive("episodes_per_trial", episodes_per_trial)
@@ -430,12 +471,14 @@ class GymTaskVectorEnv(MetaVectorEnv):
         if not callable(env_fn) or not callable(task_sampler):
             raise TypeError("env_fn and task_sampler must be callables: env_fn() -> gym.Env, task_sampler(env, rng).")
         self.device = env_device(device)
+        self.baselines = check_baselines(baselines)
         if max_episode_steps is None:  # read it from one env's spec (this also checks env_fn early)
             probe = _make_trial_env(env_fn, task_sampler, episodes_per_trial, None, split, env_id)
             max_episode_steps = probe.max_episode_steps
             probe.close()
         make = functools.partial(_make_trial_env, env_fn, task_sampler, episodes_per_trial, max_episode_steps, split,
                                  env_id)
+        self._make_trial_env = make  # builds one more trial env of the same tasks (the baselines play in it)
         fns = [functools.partial(make, index=i) for i in range(num_envs)]
         self._vec: SyncVectorEnv | WorkerPoolVectorEnv
         if vectorization == "async":
@@ -504,6 +547,28 @@ class GymTaskVectorEnv(MetaVectorEnv):
             info,
         )
 
+    def reference_returns(self, trials: int, seed: int) -> dict[str, torch.Tensor]:
+        """Each of :attr:`baselines`' return per trial, float64 (trials,), on the tasks an agent's evaluation with
+        ``seed`` meets ({} without baselines).
+
+        Trial k is the task that :func:`meta_rl.evaluation.evaluate_task` gives env ``j = k % B`` of batch
+        ``i = k // B``: ``reset(seed=seed + i)`` seeds that env, and so its task rng, with ``seed + i + j``.
+        The baselines play it in one more env of this one's (``env_fn()``, the same split and trial structure),
+        in this process, with a numpy Generator seeded from ``seed + i + j`` and the split.
+        """
+        check_positive_int("trials", trials)
+        check_seed(seed)
+        if not self.baselines:
+            return {}
+        seeds = [int(seed) + k // self.num_envs + k % self.num_envs for k in range(trials)]
+        env = self._make_trial_env()
+        try:
+            return {name: torch.tensor([env.play_trial(fn, s, _baseline_rng(s, self.split), name) for s in seeds],
+                                       dtype=torch.float64)
+                    for name, fn in self.baselines.items()}
+        finally:
+            env.close()
+
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on every sub-env (a :class:`TaskTrialEnv`; its ``.env`` is yours)."""
         return self._vec.call(name, *args, **kwargs)
@@ -571,29 +636,66 @@ class GymTaskVectorEnv(MetaVectorEnv):
         return arr.astype(space.dtype)
 
 
-def register_gym_task(env_id: str, env_fn: EnvFn, task_sampler: TaskSampler, **defaults: Any) -> None:
+def _baseline_rng(seed: int, split: str) -> np.random.Generator:
+    """A baseline's numpy Generator for the trial reset with ``seed`` in ``split`` (no global RNG)."""
+    return np.random.default_rng([int(seed), _BASELINE_STREAM, SPLIT_STREAMS[split]])
+
+
+def check_baselines(baselines: Any) -> dict[str, Baseline]:
+    """``baselines`` as a dict of name -> baseline policy ({} for None).
+
+    Raises:
+        TypeError: not a mapping of non-empty ``str`` names to callables ``fn(env, observation, rng) -> action``.
+        ValueError: an empty mapping (it would add nothing; pass None).
+    """
+    if baselines is None:
+        return {}
+    fix = 'pass e.g. baselines={"random": lambda env, obs, rng: env.action_space.sample()}'
+    if not isinstance(baselines, Mapping):
+        raise TypeError(f"baselines must be a dict of name -> fn(env, observation, rng) -> action, got "
+                        f"{type(baselines).__name__}; {fix}.")
+    if not baselines:
+        raise ValueError(f"baselines={{}} names no baseline and would add nothing; pass None, or {fix}.")
+    for name, fn in baselines.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"baseline names must be non-empty strings, got {name!r}; {fix}.")
+        if not callable(fn):
+            raise TypeError(f"baseline {name!r} must be callable fn(env, observation, rng) -> action, got "
+                            f"{type(fn).__name__}; {fix}.")
+    return dict(baselines)
+
+
+def register_gym_task(env_id: str, env_fn: EnvFn, task_sampler: TaskSampler, *,
+                      baselines: Mapping[str, Baseline] | None = None, **defaults: Any) -> None:
     """Register ``env_id`` with gymnasium as a :class:`GymTaskVectorEnv` of ``env_fn`` and ``task_sampler``.
 
     ``defaults`` are constructor arguments (``episodes_per_trial``, ``max_episode_steps``,
     ``vectorization``); ``gymnasium.make_vec(env_id, num_envs=B, vectorization_mode=
     "vector_entry_point", device=...)`` or the trainer (``env_module`` = the module that calls
     this, ``env_id``) builds it, and ``gymnasium.make(env_id)`` gives one trial env with numpy
-    observations. For ``vectorization="async"`` define ``env_fn`` and ``task_sampler`` at module
-    level. Registering the same id again replaces it.
+    observations. ``baselines`` (name -> ``fn(env, observation, rng) -> action``, see
+    :class:`GymTaskVectorEnv`) are played beside the agent by ``meta-rl eval``, on the same tasks.
+    For ``vectorization="async"`` define ``env_fn`` and ``task_sampler`` at module level.
+    Registering the same id again replaces it.
 
     ``num_workers`` is a default too, and a config's ``env_kwargs`` override any of them:
     ``meta-rl train ... env_kwargs.vectorization=async env_kwargs.num_workers=2``.
+
+    Raises:
+        TypeError: an unknown default, or ``baselines`` that is not a dict of names to callables.
     """
     allowed = {"episodes_per_trial", "max_episode_steps", "vectorization", "num_workers", "split", "device"}
     unknown = sorted(set(defaults) - allowed)
     if unknown:
         raise TypeError(f"unknown defaults {unknown}; allowed are {sorted(allowed)}.")
+    checked = check_baselines(baselines) or None
     if env_id in gym.registry:
         del gym.registry[env_id]
     gym.register(
         id=env_id,
         entry_point=functools.partial(_single_trial_env, env_fn, task_sampler, env_id=env_id),
-        vector_entry_point=functools.partial(GymTaskVectorEnv, env_fn, task_sampler, env_id=env_id),
+        vector_entry_point=functools.partial(GymTaskVectorEnv, env_fn, task_sampler, env_id=env_id,
+                                             baselines=checked),
         kwargs=defaults,
     )
 

@@ -15,6 +15,9 @@ Subcommands:
 * ``plugin``: steps per second of a Python plug-in (:class:`NoisyImages`, a 30-step image task written
   as a plain ``gymnasium.Env``) in ``GymTaskVectorEnv``, sync against async with 1, 2 and all cores'
   worker processes, stepped raw with random actions and in the trainer's collect loop.
+* ``predict``: SB3's route, ``evaluate_policy(policy, RL2ObservationWrapper(env))``, on a 30-step image
+  plug-in (steps per second, env included, and ``MetaPolicy.predict`` alone), beside the trainer's batched
+  rollout (:func:`meta_rl.rollout.collect`) on the same task and policy; medians of ``--repeats`` rounds.
 
 Run ``python experiments/bench.py env --json`` for one JSON line, or without ``--json`` for a
 table. New subcommands register a parser in :func:`build_parser` and a ``bench_*`` function in
@@ -43,14 +46,15 @@ import torch
 
 from meta_rl.algorithms import make_algorithm
 from meta_rl.allocator import tune_malloc
-from meta_rl.config import TrainConfig, load_config
+from meta_rl.config import ModelConfig, TrainConfig, load_config
 from meta_rl.data import ImageDataset, load_splits
 from meta_rl.data.synthetic import random_dataset
 from meta_rl.distributed import World
 from meta_rl.encoders import PRECISIONS, native_bfloat16
 from meta_rl.envs import FewShotEnv, FewShotVectorEnv
-from meta_rl.envs.gym_tasks import GymTaskVectorEnv
+from meta_rl.envs.gym_tasks import GymTaskVectorEnv, register_gym_task
 from meta_rl.evaluation import evaluate
+from meta_rl.policy import MetaPolicy, RL2ObservationWrapper
 from meta_rl.rollout import collect
 from meta_rl.train import build_policy, gradients, make_vec_env, optimize, train
 
@@ -633,6 +637,123 @@ def format_plugin_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PREDICT_ENV_ID, PREDICT_STEPS = "bench/Images-v0", 30
+
+
+class ImageTask(gym.Env):
+    """A 30-step image plug-in for ``bench.py predict``: a random uint8 image (1 x 28 x 28) each step, in a Dict (the
+    only observation the old SB3 wrapper took, so the same task times both); 5 actions, the task's ``target`` pays."""
+
+    observation_space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (1, 28, 28), np.uint8)})
+    action_space = gym.spaces.Discrete(5)
+
+    def __init__(self) -> None:
+        self.target = 0
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"image": self.np_random.integers(0, 256, (1, 28, 28), dtype=np.uint8)}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict]:
+        return self._obs(), float(int(action) == self.target), False, False, {}
+
+
+def _pick_target(env: gym.Env, rng: np.random.Generator) -> None:
+    env.unwrapped.target = int(rng.integers(5))  # type: ignore[attr-defined]
+
+
+register_gym_task(PREDICT_ENV_ID, ImageTask, _pick_target, episodes_per_trial=1, max_episode_steps=PREDICT_STEPS)
+
+
+def _clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _rates(steps: int, since: tuple[float, float]) -> tuple[float, float]:
+    """Steps per wall-clock second and per CPU second of this process since ``since`` (from :func:`_clocks`): the
+    CPU figure is the one that holds on a machine shared with other work."""
+    wall, cpu = _clocks()
+    return steps / (wall - since[0]), steps / max(cpu - since[1], 1e-9)
+
+
+def _predict_rates(policy: MetaPolicy, episodes: int, seed: int) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) steps/s of SB3's evaluate_policy on one wrapped env, and of predict alone replayed on the
+    observations that run met."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    env = RL2ObservationWrapper(gym.make(PREDICT_ENV_ID))
+    env.reset(seed=seed)
+    seen: list[tuple[Any, Any]] = []
+    predict = policy.predict
+
+    def record(observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False) -> Any:
+        seen.append((observation, episode_start))
+        return predict(observation, state, episode_start, deterministic)
+
+    policy.predict = record  # type: ignore[method-assign]
+    try:
+        since = _clocks()
+        evaluate_policy(policy, env, n_eval_episodes=episodes, warn=False)  # type: ignore[arg-type]
+        sb3 = _rates(episodes * PREDICT_STEPS, since)
+    finally:
+        del policy.predict
+    state, since = None, _clocks()
+    for observation, start in seen:
+        _, state = policy.predict(observation, state, start)
+    return {"sb3": sb3, "predict": _rates(len(seen), since)}
+
+
+def bench_predict(args: argparse.Namespace) -> dict[str, Any]:
+    """SB3's predict route against the trainer's batched rollout on one 30-step image plug-in task, repeated.
+
+    One policy (``--core``, the default CNN encoder, untrained: speed does not depend on the weights), in
+    training mode as a user holds it after building or training. Per round: SB3's ``evaluate_policy`` over
+    ``--episodes`` episodes of ``RL2ObservationWrapper(gym.make(...))`` (env and SB3 loop included), ``predict``
+    alone replayed on the observations that run met, and :func:`meta_rl.rollout.collect` on ``--batch`` envs of the
+    same task (sync ``GymTaskVectorEnv``) for ``--rollouts`` rollouts. Medians, min and max of ``--repeats``
+    rounds, per wall-clock second and per CPU second of the process (``*_cpu``: robust to a shared machine).
+    """
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    probe = ImageTask()
+    policy = MetaPolicy(probe.observation_space, probe.action_space, ModelConfig(core=args.core),
+                        task_length=PREDICT_STEPS)
+    vec = GymTaskVectorEnv(ImageTask, _pick_target, args.batch, 1, PREDICT_STEPS)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def rollout_rates() -> tuple[float, float]:
+        since = _clocks()
+        for i in range(args.rollouts):
+            collect(vec, policy, PREDICT_STEPS, generator, reset_seed=args.seed + i)
+        return _rates(args.rollouts * args.batch * PREDICT_STEPS, since)
+
+    _predict_rates(policy, 1, args.seed)  # warm-up
+    rollout_rates()
+    rounds: dict[str, list[tuple[float, float]]] = {"sb3": [], "predict": [], "rollout": []}
+    for r in range(args.repeats):
+        for name, rates in _predict_rates(policy, args.episodes, args.seed + r).items():
+            rounds[name].append(rates)
+        rounds["rollout"].append(rollout_rates())
+    vec.close()
+    out: dict[str, Any] = {}
+    for name, label in (("sb3", "sb3_evaluate_policy"), ("predict", "predict"), ("rollout", "rollout")):
+        out[f"{label}_steps_per_s"] = spread([wall for wall, _ in rounds[name]])
+        out[f"{label}_steps_per_cpu_s"] = spread([cpu for _, cpu in rounds[name]])
+    out.update({
+        "rollout_over_sb3": round(out["rollout_steps_per_s"]["median"]
+                                  / out["sb3_evaluate_policy_steps_per_s"]["median"], 1),
+        "predict_cpu_ms": round(1e3 / out["predict_steps_per_cpu_s"]["median"], 3), "env_id": PREDICT_ENV_ID,
+        "task_steps": PREDICT_STEPS, "episodes": args.episodes, "batch": args.batch, "core": args.core,
+        "encoder": policy.encoder_name, "repeats": args.repeats,
+        "meta_rl": str(Path(sys.modules["meta_rl"].__file__ or "").parent),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+    })
+    return out
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """A readable two-column table of a result."""
     width = max(len(k) for k in result)
@@ -723,12 +844,23 @@ def build_parser() -> argparse.ArgumentParser:
     plug.add_argument("--threads", type=int, default=1, help="torch threads of this process (0: torch's default)")
     plug.add_argument("--seed", type=int, default=0)
     plug.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+
+    pr = sub.add_parser("predict", help="SB3 evaluate_policy / MetaPolicy.predict vs the trainer's batched rollout")
+    pr.add_argument("--episodes", type=int, default=20, help="SB3 episodes (30 steps each) per round")
+    pr.add_argument("--batch", type=int, default=16, help="envs B of the trainer's rollout")
+    pr.add_argument("--rollouts", type=int, default=10, help="rollouts of B tasks per round")
+    pr.add_argument("--core", default="memory", help="the policy's core (memory is the default)")
+    pr.add_argument("--repeats", type=int, default=3, help="rounds (medians of these)")
+    pr.add_argument("--threads", type=int, default=1)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     return parser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "env": bench_env, "train": bench_train, "time-to-accuracy": bench_time_to_accuracy, "gpu": bench_gpu,
     "plugin": bench_plugin,
+    "predict": bench_predict,
 }
 #: Tables for results that are not one value per key (default: :func:`format_table`).
 FORMATTERS: dict[str, Callable[[Mapping[str, Any]], str]] = {"plugin": format_plugin_table}

@@ -1,5 +1,8 @@
 """A Bernoulli bandit written as an ordinary ``gymnasium.Env``, plugged in as the README shows, trained as is.
 
+``meta-rl eval RUN --env-module plug_in_bandit`` prints its two baselines beside the agent, on the same tasks:
+``random`` (a uniformly random arm every pull) and ``oracle`` (always the best arm, read from the task).
+
 Each task draws the 5 arms' pay probabilities uniformly from [0, 1]; a trial is 100 pulls. The env
 declares nothing but its spaces, and the trial structure comes from ``register_gym_task``, so the
 learner meets the suite's ``meta_rl/Bandit-k5-n100-v0`` the way a user's own task would reach it
@@ -51,7 +54,18 @@ def sample_arms(env: gym.Env, rng: np.random.Generator) -> None:
     env.unwrapped.p = rng.random(ARMS)  # type: ignore[attr-defined]
 
 
-register_gym_task("mine/Bandit-v0", make_bandit, sample_arms, episodes_per_trial=1, max_episode_steps=PULLS)
+def random_arm(env: gym.Env, observation: np.ndarray, rng: np.random.Generator) -> int:
+    """The random baseline: any arm, uniformly, every pull."""
+    return int(rng.integers(ARMS))
+
+
+def best_arm(env: gym.Env, observation: np.ndarray, rng: np.random.Generator) -> int:
+    """The oracle: the arm with the highest pay probability of this task (which no learner is told)."""
+    return int(np.argmax(env.unwrapped.p))  # type: ignore[attr-defined]
+
+
+register_gym_task("mine/Bandit-v0", make_bandit, sample_arms, episodes_per_trial=1, max_episode_steps=PULLS,
+                  baselines={"random": random_arm, "oracle": best_arm})
 
 
 def main() -> None:

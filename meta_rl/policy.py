@@ -22,9 +22,11 @@ from meta_rl.encoders import PRECISIONS, build_encoder, native_bfloat16, resolve
 from meta_rl.errors import ConfigError
 from meta_rl.memory_read import REQUIRED_OUTPUTS, MemoryReadHead
 from meta_rl.returns import popart_preserve, popart_stats, popart_std, running_average
-from meta_rl.sb3_adapter import PREV_REWARD_KEY, RL2ObservationWrapper, RL2State
+from meta_rl.sb3_adapter import OBSERVATION_KEY, PREV_REWARD_KEY, RL2ObservationWrapper, RL2State
 
-__all__ = ["PREV_REWARD_KEY", "MetaPolicy", "RL2ObservationWrapper", "RL2State"]  # the RL2 names are sb3_adapter's
+__all__ = [  # the RL2 names and keys are sb3_adapter's
+    "OBSERVATION_KEY", "PREV_REWARD_KEY", "MetaPolicy", "RL2ObservationWrapper", "RL2State",
+]
 
 Obs = dict[str, torch.Tensor]
 
@@ -131,6 +133,8 @@ class MetaPolicy(nn.Module):
 
     def _init_encoder(self, observation_space: spaces.Space[Any], model: ModelConfig) -> int:
         """Split the observation into the encoder's part and the context's, build the encoder; its output size."""
+        #: Whether observations are ``Dict``s (else one Box or Discrete, all of it for the encoder).
+        self.dict_observation = isinstance(observation_space, spaces.Dict)
         if isinstance(observation_space, spaces.Dict):
             keys = sorted(observation_space.spaces)
             self.main_key: str | None = "image" if "image" in keys else None

@@ -57,8 +57,8 @@ def test_wrapper_feeds_previous_reward(synthetic: ImageDataset) -> None:
     policy = _policy(env.env, core="gru")  # built on the unwrapped space
     mean, _ = _evaluate(policy, env, 3)
     assert isinstance(mean, float)
-    with pytest.raises(TypeError, match="Dict"):
-        RL2ObservationWrapper(gym.make("CartPole-v1"))
+    boxed = RL2ObservationWrapper(gym.make("CartPole-v1"))  # any space: a Box comes as "observation"
+    assert set(boxed.observation_space.spaces) == {"observation", PREV_REWARD_KEY}
     assert reward in (0.0, 1.0)
 
 
