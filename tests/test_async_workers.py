@@ -381,17 +381,23 @@ def test_env_kwargs_set_async_and_the_worker_count() -> None:
             make_vec_env(load_config(None, [*ARGS, *extra]), "train", 3, torch.device("cpu"))
 
 
-@pytest.mark.usefixtures("no_children_left")
-def test_meta_rl_train_runs_a_plugin_in_workers_and_refuses_workers_for_sync(
-        plugin: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    built: list[tuple[int, int]] = []
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(num_envs, num_workers) of every env the trainer builds, in order."""
+    envs: list[tuple[int, int]] = []
 
     def spy(cfg: Any, split: str, num_envs: int, device: torch.device) -> Any:
         env = make_vec_env(cfg, split, num_envs, device)
-        built.append((num_envs, env.num_workers))
+        envs.append((num_envs, env.num_workers))
         return env
 
     monkeypatch.setattr(train_module, "make_vec_env", spy)
+    return envs
+
+
+@pytest.mark.usefixtures("no_children_left")
+def test_meta_rl_train_runs_a_plugin_in_workers_and_refuses_workers_for_sync(
+        plugin: Path, built: list[tuple[int, int]], capsys: pytest.CaptureFixture[str]) -> None:
     run = ["train", "--run-dir", str(plugin / "run"), "--no-progress", *ARGS]
     assert main([*run, "env_kwargs.vectorization=async", "env_kwargs.num_workers=2"]) == 0
     assert built == [(1, 1), (3, 2)]  # the one-env probe, then the training env: 3 envs in 2 workers
@@ -417,7 +423,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 @pytest.mark.usefixtures("no_children_left")
 def test_the_readme_command_trains_the_bandit_plugin_in_two_workers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, built: list[tuple[int, int]]) -> None:
     """The README's command, as written, at a tiny size (appended overrides): its envs run in 2 workers."""
     after = README[README.index("**Worker processes.**"):]
     line = after[after.index("```bash\n") + 8:after.index("```", after.index("```bash\n") + 8)].strip()
@@ -426,14 +432,6 @@ def test_the_readme_command_trains_the_bandit_plugin_in_two_workers(
                                                                                        "runs/bandit-async"]
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     monkeypatch.chdir(tmp_path)
-    built: list[tuple[int, int]] = []
-
-    def spy(cfg: Any, split: str, num_envs: int, device: torch.device) -> Any:
-        env = make_vec_env(cfg, split, num_envs, device)
-        built.append((num_envs, env.num_workers))
-        return env
-
-    monkeypatch.setattr(train_module, "make_vec_env", spy)
     assert main([*args, "num_envs=3", "hidden=8", "total_env_steps=300", "eval_every=0", "torch_threads=1",
                  "--no-progress"]) == 0
     assert built[:2] == [(1, 1), (3, 2)] and (tmp_path / "runs" / "bandit-async" / "checkpoint.pt").is_file()
