@@ -26,7 +26,8 @@ def _steps(run_dir: Path, tag: str) -> list[int]:
 def test_a_time_limited_run_logs_its_final_evaluation_and_ten_points(proto_dataset: str, tmp_path: Path) -> None:
     """Cadences of a million updates would log nothing before the end: time adds at least 10 evaluations (the last
     at the final env step, after the time limit cut training) and more than 10 training points."""
-    cfg = tiny_config(proto_dataset, 10**6, eval_every=10**6, log_every=10**6, eval_episodes=8, max_minutes=0.1)  # 0.6 s apart
+    # 10 points over 6 s: one every 0.6 s
+    cfg = tiny_config(proto_dataset, 10**6, eval_every=10**6, log_every=10**6, eval_episodes=8, max_minutes=0.1)
     result = train(cfg, tmp_path / "run", progress=False)
     evals = _steps(tmp_path / "run", "eval/accuracy")
     assert len(evals) >= 10 and evals[-1] == result["env_steps"]
