@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,7 +71,7 @@ class FewShotVectorEnv(MetaVectorEnv):
     ## Dataset identity
     ``dataset_name`` is the source string, the registered name, or the ImageDataset's name;
     ``dataset_hash`` the content hash of the whole dataset (every split, see
-    :func:`meta_rl.data.content_hash`), computed when first read. A run's checkpoint records both,
+    :func:`meta_rl.data.content_hash`), taken when the env is built. A run's checkpoint records both,
     and evaluating it on other content under the same name is refused.
 
     Args:
@@ -121,7 +120,9 @@ class FewShotVectorEnv(MetaVectorEnv):
         self.device = env_device(device, render_mode)
         data = resolve_split(dataset, split, image_size=image_size, seed=data_seed)
         self.dataset_name = dataset_name(dataset)
-        self._dataset_source = (dataset, image_size, data_seed)
+        #: The content hash of the dataset the tasks are drawn from (all its splits), 16 hex digits: taken now, with
+        #: the data (a name registered again later names other data).
+        self.dataset_hash = content_hash(dataset, image_size=image_size, seed=data_seed)
         self.sampler = EpisodeSampler(data, n_way, instances_per_class, shots, queries_per_class, self.device)
         self.num_envs = num_envs
         self.n_way = n_way
@@ -209,12 +210,6 @@ class FewShotVectorEnv(MetaVectorEnv):
         self._images = self._images[:0]
 
     # -- extras for agents ---------------------------------------------------------------
-
-    @functools.cached_property
-    def dataset_hash(self) -> str:
-        """The content hash of the dataset the tasks are drawn from (all its splits), 16 hex digits."""
-        dataset, image_size, seed = self._dataset_source
-        return content_hash(dataset, image_size=image_size, seed=seed)
 
     def episode_images(self) -> torch.Tensor:
         """uint8 (B, T + 1, C, H, W): every image the current tasks will show, known in advance.

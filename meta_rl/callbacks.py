@@ -34,6 +34,7 @@ callback, the hook and the update.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -216,11 +217,12 @@ def check_callbacks(callbacks: Sequence[Callback] | None) -> list[Callback]:
             raise TypeError(f"callbacks holds {cb!r}, which is not a meta_rl.Callback; subclass meta_rl.Callback and "
                             f"override its hooks ({', '.join(HOOKS)}). SB3's callbacks do not apply to this trainer.")
         for name in dir(type(cb)):
-            if name.lstrip("_").startswith("on_") and name not in HOOKS:
-                close = did_you_mean(name.lstrip("_"), list(HOOKS))
-                hint = f"did you mean {close}? " if close else ""
-                raise TypeError(f"{type(cb).__name__}.{name} is not a hook and would never be called; {hint}The "
-                                f"hooks are {', '.join(HOOKS)}.")
+            if name in HOOKS or not name.lstrip("_").startswith("on_"):
+                continue
+            close = did_you_mean(name.lstrip("_"), list(HOOKS))
+            if close or name.lstrip("_") == "on_step":  # a misspelt hook, or SB3's: never called here
+                raise TypeError(f"{type(cb).__name__}.{name} is not a hook and would never be called; did you mean "
+                                f"{close or 'on_update'}? The hooks are {', '.join(HOOKS)}.")
     return list(callbacks)
 
 
@@ -289,10 +291,12 @@ class StopOnThreshold(Callback):
     def __init__(self, metric: str, threshold: float, *, mode: str = "max") -> None:
         if not isinstance(metric, str) or not metric:
             raise ValueError(f"StopOnThreshold: metric = {metric!r}; name a logged figure, e.g. 'eval/accuracy'.")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
             raise ValueError(f"StopOnThreshold: threshold = {threshold!r}; pass a finite number, e.g. 0.9.")
         _check_mode(mode, "StopOnThreshold")
-        self.metric, self.threshold, self.mode = metric, float(threshold), mode
+        self.metric: str = metric
+        self.threshold: float = float(threshold)
+        self.mode: str = mode
         self.reached: tuple[float, int] | None = None
 
     @property

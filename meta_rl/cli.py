@@ -72,6 +72,9 @@ def _eval(args: argparse.Namespace) -> int:
         if args.checkpoint != "last":
             raise ConfigError(f"{run_dir} is a baseline run, which keeps one checkpoint; --checkpoint "
                               f"{args.checkpoint} is for agent runs trained with SaveBestCheckpoint. Drop it.")
+        if args.allow_dataset_change:
+            raise ConfigError(f"{run_dir} is a baseline run, whose checkpoint records no dataset hash, so there is "
+                              "no change to allow; drop --allow-dataset-change.")
         return evaluate_baseline_run(run_dir, args.episodes, args.split, args.seed, args.json)
     overrides = list(args.overrides)
     if args.shots is not None:  # N-way K-shot: the run's classes and setting, as shots then queries
@@ -114,7 +117,7 @@ def _dataset_report(trained: dict[str, str] | None, evaluated: dict[str, str] | 
 
 
 def _dataset_text(dataset: dict[str, str]) -> str:
-    """The header's dataset part: ``, dataset glyphs (content 64614fb838ba84ec)`` and what the run trained on."""
+    """The header's dataset part: ``, dataset glyphs (content c5aaae80e851c439)`` and what the run trained on."""
     if not dataset:
         return ""
     text = f", dataset {dataset['name']} (content {dataset['hash']})"

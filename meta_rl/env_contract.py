@@ -26,6 +26,7 @@ sizes rollouts, speeds up encoding and feeds evaluation.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -143,6 +144,10 @@ def dataset_record(env: object) -> dict[str, str] | None:
     name, digest = getattr(env, "dataset_name", None), getattr(env, "dataset_hash", None)
     if not isinstance(name, str) or not isinstance(digest, str):
         return None
+    if not re.fullmatch(r"[0-9a-f]{16}", digest):
+        raise EnvCheckError(f"{type(env).__name__}.dataset_hash = {digest!r}; a checkpoint records 16 lowercase hex "
+                            "digits (meta_rl.data.content_hash gives them): return content_hash(...) of the data, "
+                            "or no dataset_hash.")
     return {"name": name, "hash": digest}
 
 

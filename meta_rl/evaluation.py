@@ -127,7 +127,8 @@ class HeldOutResult(abc.ABC):
 
     @abc.abstractmethod
     def table(self, label: str = "this agent", baselines: dict[str, torch.Tensor] | None = None) -> str:
-        """The figures as a printed table beside ``baselines`` (name -> returns per trial) and published rows."""
+        """The figures as a printed table: returns beside ``baselines`` (name -> returns per trial, the task's own
+        players), accuracy beside Santoro et al.'s published rows (classification has no return baselines)."""
 
     @abc.abstractmethod
     def to_json(self) -> dict[str, object]:

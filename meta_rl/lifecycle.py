@@ -51,6 +51,7 @@ __all__ = [
     "budget_steps",
     "check_config_unedited",
     "check_holds_only_run_files",
+    "clock_text",
     "locked_run_dir",
     "si_count",
     "stop_on_signals",
@@ -391,6 +392,12 @@ def budget_steps(done: int, total: int, max_minutes: float, minutes: float, per_
         left = max(max_minutes - minutes, 0.0) * 60
         total = min(total, done + int(per_second * left))
     return max(total, done)
+
+
+def clock_text(minutes: float) -> str:
+    """``M:SS.s`` of a duration in minutes (``1:59.9``; the seconds carry into the minutes, never ``1:60.0``)."""
+    tenths = round(minutes * 600)
+    return f"{tenths // 600}:{tenths % 600 / 10:04.1f}"
 
 
 def si_count(x: float) -> str:

@@ -61,6 +61,7 @@ from meta_rl.lifecycle import (
     TrainingInterrupted,
     after_existing_event_files,
     check_config_unedited,
+    clock_text,
     locked_run_dir,
     si_count,
 )
@@ -341,6 +342,10 @@ class Trainer:
         self.logged_means: dict[str, float] = {}  # the latest log's figures, for callbacks
         self.logged_at: int | None = None
         self.finishing = False  # the final evaluation and checkpoint: a callback's stop has nothing left to stop
+        # What close() closes, from the start: a set-up that fails after init_envs closes what it built.
+        self.heldout_env: VectorEnv | None = None
+        self.writer: Any = NullWriter()
+        self.bar = tqdm(disable=True)
 
     # --- set-up phases --------------------------------------------------------------------
     def init_envs(self) -> None:
@@ -371,7 +376,6 @@ class Trainer:
             probe.close()  # an async plug-in's probe worker ends here, on a refusal too
         check_fits(estimate, self.device, ConfigError)
         self.env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, self.device)
-        self.heldout_env: VectorEnv | None = None  # built after the writer, in init_logging
 
     def init_model(self) -> None:
         """Policy (from ``cfg.seed`` on every rank), Adam, this rank's action generator and the NaN guard."""
@@ -428,7 +432,7 @@ class Trainer:
         checkpointed. ``progress.csv`` and ``progress.jsonl`` drop those rows likewise.
         """
         cfg = self.cfg
-        self.writer: Any = NullWriter()  # TensorBoard's figures, images, text and hparams
+        self.writer = NullWriter()  # TensorBoard's figures, images, text and hparams (rank 0 below)
         writers: list[MetricWriter] = []  # every row of scalars
         if self.world.is_main:
             write_atomic(self.run_dir / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2).encode(), what="config")
@@ -496,7 +500,7 @@ class Trainer:
         budget = self.stopping.budget(self.env_steps, self.cfg.total_env_steps, per_second)
         speed = si_count(per_second)
         parts = [f"update {self.update}", f"steps {si_count(self.env_steps)}/{si_count(budget)}", f"{speed} steps/s",
-                 f"{int(minutes)}:{minutes % 1 * 60:04.1f}"]
+                 clock_text(minutes)]
         parts += [f"{name} {value:.3f}" for name, value in shown.items() if value is not None]
         if "eval/accuracy_instance_2" in self.final:
             parts.append(f"eval 2nd {self.final['eval/accuracy_instance_2']:.3f}")
@@ -586,12 +590,13 @@ class Trainer:
 
     def notify(self, hook: str) -> None:
         """Call ``hook`` of every callback (:func:`~meta_rl.callbacks.run_hook`); one that returns False asks the run
-        to end normally (:meth:`StopPolicy.ask`), except during the final evaluation and checkpoint."""
+        to end normally (:meth:`StopPolicy.ask`), except once the step budget is spent and during the final evaluation
+        and checkpoint."""
         if not self.callbacks:
             return
         stopper = run_hook(self.callbacks, hook, self.view)
-        if stopper is not None and not self.finishing:
-            self.stopping.ask(repr(stopper))
+        if stopper is not None and not self.finishing and self.env_steps < self.cfg.total_env_steps:
+            self.stopping.ask(repr(stopper))  # (a budget spent has nothing left to stop)
 
     def interrupted(self, signum: int) -> TrainingInterrupted:
         return TrainingInterrupted(signum, self.run_dir, self.update, self.env_steps)
@@ -616,16 +621,19 @@ class Trainer:
             metrics = dict(self.final) or {"charts/return": self.metrics.last_return}
             self.writer.add_hparams_linked(hparams, metrics, self.env_steps)
         self.writer.flush()
-        self.save_checkpoint()
-        self.notify("on_checkpoint")
+        if self.saved_update != self.update:  # (a callback's stop at a checkpoint: that one is this update's)
+            self.save_checkpoint()
+            self.notify("on_checkpoint")
         if self.stopping.request.signum is not None:  # during the final evaluation: the run is complete and saved
             raise self.interrupted(self.stopping.request.signum)
 
     def close(self, failing: bool) -> None:
         self.bar.close()
-        if failing:
-            with contextlib.suppress(Exception):  # the error in flight says what went wrong, not this one
-                self.close_envs()
+        if failing:  # the error in flight says what went wrong, not these
+            for env in (self.env, self.heldout_env):
+                if env is not None:
+                    with contextlib.suppress(Exception):
+                        env.close()
             with contextlib.suppress(OSError):
                 self.writer.close()
         else:
@@ -727,12 +735,12 @@ class Trainer:
             self.restore()
             self.init_logging()
         except BaseException:
-            self.close_envs()
+            self.close(failing=True)  # the envs, and the event writer where init_logging got that far
             raise
         self.policy.train()
         try:
-            self.notify("on_training_start")
             self.stopping.start()  # max_minutes counts from here, after the set-up
+            self.notify("on_training_start")
             self.log_cadence, self.eval_cadence = (self.stopping.cadence(LOG_POINTS),
                                                    self.stopping.cadence(EVAL_POINTS))
             self.metrics.start_clock()

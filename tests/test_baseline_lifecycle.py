@@ -129,6 +129,8 @@ def test_cli_resume(proto_dataset: str, tmp_path: Path, capsys: pytest.CaptureFi
     assert '"updates": 3' in capsys.readouterr().out
     assert main(["baseline", "protonet", "--resume", run_dir]) == 2
     assert "--resume DIR continues a baseline run with its saved kind and config" in capsys.readouterr().err
+    assert main(["eval", run_dir, "--allow-dataset-change"]) == 2  # a flag that would do nothing is refused
+    assert "records no dataset hash" in capsys.readouterr().err
 
 
 def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:

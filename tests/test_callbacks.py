@@ -519,3 +519,59 @@ def test_a_callback_stop_is_agreed_by_every_rank(tmp_path: Path) -> None:
     ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
     assert ckpt["counters"]["update"] == 2 and len(set(ckpt["distributed"]["param_digests"])) == 1
     assert [row["env_steps"] for row in jsonl(tmp_path / "run")] == [2 * S, 4 * S]  # only rank 0 wrote
+
+
+# --------------------------------------------------------------------------------------------
+# review fixes
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eval_every", [4, 3])
+def test_a_stop_asked_when_the_budget_is_spent_names_no_callback(proto_dataset: str, tmp_path: Path,
+                                                                  eval_every: int) -> None:
+    """Whether the last update is also an evaluation point or not, the budget ended the run: no ``stopped_by``."""
+    cfg = tiny_config(proto_dataset, 4, eval_every=eval_every, eval_episodes=4, log_to=["jsonl"])
+    result = train(cfg, tmp_path / "run", progress=False, callbacks=[StopAt("on_eval", 4)])
+    assert result["updates"] == 4 and "stopped_by" not in result
+
+
+def test_a_stop_at_a_checkpoint_writes_that_checkpoint_once(proto_dataset: str, tmp_path: Path) -> None:
+    rec = Recorder()
+    cfg = tiny_config(proto_dataset, 6, eval_every=0, checkpoint_every=2, log_to=["jsonl"])
+    result = train(cfg, tmp_path / "run", progress=False, callbacks=[StopAt("on_checkpoint", 2), rec])
+    assert result["updates"] == 2 and result["stopped_by"] == "StopAt(on_checkpoint)"
+    assert [c for c in rec.calls if c[0] == "checkpoint"] == [("checkpoint", 2)]
+
+
+def test_numpy_thresholds_and_helper_methods_are_taken() -> None:
+    import numpy as np
+
+    assert meta_rl.StopOnThreshold("eval/return", np.float32(0.5)).threshold == 0.5
+    assert meta_rl.StopOnThreshold("eval/return", np.int64(7)).threshold == 7.0
+
+    class Best(meta_rl.SaveBestCheckpoint):
+        def on_new_best(self, run: RunView) -> None:  # a helper of the user's, not a misspelt hook
+            pass
+
+    assert len(check_callbacks([Best()])) == 1
+
+
+def test_a_failing_set_up_closes_the_event_writer(proto_dataset: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import meta_rl.train as train_module
+
+    real = train_module.make_vec_env
+
+    def no_heldout(cfg: Any, split: str, num_envs: int, device: torch.device) -> Any:
+        if split == cfg.heldout_split:
+            raise RuntimeError("the held-out split cannot be built")
+        return real(cfg, split, num_envs, device)
+
+    monkeypatch.setattr(train_module, "make_vec_env", no_heldout)
+    hook = threading.excepthook
+    cfg = tiny_config(proto_dataset, 2, eval_every=1, eval_episodes=4)
+    with pytest.raises(RuntimeError, match="held-out split"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert threading.excepthook is hook  # the event writer was closed (it puts the hook back)

@@ -79,10 +79,11 @@ def test_the_source_names_choose_the_font_sets(monkeypatch: pytest.MonkeyPatch) 
         env = FewShotVectorEnv(num_envs=2, dataset="glyphs-system", image_size=29)
         assert (env.dataset_name, env.dataset_hash) == ("glyphs-system", content_hash(data))
         FewShotVectorEnv(num_envs=2, dataset="glyphs", image_size=29)
+        load_splits("glyphs-system:", image_size=29)  # the name, whatever follows a colon
     finally:
         sources._load_cached.cache_clear()
         sources._hash_cached.cache_clear()
-    assert calls == [True, False]
+    assert calls == [True, False, True]
 
 
 def _changed(splits: dict[str, ImageDataset], split: str = "test") -> dict[str, ImageDataset]:
@@ -194,3 +195,20 @@ def test_an_env_without_a_dataset_declares_none() -> None:
     vec = FewShotVectorEnv(num_envs=2, dataset=make_prototype_splits(num_classes=36))
     assert vec.dataset_name == "(in-memory splits)" and len(vec.dataset_hash) == 16
     assert torch.equal(vec.sampler.dataset.images, make_prototype_splits(num_classes=36)["train"].images)
+
+
+def test_the_env_hashes_the_data_it_was_built_with() -> None:
+    """A name registered again later names other data; the env's hash stays that of its own tasks' data."""
+    first = make_prototype_splits(num_classes=36)
+    register_dataset("identity-again", first)
+    env = FewShotVectorEnv(num_envs=2, dataset="identity-again")
+    register_dataset("identity-again", _changed(first))
+    assert env.dataset_hash == content_hash(first) != content_hash("identity-again")
+
+
+def test_a_hash_a_checkpoint_could_not_hold_is_refused_when_recorded() -> None:
+    class OwnHash:
+        dataset_name, dataset_hash = "mine", "ab" * 32  # a whole SHA-256, not the 16 digits a checkpoint holds
+
+    with pytest.raises(ValueError, match=r"OwnHash.dataset_hash = 'abab.*16 lowercase hex digits.*content_hash"):
+        dataset_record(OwnHash())

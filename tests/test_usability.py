@@ -25,7 +25,7 @@ from meta_rl.cli import main
 from meta_rl.config import ConfigError, TrainConfig, field_docs, load_config, named_configs
 from meta_rl.data.sources import FASHION_MNIST_DIR
 from meta_rl.evaluation import REFERENCE_ROWS, TABLE_INSTANCES, first_instance_limit, santoro_table, summarize
-from meta_rl.lifecycle import budget_steps
+from meta_rl.lifecycle import budget_steps, clock_text
 from meta_rl.spaces import space_from_dict, space_to_dict
 from meta_rl.tensorboard_figures import accuracy_figure, episode_strip
 
@@ -249,6 +249,7 @@ def test_progress_total_follows_the_budget_that_stops_the_run() -> None:
     assert budget_steps(100_000, 200_000, 10.0, 2.0, 1000.0) == 200_000  # the step budget comes first
     assert budget_steps(100_000, 50_000_000, 0.0, 2.0, 1000.0) == 50_000_000  # no time limit
     assert budget_steps(100_000, 50_000_000, 10.0, 12.0, 1000.0) == 100_000  # out of time: stops now
+    assert [clock_text(m) for m in (0.5, 1.9995, 10.02)] == ["0:30.0", "2:00.0", "10:01.2"]  # never 1:60.0
 
 
 def test_headless_runs_print_a_line_per_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

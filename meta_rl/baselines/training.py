@@ -31,7 +31,7 @@ from meta_rl.config import ConfigError, resolve_device
 from meta_rl.data import EpisodeSampler
 from meta_rl.distributed import World
 from meta_rl.evaluation import HELDOUT_SEED
-from meta_rl.lifecycle import CHECKPOINT_NAME, si_count
+from meta_rl.lifecycle import CHECKPOINT_NAME, clock_text, si_count
 from meta_rl.memory_estimate import check_threads
 from meta_rl.nonfinite_guard import NonFiniteGuard
 
@@ -188,7 +188,7 @@ class BaselineRun:
             self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.2f}")
         else:
             print(f"meta-rl baseline | update {self.update}/{si_count(budget)} | {per_second:.1f} updates/s | "
-                  f"{int(minutes)}:{minutes % 1 * 60:04.1f} | loss {loss:.3f} | accuracy {accuracy:.3f}",
+                  f"{clock_text(minutes)} | loss {loss:.3f} | accuracy {accuracy:.3f}",
                   file=sys.stderr, flush=True)
         self._sums.clear()
         self._summed = 0

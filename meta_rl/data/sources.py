@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,12 @@ def _rename(ds: ImageDataset, name: str) -> ImageDataset:
 
 def _load_glyphs(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
     """``glyphs``: the glyph dataset built from matplotlib's fonts, ``glyphs-system`` from those and the installed
-    Debian fonts (progress bars only if ``META_RL_PROGRESS`` is unset or ``1``)."""
+    Debian fonts (progress bars only on a terminal, and if ``META_RL_PROGRESS`` is unset or ``1``)."""
     from meta_rl.data.glyphs import load_glyphs
 
-    progress = os.environ.get("META_RL_PROGRESS", "1") == "1"
-    return load_glyphs(image_size=image_size, seed=seed, progress=progress, system_fonts=source == "glyphs-system")
+    progress = os.environ.get("META_RL_PROGRESS", "1") == "1" and sys.stderr.isatty()  # no bars into a log file
+    return load_glyphs(image_size=image_size, seed=seed, progress=progress,
+                       system_fonts=source.partition(":")[0] == "glyphs-system")
 
 
 def _load_omniglot(source: str, arg: str, image_size: int, seed: int) -> dict[str, ImageDataset]:
