@@ -154,11 +154,17 @@ class RunView:
             The file written.
 
         Raises:
-            ValueError: ``name`` is the run's own ``checkpoint.pt`` (which only the run writes).
+            ValueError: ``name`` is not a plain ``.pt`` file name (a folder, ``config.json``, an absolute path), or is
+                the run's own ``checkpoint.pt`` (which only the run writes).
             CheckpointWriteError: the file could not be written (the previous one is intact).
         """
+        plain = isinstance(name, (str, Path)) and Path(name).name == str(name) and str(name).endswith(".pt")
+        if not plain:
+            raise ValueError(f"save_checkpoint({name!r}): name a .pt file of the run directory, without folders "
+                             f"(e.g. {BEST_NAME!r} or 'update-100.pt'), so that it replaces none of the run's "
+                             "other files.")
         path = self.run_dir / name
-        if path.resolve() == self.checkpoint_path.resolve():
+        if path.name == CHECKPOINT_NAME:
             raise ValueError(f"save_checkpoint({str(name)!r}) would replace the run's own {CHECKPOINT_NAME}, which "
                              f"the run writes itself at checkpoint_every; pick another name (e.g. {BEST_NAME!r}).")
         self._trainer.save_checkpoint(path)
@@ -364,11 +370,15 @@ class SaveBestCheckpoint(Callback):
         path = run.run_dir / BEST_NAME
         if run.resumed and path.is_file():  # the best so far is the resumed run's to beat
             try:
-                recorded = load_checkpoint(path).get("evaluation")
+                saved = load_checkpoint(path)
             except CheckpointError as exc:
                 raise CheckpointError(f"{exc} (SaveBestCheckpoint reads it to resume the best so far: delete it to "
                                       "start a new best at the next evaluation)") from exc
-            self._recorded = recorded if isinstance(recorded, dict) else {}
+            recorded = saved.get("evaluation")
+            # One written after the resumed checkpoint (by a process killed since) belongs to updates the run
+            # no longer has, as the log rows after it do: the next evaluation replaces it, whatever its figure.
+            later = int(saved.get("counters", {}).get("env_steps", 0)) > run.env_steps
+            self._recorded = recorded if isinstance(recorded, dict) and not later else {}
 
     def on_eval(self, run: RunView) -> bool | None:
         figures = run.evaluation

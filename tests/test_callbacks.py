@@ -291,11 +291,20 @@ def test_best_checkpoint_is_the_best_evaluation_and_loads(proto_dataset: str, tm
 
     # A resumed run starts from the best that best.pt records: an equal figure does not replace it, a better one does.
     resumed, run = meta_rl.SaveBestCheckpoint(), FakeRun(run_dir, resumed=True)
+    run.env_steps = 5 * S  # the checkpoint it resumes
     resumed.on_training_start(run)  # type: ignore[arg-type]
-    for step, value in ((1, top["eval/accuracy"]), (2, top["eval/accuracy"] + 0.01)):
+    for step, value in ((6 * S, top["eval/accuracy"]), (7 * S, top["eval/accuracy"] + 0.01)):
         run.env_steps, run.evaluation = step, {"eval/accuracy": value}
         resumed.on_eval(run)  # type: ignore[arg-type]
-    assert run.saved == [2]
+    assert run.saved == [7 * S]
+    # One written after the checkpoint a run resumes (by a process killed since) is no bar: the next evaluation
+    # replaces it, however good it was.
+    stale, run = meta_rl.SaveBestCheckpoint(), FakeRun(run_dir, resumed=True)
+    run.env_steps = top["env_steps"] - S
+    stale.on_training_start(run)  # type: ignore[arg-type]
+    run.env_steps, run.evaluation = top["env_steps"], {"eval/accuracy": top["eval/accuracy"] - 0.5}
+    stale.on_eval(run)  # type: ignore[arg-type]
+    assert run.saved == [top["env_steps"]]
     (run_dir / BEST_NAME).unlink()
     with pytest.raises(CheckpointError, match=r"has no best.pt: a run writes it when trained with the "
                                               r"SaveBestCheckpoint callback"):
@@ -541,6 +550,23 @@ def test_a_stop_at_a_checkpoint_writes_that_checkpoint_once(proto_dataset: str, 
     result = train(cfg, tmp_path / "run", progress=False, callbacks=[StopAt("on_checkpoint", 2), rec])
     assert result["updates"] == 2 and result["stopped_by"] == "StopAt(on_checkpoint)"
     assert [c for c in rec.calls if c[0] == "checkpoint"] == [("checkpoint", 2)]
+
+
+def test_save_checkpoint_takes_plain_pt_names_only(tmp_path: Path) -> None:
+    from meta_rl.callbacks import RunView as View
+
+    class Trainer:
+        run_dir, ckpt_path = tmp_path, tmp_path / CHECKPOINT_NAME
+
+        def save_checkpoint(self, path: Path) -> None:
+            path.write_bytes(b"")
+
+    view = View(Trainer())
+    for bad in ("config.json", "progress.csv", "sub/x.pt", str(tmp_path / "elsewhere.pt"), CHECKPOINT_NAME):
+        with pytest.raises(ValueError, match=r"save_checkpoint"):
+            view.save_checkpoint(bad)
+    assert view.save_checkpoint("update-100.pt") == tmp_path / "update-100.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["update-100.pt"]
 
 
 def test_numpy_thresholds_and_helper_methods_are_taken() -> None:
