@@ -627,25 +627,25 @@ class Trainer:
         if self.stopping.request.signum is not None:  # during the final evaluation: the run is complete and saved
             raise self.interrupted(self.stopping.request.signum)
 
-    def close(self, failing: bool) -> None:
+    def close(self, failing: bool, terminate: bool = False) -> None:
+        """Close the bar, the training and held-out envs (an async plug-in's worker processes end with the run, not
+        whenever the garbage collector gets to them) and the writer.
+
+        Args:
+            failing: an error is in flight and says what went wrong: each env and the writer are closed on their
+                own, their errors suppressed.
+            terminate: a call of the envs timed out: their async workers are terminated (one may be stuck in it).
+        """
         self.bar.close()
-        if failing:  # the error in flight says what went wrong, not these
-            for env in (self.env, self.heldout_env):
-                if env is not None:
-                    with contextlib.suppress(Exception):
-                        env.close()
+        for env in (self.env, self.heldout_env):
+            if env is not None:
+                with contextlib.suppress(Exception) if failing else contextlib.nullcontext():
+                    _close_env(env, terminate)
+        if failing:
             with contextlib.suppress(OSError):
                 self.writer.close()
         else:
-            self.close_envs()
             self.writer.close()
-
-    def close_envs(self) -> None:
-        """Close the training and held-out envs: an async plug-in's worker processes end with the run, not whenever
-        the garbage collector gets to them."""
-        for env in (self.env, self.heldout_env):
-            if env is not None:
-                env.close()
 
     # --- the loop -------------------------------------------------------------------------
     def loop(self) -> None:
@@ -692,18 +692,6 @@ class Trainer:
             watchdog.watch(self.heldout_env, f"the held-out {cfg.env_id!r}")
         self.stopping.request.watchdog = watchdog
         return watchdog
-
-    def abandon_envs(self) -> None:
-        """Close the envs after a call of theirs timed out, terminating async workers (one may be stuck in it)."""
-        for env in (self.env, self.heldout_env):
-            if env is None:
-                continue
-            with warnings.catch_warnings():  # gymnasium warns that a step is pending: that is the point
-                warnings.simplefilter("ignore")
-                try:
-                    env.close(terminate=True)
-                except TypeError:  # an env whose close takes no options: nothing to terminate
-                    env.close()
 
     def collect_or_keep_the_last_update(self) -> Rollout:
         """A new rollout; where a second signal or the step watchdog stops it, a checkpoint of the last whole
@@ -754,8 +742,7 @@ class Trainer:
                 self.finish()
                 self.notify("on_training_end")
         except EnvStepTimeout:
-            self.abandon_envs()
-            self.close(failing=True)
+            self.close(failing=True, terminate=True)
             raise
         except StopNow as exc:
             self.close(failing=True)
@@ -774,6 +761,20 @@ class Trainer:
         if self.stopping.asked:
             result["stopped_by"] = self.stopping.asked_by or "a callback on rank 0"
         return {**result, **self.final}
+
+
+def _close_env(env: VectorEnv, terminate: bool) -> None:
+    """``env.close()``; with ``terminate``, ``close(terminate=True)`` where the env takes it (async workers are
+    terminated, gymnasium's warning that a step is pending silenced: that is the point)."""
+    if not terminate:
+        env.close()
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            env.close(terminate=True)
+        except TypeError:  # an env whose close takes no options: nothing to terminate
+            env.close()
 
 
 def _log_strip(writer: Any, ro: Rollout, env_steps: int) -> None:
