@@ -11,6 +11,7 @@ starts them anew. Only rank 0 writes.
 
 from __future__ import annotations
 
+import abc
 import csv
 import io
 import json
@@ -88,8 +89,11 @@ class StdoutWriter:
         print("\n".join(lines), file=stream, flush=True)
 
 
-class _FileWriter:
-    """A log file of the run directory, with one clear :class:`~meta_rl.atomic.WriteError` for a failed write."""
+class _FileWriter(abc.ABC):
+    """A log file of the run directory, with one clear :class:`~meta_rl.atomic.WriteError` for a failed write.
+
+    A format gives :meth:`parse` (a file's text to its rows) and :meth:`start` (the file anew from the rows kept).
+    """
 
     name = ""
     what = ""
@@ -116,11 +120,13 @@ class _FileWriter:
                                   "repair it.")
         return [row for row in rows if row[STEP_KEY] <= keep_until]
 
+    @abc.abstractmethod
     def parse(self, text: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The rows of a file's text."""
 
+    @abc.abstractmethod
     def start(self, rows: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
+        """Write the file anew, holding ``rows`` (none for a fresh run)."""
 
     def replace(self, text: str) -> None:
         write_atomic(self.path, text.encode(), what=self.what, then=self._then())
