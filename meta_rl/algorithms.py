@@ -5,29 +5,36 @@ advantages on the critic's values, the critic regressed on λ-returns. :class:`P
 surrogate of Schulman et al. 2017 over several epochs of minibatches of tasks, using the behaviour
 log-probabilities and values the rollout carries. Both return the scalar to minimise with the figures
 to log; the trainer (:func:`meta_rl.train.optimize`) does the backward pass, the gradient averaging
-over ranks, the clipping, the NaN guard and the optimizer step, once per minibatch.
+over ranks, the clipping, the NaN guard and the optimizer step, once per minibatch. With ``compile_update`` it
+calls the loss through :func:`compile_loss` (torch.compile) within :func:`compile_failures`.
 
 The maths are pure tensor functions in :mod:`meta_rl.returns`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from meta_rl.config import AlgorithmConfig
+from meta_rl.errors import ConfigError
 from meta_rl.policy import MetaPolicy
 from meta_rl.registry import Registry
 from meta_rl.returns import explained_variance, first_trial_returns, gae, normalize, ppo_policy_loss, reinforce_losses
 from meta_rl.rollout import Rollout
 
-__all__ = ["ALGORITHMS", "PPO", "Algorithm", "Reinforce", "make_algorithm"]
+__all__ = [
+    "ALGORITHMS", "PPO", "Algorithm", "LossFn", "Reinforce", "compile_failures", "compile_loss", "make_algorithm",
+]
 
 Stats = dict[str, torch.Tensor]
 TermsFn = Callable[..., dict[str, torch.Tensor]]
+#: An algorithm's loss: (policy, rollout) → (the loss to minimise, the figures to log).
+LossFn = Callable[[MetaPolicy, Rollout], tuple[torch.Tensor, Stats]]
 
 
 class Algorithm(ABC):
@@ -155,3 +162,38 @@ ALGORITHMS.register("ppo")(PPO)
 def make_algorithm(cfg: AlgorithmConfig, **fixed: Any) -> Algorithm:
     """The algorithm ``cfg.algo`` names, with ``cfg.algo_kwargs`` (an option it does not take is refused)."""
     return ALGORITHMS.build(cfg.algo, cfg, options=cfg.algo_kwargs, **fixed)
+
+
+_EAGER = "set compile_update=false to train with the eager update (the default)"
+
+
+def compile_loss(algorithm: Algorithm) -> LossFn:
+    """``algorithm``'s loss under ``torch.compile`` (``compile_update``): the policy's re-run over the rollout and the
+    losses become graphs, whose backward pass AOTAutograd compiles too. ``dynamic=False``: a run's rollouts keep one
+    shape. Nothing is compiled until the first call (which pays the compile time); a graph break runs that part
+    eagerly between graphs. Call it, and backpropagate its loss, within :func:`compile_failures`.
+
+    Raises:
+        ConfigError: torch.compile is unavailable on this platform (it refuses, e.g., a Python it does not support).
+    """
+    try:
+        return torch.compile(algorithm.__call__, dynamic=False)
+    except RuntimeError as exc:
+        raise ConfigError(f"compile_update = true, but torch.compile is unavailable here ({exc}); {_EAGER}.") from exc
+
+
+@contextlib.contextmanager
+def compile_failures() -> Iterator[None]:
+    """Where the compiler fails on a compiled loss's forward or backward pass (say inductor finds no working C++
+    compiler on the CPU, or dynamo breaks), a :class:`ConfigError` that says so and how to turn it off; the errors of
+    the computation itself pass through as they are.
+    """
+    from torch._dynamo.exc import BackendCompilerFailed, InternalTorchDynamoError  # torch.compile imports it anyway
+
+    try:
+        yield
+    except (BackendCompilerFailed, InternalTorchDynamoError) as exc:
+        cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc  # what the compiler raised
+        said = (str(cause).strip().splitlines() or [""])[0]
+        raise ConfigError(f"compile_update = true, but torch.compile failed to compile the update on this platform "
+                          f"({type(cause).__name__}: {said}); {_EAGER}.") from exc

@@ -300,6 +300,13 @@ class AlgorithmConfig:
     et al. 2016, output-preserving), so the value loss keeps one scale whatever the task's rewards."""
     return_norm_rate: float = 0.01
     """Averaging rate of those running statistics (about 1 / rate updates)."""
+    compile_update: bool = False
+    """``torch.compile`` the update's loss: the policy's re-run over the rollout and the losses become compiled graphs,
+    their backward pass compiled through AOTAutograd (the rollout, clipping and Adam's step stay eager; where the
+    compiler cannot follow, e.g. ``nn.GRU``, that part runs eagerly between graphs). The first updates pay the compile
+    time (tens of seconds on a CPU), and the losses and gradients then match the eager update's only to float
+    tolerance, not bit for bit. Off until measured on a GPU (BENCHMARKS.md § "GPU"). Where torch.compile is
+    unavailable or fails on the platform, the run stops with a ConfigError (set it false). May change when resuming."""
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from gymnasium.vector import VectorEnv
 from tqdm.auto import tqdm
 
-from meta_rl.algorithms import Algorithm, make_algorithm
+from meta_rl.algorithms import Algorithm, LossFn, compile_failures, compile_loss, make_algorithm
 from meta_rl.atomic import write_atomic
 from meta_rl.callbacks import Callback, RunView, check_callbacks, run_hook
 from meta_rl.checkpoint import (
@@ -95,9 +95,10 @@ __all__ = [
 LOG_POINTS = 20
 EVAL_POINTS = 10
 
-# Keys that may differ between a run and its resumption: how long it runs, not what it learns.
+# Keys that may differ between a run and its resumption: how long and how it runs, not what it learns
+# (compile_update computes the same loss, to float tolerance, as the device and encoder_precision do).
 RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates", "step_timeout",
-                  "encoder_precision", "log_to")
+                  "encoder_precision", "log_to", "compile_update")
 Collector = Callable[..., Rollout]  # meta_rl.rollout.collect's signature
 AlgorithmFactory = Callable[[TrainConfig], Algorithm]  # meta_rl.algorithms.make_algorithm's signature
 
@@ -128,7 +129,7 @@ Admit = Callable[[dict[str, torch.Tensor]], bool]
 
 def optimize(
     policy: MetaPolicy, optimizer: torch.optim.Optimizer, algorithm: Algorithm, ro: Rollout, cfg: TrainConfig, *,
-    world: World | None = None, admit: Admit | None = None,
+    world: World | None = None, admit: Admit | None = None, compiled: LossFn | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """The update on one rollout: for each of the algorithm's epochs and minibatches of tasks, its loss, the
     gradients (averaged over ranks, clipped), then, if ``admit`` lets them through (the NaN guard; default: all),
@@ -138,8 +139,12 @@ def optimize(
     and before clipping (see :mod:`meta_rl.distributed` for why not DDP), so every rank clips and
     steps with the same gradient, that of the mean loss over all ranks' tasks.
 
+    ``compiled``: the algorithm's loss compiled (:func:`~meta_rl.algorithms.compile_loss`, ``compile_update``), called
+    in its place.
+
     Raises:
-        ConfigError: the rollout's tasks do not split into the algorithm's minibatches.
+        ConfigError: the rollout's tasks do not split into the algorithm's minibatches, or ``compiled`` fails to
+            compile on this platform.
     """
     world = world or World()
     if algorithm.epochs * algorithm.minibatches > 1 and ro.embed is not None and ro.embed.requires_grad:
@@ -156,7 +161,7 @@ def optimize(
             order = torch.randperm(batch, generator=torch.Generator().manual_seed(epoch)).to(ro.rewards.device)
         for k in range(algorithm.minibatches):
             part = ro if algorithm.minibatches == 1 else ro.select(order[k * size:(k + 1) * size])
-            stats = gradients(policy, optimizer, algorithm, part, cfg, world)
+            stats = gradients(policy, optimizer, algorithm, part, cfg, world, compiled)
             if admit is None or admit(stats):
                 optimizer.step()
                 update_running_stats(policy, stats, cfg, world)
@@ -168,12 +173,18 @@ def optimize(
 
 def gradients(
     policy: MetaPolicy, optimizer: torch.optim.Optimizer, algorithm: Algorithm, ro: Rollout, cfg: TrainConfig,
-    world: World,
+    world: World, compiled: LossFn | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The algorithm's loss on ``ro`` and its gradients in ``.grad`` (averaged over ranks, clipped), without a step."""
-    loss, stats = algorithm(policy, ro)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    """The algorithm's loss on ``ro`` (``compiled``'s, where given) and its gradients in ``.grad`` (averaged over
+    ranks, clipped), without a step.
+
+    Raises:
+        ConfigError: ``compiled`` fails to compile (:func:`~meta_rl.algorithms.compile_failures`).
+    """
+    with compile_failures() if compiled is not None else contextlib.nullcontext():
+        loss, stats = (compiled or algorithm)(policy, ro)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # (a compiled loss's backward pass may be compiled here, at its first call)
     world.average_gradients(list(policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
     return {**stats, "losses/grad_norm": grad_norm.detach()}
@@ -378,12 +389,14 @@ class Trainer:
         self.env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, self.device)
 
     def init_model(self) -> None:
-        """Policy (from ``cfg.seed`` on every rank), Adam, this rank's action generator and the NaN guard."""
+        """Policy (from ``cfg.seed`` on every rank), Adam, the algorithm (its loss compiled with ``compile_update``:
+        compiled at the first update), this rank's action generator and the NaN guard."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)
             self.policy = build_policy(self.cfg, self.env, self.steps).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.learning_rate)
         self.algorithm = self.make_algorithm(self.cfg)
+        self.compiled = compile_loss(self.algorithm) if self.cfg.compile_update else None
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.guard = NonFiniteGuard(self.policy, eager=self.eager_guard, skip=self.cfg.skip_nonfinite_updates,
                                     steps_per_update=self.steps * self.per_update, kept=self._kept,
@@ -461,7 +474,8 @@ class Trainer:
 
     def train_step(self, ro: Rollout) -> None:
         """The algorithm's steps on the rollout (:func:`optimize`), each through the NaN guard, and the tallies."""
-        optimize(self.policy, self.optimizer, self.algorithm, ro, self.cfg, world=self.world, admit=self.admit)
+        optimize(self.policy, self.optimizer, self.algorithm, ro, self.cfg, world=self.world, admit=self.admit,
+                 compiled=self.compiled)
         self.metrics.record_accuracy(ro.correct(), ro.instance)
         self.update += 1
         self.env_steps += self.steps * self.per_update
