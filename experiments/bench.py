@@ -46,7 +46,7 @@ import torch
 
 from meta_rl.algorithms import make_algorithm
 from meta_rl.allocator import tune_malloc
-from meta_rl.config import ModelConfig, TrainConfig, load_config
+from meta_rl.config import ModelConfig, TrainConfig, check_cuda_graphs, load_config
 from meta_rl.data import ImageDataset, load_splits
 from meta_rl.data.synthetic import random_dataset
 from meta_rl.distributed import World
@@ -396,6 +396,7 @@ def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         overrides.append(f"num_envs={args.num_envs}")
     cfg = load_config(args.config, overrides + list(args.overrides))
     device = torch.device(args.device)
+    check_cuda_graphs(cfg.cuda_graphs, device, args.device)
     env = make_vec_env(cfg, cfg.train_split, cfg.num_envs, device)
     heldout = make_vec_env(cfg, cfg.heldout_split, min(args.eval_episodes, 256), device)
     steps = cfg.rollout_steps or int(env.episode_length)  # type: ignore[attr-defined]
@@ -410,7 +411,8 @@ def _ours_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     while trained_s < cap:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < args.eval_seconds and trained_s + time.perf_counter() - t0 < cap:
-            ro = collect(env, policy, steps, generator, reset_seed=update, embed_with_grad=True)
+            ro = collect(env, policy, steps, generator, reset_seed=update, embed_with_grad=True,
+                         graphed=cfg.cuda_graphs)
             optimize(policy, optimizer, algorithm, ro, cfg)  # the trainer's step, PopArt statistics included
             update += 1
             env_steps += steps * cfg.num_envs
@@ -502,7 +504,8 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
     vec.close()
     cfg = TrainConfig(env_id=args.env_id, num_envs=args.batch, encoder=args.encoder, device=str(device),
                       seed=args.seed, eval_every=0, eval_episodes=0, checkpoint_every=10**9,
-                      torch_threads=args.threads, encoder_precision=args.encoder_precision).validate()
+                      torch_threads=args.threads, encoder_precision=args.encoder_precision,
+                      cuda_graphs=args.cuda_graphs).validate()
     _time_ours(TrainConfig(**{**cfg.to_dict(), "max_minutes": 0.0}), args.warmup)  # warm-up
     train_sps, train_steps = _time_ours(cfg, args.seconds)
     return {
@@ -514,6 +517,7 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "core": cfg.core,
         "encoder_precision": args.encoder_precision,
+        "cuda_graphs": args.cuda_graphs,
         "env_id": args.env_id,
         "seconds_each": args.seconds,
         "train_env_steps": train_steps,
@@ -826,6 +830,8 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--batch", type=int, default=1024, help="parallel tasks B")
     gpu.add_argument("--encoder-precision", default="auto", choices=list(PRECISIONS),
                      help="the encoder's arithmetic (bfloat16 on CUDA is a switch still to be measured)")
+    gpu.add_argument("--cuda-graphs", action="store_true",
+                     help="collect with the acting step replayed as a CUDA graph (cuda_graphs; CUDA only)")
     gpu.add_argument("--seconds", type=float, default=20.0, help="timed seconds for the env and for training")
     gpu.add_argument("--warmup", type=float, default=3.0)
     gpu.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

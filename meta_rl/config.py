@@ -45,6 +45,7 @@ __all__ = [
     "TaskConfig",
     "TrainConfig",
     "available_devices",
+    "check_cuda_graphs",
     "check_log_to",
     "check_part",
     "check_read_head",
@@ -345,6 +346,13 @@ class RunConfig(RunSettings):
     step_timeout: float = 300.0
     """Seconds one env ``step`` or ``reset`` may take before the run stops with a checkpoint of its last
     update (0: wait for ever). A step still running 30 s past ``max_minutes`` stops the run the same way."""
+    cuda_graphs: bool = False
+    """Replay the policy's acting step as a CUDA graph while collecting training rollouts: the step (context, core,
+    heads, sampling, log-prob, value; the encoder too where the rollout does not encode the task's images up front)
+    is captured once per rollout shape as a ``torch.cuda.CUDAGraph`` and replayed each step on static buffers, one
+    launch instead of hundreds; the env's step stays outside. The sampling noise is drawn from the run's generator
+    outside the graph, so the actions are those of the eager step. Needs CUDA (``device=cuda``; a CPU run refuses
+    it). Off by default until measured (BENCHMARKS.md § "GPU"). May change when resuming."""
     log_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Where training means and held-out figures go, any of ``tensorboard`` (event files), ``csv`` (``progress.csv``,
     a row per log), ``jsonl`` (``progress.jsonl``, an object per log) and ``stdout`` (a table per log); on the
@@ -561,6 +569,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device = {name!r}: meta-rl runs on the CPU or CUDA; this machine has {', '.join(here)}.")
     return device
+
+
+def check_cuda_graphs(cuda_graphs: bool, device: torch.device, setting: str) -> None:
+    """Refuse ``cuda_graphs`` where the run's ``device`` (resolved from the ``device`` setting) is not CUDA.
+
+    Raises:
+        ConfigError: ``cuda_graphs`` is on and ``device`` is not a CUDA device.
+    """
+    if cuda_graphs and device.type != "cuda":
+        raise ConfigError(
+            f"cuda_graphs = true replays the acting step as a CUDA graph, but this run's device is {device} (device = "
+            f"{setting!r}; this machine has {', '.join(available_devices())}): it would do nothing. Use device=cuda "
+            "on a machine with a GPU, or cuda_graphs=false.")
 
 
 def available_devices() -> list[str]:

@@ -17,6 +17,7 @@ nonzero mean. An unbounded mean drifts there and runs away: PointNav runs were s
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 
@@ -29,11 +30,15 @@ __all__ = [
     "categorical_entropy",
     "categorical_log_prob",
     "categorical_mode",
+    "categorical_noise",
     "categorical_sample",
+    "categorical_sample_from_noise",
     "gaussian_entropy",
+    "gaussian_noise",
     "squashed_gaussian_log_prob",
     "squashed_gaussian_mode",
     "squashed_gaussian_sample",
+    "squashed_gaussian_sample_from_noise",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -41,11 +46,22 @@ _LOG_2PI = math.log(2.0 * math.pi)
 MEAN_BOUND = 3.0
 
 
+def categorical_noise(shape: torch.Size, generator: torch.Generator | None, device: torch.device,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """The uniform draw U(0, 1) of ``shape`` (the logits') that :func:`categorical_sample_from_noise` takes."""
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+
+
+def categorical_sample_from_noise(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The Gumbel-max sample for the uniform draw ``uniform`` (the logits' shape): argmax(logits + Gumbel)."""
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+    return torch.argmax(logits + gumbel, dim=-1)
+
+
 def categorical_sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Sample by the Gumbel-max trick: one on-device draw, no host synchronisation."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
-    return torch.argmax(logits + gumbel, dim=-1)
+    uniform = categorical_noise(logits.shape, generator, logits.device, logits.dtype)
+    return categorical_sample_from_noise(logits, uniform)
 
 
 def categorical_mode(logits: torch.Tensor) -> torch.Tensor:
@@ -76,12 +92,26 @@ def bounded_mean(mu: torch.Tensor) -> torch.Tensor:
     return MEAN_BOUND * torch.tanh(mu / MEAN_BOUND)
 
 
+def gaussian_noise(shape: torch.Size, generator: torch.Generator | None, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The standard normal draw of ``shape`` (the means') that :func:`squashed_gaussian_sample_from_noise` takes."""
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def squashed_gaussian_sample_from_noise(
+    mu: torch.Tensor, log_std: torch.Tensor, low: torch.Tensor, high: torch.Tensor, normal: torch.Tensor,
+) -> torch.Tensor:
+    """The squashed sample ``low + (tanh(m + σ·normal) + 1) / 2 · (high - low)`` for the draw ``normal`` (mu's
+    shape), m = bounded_mean(mu) and σ = exp(log_std)."""
+    return _squash(bounded_mean(mu) + log_std.exp() * normal, low, high)
+
+
 def squashed_gaussian_sample(
     mu: torch.Tensor, log_std: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    return _squash(bounded_mean(mu) + log_std.exp() * noise, low, high)
+    normal = gaussian_noise(mu.shape, generator, mu.device, mu.dtype)
+    return squashed_gaussian_sample_from_noise(mu, log_std, low, high, normal)
 
 
 def squashed_gaussian_mode(mu: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -112,7 +142,27 @@ def gaussian_entropy(log_std: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 # --- action heads: the distribution for an action space, chosen once --------------------------
 
 
-class CategoricalHead:
+class _Sampler(ABC):
+    """A head's sampling: a random draw of the parameters' shape, then a pure function of the parameters and it."""
+
+    @abstractmethod
+    def noise(self, shape: torch.Size, generator: torch.Generator | None, device: torch.device,
+              dtype: torch.dtype) -> torch.Tensor:
+        """The random draw that sampling parameters of ``shape`` takes (one call advances ``generator`` once)."""
+
+    @abstractmethod
+    def sample_from_noise(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor,
+                          high: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """The action for the draw ``noise`` (from :meth:`noise`), or the distribution's mode where it is None."""
+
+    def sample(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor, high: torch.Tensor,
+               generator: torch.Generator | None, deterministic: bool) -> torch.Tensor:
+        """An action drawn from ``generator`` (the mode if ``deterministic``, which draws nothing)."""
+        noise = None if deterministic else self.noise(params.shape, generator, params.device, params.dtype)
+        return self.sample_from_noise(params, scale, low, high, noise)
+
+
+class CategoricalHead(_Sampler):
     """``Discrete(n)`` actions: logits (..., n) from the policy head; int64 actions of shape (...).
 
     Stateless: every method takes the tensors it needs (``scale``, ``low``, ``high`` are unused).
@@ -128,9 +178,13 @@ class CategoricalHead:
         """(*lead,) actions as the policy's input: one-hot (*lead, n)."""
         return torch.nn.functional.one_hot(action.long().clamp(0, self.dim - 1), self.dim).float()
 
-    def sample(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor, high: torch.Tensor,
-               generator: torch.Generator | None, deterministic: bool) -> torch.Tensor:
-        return categorical_mode(params) if deterministic else categorical_sample(params, generator)
+    def noise(self, shape: torch.Size, generator: torch.Generator | None, device: torch.device,
+              dtype: torch.dtype) -> torch.Tensor:
+        return categorical_noise(shape, generator, device, dtype)
+
+    def sample_from_noise(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor,
+                          high: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        return categorical_mode(params) if noise is None else categorical_sample_from_noise(params, noise)
 
     def log_prob(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor, high: torch.Tensor,
                  actions: torch.Tensor) -> torch.Tensor:
@@ -140,7 +194,7 @@ class CategoricalHead:
         return categorical_entropy(params)
 
 
-class SquashedGaussianHead:
+class SquashedGaussianHead(_Sampler):
     """Bounded 1-D ``Box(d)`` actions: mean μ (..., d) from the policy head, the policy's learned log σ
     (``scale``, (d,)) and the bounds ``low`` / ``high``; float32 actions of shape (..., d)."""
 
@@ -154,12 +208,16 @@ class SquashedGaussianHead:
         """(*lead, d) actions as the policy's input: as they are."""
         return action.float().reshape(*lead, self.dim)
 
-    def sample(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor, high: torch.Tensor,
-               generator: torch.Generator | None, deterministic: bool) -> torch.Tensor:
-        if deterministic:
+    def noise(self, shape: torch.Size, generator: torch.Generator | None, device: torch.device,
+              dtype: torch.dtype) -> torch.Tensor:
+        return gaussian_noise(shape, generator, device, dtype)
+
+    def sample_from_noise(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor,
+                          high: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if noise is None:
             return squashed_gaussian_mode(params, low, high)
         assert scale is not None
-        return squashed_gaussian_sample(params, scale, low, high, generator)
+        return squashed_gaussian_sample_from_noise(params, scale, low, high, noise)
 
     def log_prob(self, params: torch.Tensor, scale: torch.Tensor | None, low: torch.Tensor, high: torch.Tensor,
                  actions: torch.Tensor) -> torch.Tensor:

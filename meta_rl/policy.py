@@ -296,6 +296,29 @@ class MetaPolicy(nn.Module):
         logits = self.policy_head(feats)  # (T, B, A)
         return (logits if index is None else logits + index), values, state_out
 
+    def step(
+        self, extras: Obs, prev_action: torch.Tensor, prev_reward: torch.Tensor, starts: torch.Tensor, state: State, *,
+        main: torch.Tensor | None = None, embed: torch.Tensor | None = None, need_state: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """One step of B envs: the distribution's parameters (B, A), the values (B,) and the core's new state.
+
+        The step a rollout, the rollout's CUDA graph (:mod:`meta_rl.graphed_step`) and SB3's ``predict``
+        (:mod:`meta_rl.traced_step`) take: encode, the RL² context, core and heads at T = 1.
+
+        Args:
+            extras: the observation's context entries (``context_keys``), (B, ...) each.
+            prev_action: (B,) or (B, A). prev_reward: (B,). starts: (B,) bool, a task starts. state: the core's.
+            main: (B, *obs) the encoder's part of the observation, encoded here; or ``embed``: (B, E), its
+                encoding made beforehand (a rollout that encodes the whole image stream at once). Neither: the
+                policy has no encoder input.
+            need_state: as in :meth:`forward`.
+        """
+        lead = (1, starts.shape[0])
+        e = embed[None] if embed is not None else self.encode(None if main is None else main[None], lead)  # (1, B, E)
+        u = self.context({k: v[None] for k, v in extras.items()}, prev_action[None], prev_reward[None], starts[None])
+        params, values, state = self(e, u, starts[None], state, need_state=need_state)
+        return params[0], values[0], state
+
     def return_scale(self) -> torch.Tensor:
         """σ of the critic's targets (1 until the trainer updates the statistics)."""
         return popart_std(self.return_stats[0], self.return_stats[1])
@@ -325,6 +348,16 @@ class MetaPolicy(nn.Module):
         self, params: torch.Tensor, generator: torch.Generator | None, deterministic: bool = False
     ) -> torch.Tensor:
         return self.head.sample(params, self.log_std, self.low, self.high, generator, deterministic)
+
+    def noise(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+        """The random draw of one step's sampling for ``batch`` envs (the head's ``noise``): what :meth:`sample`
+        draws from ``generator`` for parameters (batch, A)."""
+        weight = self.policy_head.weight
+        return self.head.noise(torch.Size((batch, self.action_dim)), generator, weight.device, weight.dtype)
+
+    def sample_from_noise(self, params: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """The action for the draw ``noise`` (:meth:`noise`), or the mode where it is None."""
+        return self.head.sample_from_noise(params, self.log_std, self.low, self.high, noise)
 
     def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.head.log_prob(params, self.log_std, self.low, self.high, actions)

@@ -12,6 +12,8 @@ where there is one, the env's own output made the action NaN, and the error says
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from gymnasium.vector import VectorEnv
 
 from meta_rl.cores import State
 from meta_rl.env_contract import EnvCheckError, env_name, known_images, task_length
+from meta_rl.graphed_step import StepInputs, StepOutputs, acting_step, graphed_step
 from meta_rl.policy import MetaPolicy
 
 __all__ = ["Rollout", "collect"]
@@ -143,12 +146,18 @@ def collect(
     reset_seed: int | None,
     deterministic: bool = False,
     embed_with_grad: bool = False,
+    graphed: bool = False,
 ) -> Rollout:
     """Reset ``env`` with ``reset_seed``, then run ``steps`` steps of ``policy`` in it.
 
     Where the env knows its tasks' image streams in advance (``episode_images()``) and the
     rollout stays within one task, the encoder runs once on the whole stream; with
     ``embed_with_grad`` that encoding keeps its graph so the update can reuse it.
+
+    Each step's sampling noise is drawn from ``generator`` (nothing where ``deterministic``: the mode), then the
+    acting step (:func:`~meta_rl.graphed_step.acting_step`) runs. With ``graphed`` it runs as a
+    :class:`~meta_rl.graphed_step.GraphedStep` (the ``cuda_graphs`` setting): replayed as a CUDA graph on CUDA,
+    eagerly on its static buffers elsewhere; the rollout is the same either way.
     """
     obs, _ = env.reset(seed=reset_seed)
     device = policy.value_head.weight.device
@@ -184,6 +193,7 @@ def collect(
     prev_a = torch.zeros((b, *action_shape), dtype=action_dtype, device=device)
     prev_r = torch.zeros(b, device=device)
     starts = torch.ones(b, dtype=torch.bool, device=device)
+    run: Callable[[StepInputs], StepOutputs] = functools.partial(acting_step, policy)
     with torch.no_grad():
         for t in range(steps):
             if embed is None and mains is not None and main is not None:
@@ -191,15 +201,17 @@ def collect(
             for k, v in extras.items():
                 extra_buf[k][t] = v
             prev_actions[t], prev_rewards[t], starts_buf[t] = prev_a, prev_r, starts
-            e = embed[t : t + 1] if embed is not None else policy.encode(None if main is None else main[None], (1, b))
-            u = policy.context({k: v[None] for k, v in extras.items()}, prev_a[None], prev_r[None], starts[None])
-            params, value, state = policy(e.detach(), u, starts[None], state)  # (1, B, A), (1, B)
-            action = policy.sample(params[0], generator, deterministic)
-            log_probs[t], values[t] = policy.log_prob(params[0], action), value[0]
+            noise = None if deterministic else policy.noise(b, generator)  # (B, A)
+            x = StepInputs(extras, prev_a, prev_r, starts, state, noise, main=None if embed is not None else main,
+                           embed=None if embed is None else embed[t])
+            if graphed and t == 0:
+                run = graphed_step(policy, x).step
+            actions[t], log_probs[t], values[t], state = run(x)
+            action = actions[t]  # (the step's own output may be a buffer the next step overwrites)
             obs, reward, terminated, truncated, info = _step(env, action, rewards[:t], main, extras)
             main, extras = _split(policy, obs)
             done = terminated | truncated
-            actions[t], rewards[t], dones[t] = action, reward, done
+            rewards[t], dones[t] = reward, done
             if "label" in info:
                 labels[t] = info["label"]
             if "instance" in info:
@@ -207,11 +219,9 @@ def collect(
             if "inner_episode" in info:
                 inner_episode[t] = info["inner_episode"]
             prev_a, prev_r, starts = action, reward.float(), done
-        e = policy.encode(None if main is None else main[None], (1, b))
-        u = policy.context({k: v[None] for k, v in extras.items()}, prev_a[None], prev_r[None], starts[None])
-        _, last_value, _ = policy(e, u, starts[None], state, need_state=False)
+        _, last_value, _ = policy.step(extras, prev_a, prev_r, starts, state, main=main, need_state=False)
     return Rollout(
         main=mains, embed=embed, extras=extra_buf, actions=actions, prev_actions=prev_actions,
         prev_rewards=prev_rewards, rewards=rewards, dones=dones, starts=starts_buf, labels=labels, instance=instance,
-        inner_episode=inner_episode, log_probs=log_probs, values=values, last_value=last_value[0], state0=state0,
+        inner_episode=inner_episode, log_probs=log_probs, values=values, last_value=last_value, state0=state0,
     )

@@ -42,31 +42,28 @@ _RECORDABLE = ("meta_rl.", "torch.")
 
 
 class _Step(nn.Module):
-    """The policy's step as a module of flat tensor inputs, which ``torch.jit.trace`` takes.
+    """The policy's step (:meth:`~meta_rl.policy.MetaPolicy.step`) as a module of flat tensor inputs, which
+    ``torch.jit.trace`` takes.
 
     Inputs: ``prev_action`` (B, ...), ``prev_reward`` (B,), ``starts`` (B,), the observation's context entries
     (``policy.context_keys`` order), the encoder's part where there is one, then the core's state tensors.
     Outputs: the action distribution's parameters (B, A), then the core's new state tensors.
     """
 
-    def __init__(self, policy: MetaPolicy, has_main: bool, batch: int) -> None:
+    def __init__(self, policy: MetaPolicy, has_main: bool) -> None:
         super().__init__()
         self.policy = policy
         self.has_main = has_main
-        self.batch = batch
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         policy = self.policy
         prev_action, prev_reward, starts = inputs[:3]
         at = 3 + len(policy.context_keys)
-        extras = {k: v[None] for k, v in zip(policy.context_keys, inputs[3:at])}
-        main = inputs[at][None] if self.has_main else None
+        extras = dict(zip(policy.context_keys, inputs[3:at]))
+        main = inputs[at] if self.has_main else None
         state = tuple(inputs[at + int(self.has_main):])
-        starts_t = starts[None]  # (1, B)
-        embed = policy.encode(main, (1, self.batch))  # (1, B, E)
-        context = policy.context(extras, prev_action[None], prev_reward[None], starts_t)  # (1, B, U)
-        params, _, core = policy(embed, context, starts_t, state)
-        return (params[0], *core)
+        params, _, core = policy.step(extras, prev_action, prev_reward, starts, state, main=main)
+        return (params, *core)
 
 
 def _layout(policy: MetaPolicy, modules: list[nn.Module], inputs: tuple[torch.Tensor, ...]
@@ -121,12 +118,12 @@ def policy_step(policy: MetaPolicy, modules: list[nn.Module], prev_action: torch
     if key not in recordings:
         if len(recordings) >= _MAX_LAYOUTS:
             recordings.clear()
-        recording, out = _record(_Step(policy, main is not None, starts.shape[0]), inputs, modules)
+        recording, out = _record(_Step(policy, main is not None), inputs, modules)
         recordings[key] = (recording, named)
     else:
         recording = recordings[key][0]
         if recording is None:
-            out = _Step(policy, main is not None, starts.shape[0])(*inputs)
+            out = _Step(policy, main is not None)(*inputs)
         else:
             with torch.jit.optimized_execution(False):
                 out = recording(*inputs)

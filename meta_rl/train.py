@@ -37,7 +37,7 @@ from meta_rl.checkpoint import (
     read_dataset,
     save_checkpoint,
 )
-from meta_rl.config import ConfigError, ModelConfig, TrainConfig, resolve_device
+from meta_rl.config import ConfigError, ModelConfig, TrainConfig, check_cuda_graphs, resolve_device
 from meta_rl.distributed import World, param_digest, rank_seed, setup, teardown
 from meta_rl.env_contract import check_same_dataset, dataset_record, task_length
 from meta_rl.env_factory import make_vec_env
@@ -98,7 +98,7 @@ EVAL_POINTS = 10
 # Keys that may differ between a run and its resumption: how long and how it runs, not what it learns
 # (compile_update computes the same loss, to float tolerance, as the device and encoder_precision do).
 RESUMABLE_KEYS = ("total_env_steps", "max_minutes", "device", "torch_threads", "skip_nonfinite_updates", "step_timeout",
-                  "encoder_precision", "log_to", "compile_update")
+                  "encoder_precision", "log_to", "compile_update", "cuda_graphs")
 Collector = Callable[..., Rollout]  # meta_rl.rollout.collect's signature
 AlgorithmFactory = Callable[[TrainConfig], Algorithm]  # meta_rl.algorithms.make_algorithm's signature
 
@@ -333,6 +333,7 @@ class Trainer:
         progress: bool = False, collector: Collector = collect, algorithm: AlgorithmFactory = make_algorithm,
         eager_guard: bool | None = None, callbacks: Sequence[Callback] = (),
     ) -> None:
+        check_cuda_graphs(cfg.cuda_graphs, device, cfg.device)
         self.cfg, self.run_dir, self.resume, self.world, self.device = cfg, run_dir, resume, world, device
         self.progress, self.collector, self.make_algorithm = progress, collector, algorithm
         self.eager_guard = eager_by_default(device, cfg.skip_nonfinite_updates) if eager_guard is None else eager_guard
@@ -470,7 +471,8 @@ class Trainer:
     def collect_new_training_data(self) -> Rollout:
         """A rollout of B new tasks (reset from this rank's seed and the update index)."""
         return self.collector(self.env, self.policy, self.steps, self.generator,
-                              reset_seed=_task_seed(self.seed, self.update), embed_with_grad=True)
+                              reset_seed=_task_seed(self.seed, self.update), embed_with_grad=True,
+                              graphed=self.cfg.cuda_graphs)
 
     def train_step(self, ro: Rollout) -> None:
         """The algorithm's steps on the rollout (:func:`optimize`), each through the NaN guard, and the tallies."""
