@@ -12,6 +12,9 @@ Subcommands:
 * ``time-to-accuracy``: training seconds each of the two needs to reach 90% at the 2nd
   instance on held-out (val) tasks, capped at 10 minutes.
 * ``gpu``: env alone and end-to-end training steps per second on CUDA where present, else CPU.
+* ``switches``: end-to-end training steps per second with each speed switch off and on (``--switch KEY=OFF:ON``,
+  any config key, repeatable), off and on alternated in one process for ``--repeats`` rounds; medians with min and
+  max of each side and of the paired on/off ratios.
 * ``plugin``: steps per second of a Python plug-in (:class:`NoisyImages`, a 30-step image task written
   as a plain ``gymnasium.Env``) in ``GymTaskVectorEnv``, sync against async with 1, 2 and all cores'
   worker processes, stepped raw with random actions and in the trainer's collect loop.
@@ -46,7 +49,14 @@ import torch
 
 from meta_rl.algorithms import make_algorithm
 from meta_rl.allocator import tune_malloc
-from meta_rl.config import ModelConfig, TrainConfig, check_cuda_graphs, load_config
+from meta_rl.config import (
+    ModelConfig,
+    TrainConfig,
+    check_cuda_graphs,
+    load_config,
+    parse_overrides,
+    resolve_device,
+)
 from meta_rl.data import ImageDataset, load_splits
 from meta_rl.data.synthetic import random_dataset
 from meta_rl.distributed import World
@@ -484,8 +494,9 @@ def bench_time_to_accuracy(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
-    """The env alone and end-to-end training (:func:`meta_rl.train.train`) on CUDA where present."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The env alone and end-to-end training (:func:`meta_rl.train.train`) on ``--device`` (auto: CUDA where
+    present)."""
+    device = resolve_device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     with contextlib.redirect_stdout(sys.stderr):
@@ -524,6 +535,101 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+
+
+def parse_switch(text: str) -> tuple[str, str, str]:
+    """``KEY=OFF:ON`` as (key, off value, on value).
+
+    Raises:
+        ValueError: ``text`` is not of that form (one ``=``, then exactly one ``:``), or the two values are the same.
+    """
+    key, eq, values = text.partition("=")
+    off, colon, on = values.partition(":")
+    if not (eq and colon and key and off and on) or ":" in on:
+        raise ValueError(f"--switch {text!r} must look like KEY=OFF:ON, a config key then its two values split by "
+                         "one ':', e.g. encoder_precision=float32:bfloat16 or cuda_graphs=false:true.")
+    if off == on:
+        raise ValueError(f"--switch {text!r} gives {key} the same value {off!r} off and on: it would time one config "
+                         "twice; give two different values.")
+    return key, off, on
+
+
+def switch_configs(args: argparse.Namespace) -> list[tuple[tuple[str, str, str], TrainConfig, TrainConfig]]:
+    """Each ``--switch`` as ((key, off, on), the config with it off, the config with it on), all validated first.
+
+    Both configs are ``--config`` (default: the default run) at ``--batch`` tasks on ``--device``, with the
+    ``key=value`` overrides, no held-out evaluation and no checkpoints, and the switch's value last.
+
+    Raises:
+        ValueError: no ``--switch``, a malformed one, a key given twice, or a switch key also among the overrides.
+        ConfigError: a value the config refuses (an unknown key, a value out of range or of the wrong type).
+    """
+    if not args.switch:
+        raise ValueError("bench.py switches needs at least one --switch KEY=OFF:ON, e.g. "
+                         "--switch encoder_precision=float32:bfloat16.")
+    switches = [parse_switch(text) for text in args.switch]
+    keys = [key for key, _, _ in switches]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"--switch names {twice} more than once; give each key one --switch KEY=OFF:ON.")
+    fixed = sorted(set(keys) & set(parse_overrides(list(args.overrides))))
+    if fixed:
+        raise ValueError(f"{fixed} is both a --switch and a key=value override; drop the override (the switch sets "
+                         "it both ways).")
+    base = [f"num_envs={args.batch}", f"device={args.device}", f"seed={args.seed}", f"torch_threads={args.threads}",
+            "eval_every=0", "eval_episodes=0", f"checkpoint_every={10**9}", *args.overrides]
+    return [((key, off, on), load_config(args.config, [*base, f"{key}={off}"]),
+             load_config(args.config, [*base, f"{key}={on}"])) for key, off, on in switches]
+
+
+def bench_switches(args: argparse.Namespace) -> dict[str, Any]:
+    """End-to-end training steps per second (:func:`meta_rl.train.train`) with each ``--switch`` off and on.
+
+    Per switch, after one untimed warm-up run of each side (allocator, kernels, compile caches), the two sides
+    alternate in this process, off then on, for ``--repeats`` rounds of ``--seconds`` each: ``rounds`` lists the
+    (off, on) pairs, ``*_steps_per_s`` the median, min and max of each side and ``on_over_off`` those of the paired
+    ratios (each round's on over the same round's off, robust to drift on a shared machine).
+    """
+    configs = switch_configs(args)  # every config checked before anything is timed
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    with contextlib.redirect_stdout(sys.stderr):
+        load_splits("glyphs")
+    rows = []
+    for (key, off, on), cfg_off, cfg_on in configs:
+        for cfg in (cfg_off, cfg_on):
+            _time_ours(cfg, args.warmup)
+        rounds = [(_time_ours(cfg_off, args.seconds)[0], _time_ours(cfg_on, args.seconds)[0])
+                  for _ in range(args.repeats)]
+        rows.append({"switch": key, "off": off, "on": on,
+                     "off_steps_per_s": spread([a for a, _ in rounds]),
+                     "on_steps_per_s": spread([b for _, b in rounds]),
+                     "on_over_off": spread([b / a for a, b in rounds]),
+                     "rounds": [[round(a, 1), round(b, 1)] for a, b in rounds]})
+    cfg = configs[0][1]
+    device = resolve_device(cfg.device)
+    return {"rows": rows, "batch": args.batch, "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "env_id": cfg.env_id, "encoder": cfg.encoder, "core": cfg.core, "overrides": list(args.overrides),
+            "seconds_each": args.seconds, "warmup": args.warmup, "repeats": args.repeats,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def format_switches_table(result: Mapping[str, Any]) -> str:
+    """The ``switches`` result as a table: one row per switch, off and on side by side (median [min, max] steps/s)
+    and the paired on/off ratio."""
+    def cell(value: str, rate: Mapping[str, float]) -> str:
+        return f"{value}: {rate['median']:,.0f} [{rate['min']:,.0f}, {rate['max']:,.0f}]"
+
+    lines = [f"{'switch':<24}{'off steps/s':>40}{'on steps/s':>40}{'on / off':>24}"]
+    for row in result["rows"]:
+        r = row["on_over_off"]
+        ratio = f"x{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]"
+        lines.append(f"{row['switch']:<24}{cell(row['off'], row['off_steps_per_s']):>40}"
+                     f"{cell(row['on'], row['on_steps_per_s']):>40}{ratio:>24}")
+    lines.append(f"B = {result['batch']} on {result['device']}, {result['repeats']} rounds of off then on, "
+                 f"{result['seconds_each']} s each, median [min, max]; on / off: the paired ratios' median [min, max]")
+    return "\n".join(lines)
 
 
 class NoisyImages(gym.Env):
@@ -828,6 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--env-id", default=DEFAULT_ENV_ID)
     gpu.add_argument("--encoder", default="cnn", choices=["mlp", "conv4", "cnn"])
     gpu.add_argument("--batch", type=int, default=1024, help="parallel tasks B")
+    gpu.add_argument("--device", default="auto", help="device of the env and trainer (auto: CUDA where present)")
     gpu.add_argument("--encoder-precision", default="auto", choices=list(PRECISIONS),
                      help="the encoder's arithmetic (bfloat16 on CUDA is a switch still to be measured)")
     gpu.add_argument("--cuda-graphs", action="store_true",
@@ -837,6 +944,21 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     gpu.add_argument("--seed", type=int, default=0)
     gpu.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+
+    sw = sub.add_parser("switches", help="end-to-end training steps per second with each speed switch off and on")
+    sw.add_argument("--switch", action="append", default=[], metavar="KEY=OFF:ON",
+                    help="a config key and its two values, e.g. encoder_precision=float32:bfloat16 (repeatable)")
+    sw.add_argument("--config", default=None, help="TOML config (default: the default run)")
+    sw.add_argument("--batch", type=int, default=1024, help="parallel tasks B")
+    sw.add_argument("--device", default="auto", help="device of the env and trainer (auto: CUDA where present)")
+    sw.add_argument("--seconds", type=float, default=10.0, help="timed training seconds per side and round")
+    sw.add_argument("--warmup", type=float, default=3.0, help="untimed training seconds per side before the rounds")
+    sw.add_argument("--repeats", type=int, default=3, help="rounds of off then on (medians of these)")
+    sw.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    sw.add_argument("overrides", nargs="*", metavar="key=value", help="changes to the config, on both sides")
+
     plug = sub.add_parser("plugin", help="a Python plug-in's steps per second: sync vs async worker processes")
     plug.add_argument("--num-envs", type=int, default=64, help="parallel tasks B")
     plug.add_argument("--workers", type=int, nargs="+", default=[1, 2, 0],
@@ -865,11 +987,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "env": bench_env, "train": bench_train, "time-to-accuracy": bench_time_to_accuracy, "gpu": bench_gpu,
-    "plugin": bench_plugin,
-    "predict": bench_predict,
+    "switches": bench_switches, "plugin": bench_plugin, "predict": bench_predict,
 }
 #: Tables for results that are not one value per key (default: :func:`format_table`).
-FORMATTERS: dict[str, Callable[[Mapping[str, Any]], str]] = {"plugin": format_plugin_table}
+FORMATTERS: dict[str, Callable[[Mapping[str, Any]], str]] = {"plugin": format_plugin_table,
+                                                             "switches": format_switches_table}
 
 
 def main(argv: list[str] | None = None) -> None:
