@@ -16,7 +16,11 @@ from meta_rl.env_contract import MetaVectorEnv
 from meta_rl.envs.single_task_env import SingleTaskEnv
 from meta_rl.envs.task_vector_env import check_discrete_actions, check_seed, env_device, same_step_autoreset
 
-__all__ = ["FEEDBACK_MODES", "FewShotEnv", "FewShotVectorEnv"]
+__all__ = ["CLASS_TRANSFORMS", "FEEDBACK_MODES", "FewShotEnv", "FewShotVectorEnv", "transform_images"]
+
+#: The ``class_transforms`` settings: 1 (none), 4 (the quarter turns) or 8 (the quarter turns and their mirror
+#: images: the symmetries of the square).
+CLASS_TRANSFORMS = (1, 4, 8)
 
 FEEDBACK_MODES = ("label", "reward", "active")
 _DEFAULT_REWARDS: dict[str, tuple[float, float, float]] = {
@@ -68,6 +72,14 @@ class FewShotVectorEnv(MetaVectorEnv):
     time its class was shown in the episode, 2 for the second, ...), ``"label"`` (int64, its
     true label), ``"is_query"`` (bool).
 
+    ## Class transforms (training data)
+    With ``class_transforms`` = 4 or 8 on the ``train`` split, each task shows each of its classes turned by a
+    random quarter turn (4), or by one of the 8 symmetries of the square (8), the same for all of that class's
+    images in the task: a turned letter is a new class (Santoro et al. 2016 turned Omniglot's classes by quarter
+    turns). The training classes then number up to 4 or 8 times as many, against an encoder that learns the
+    training letters rather than letters (BENCHMARKS.md § "Where the GPU plateau comes from"). Held-out splits
+    (``val``, ``test``) are always shown as they are, so their scores stay comparable with runs without it.
+
     ## Dataset identity
     ``dataset_name`` is the source string, the registered name, or the ImageDataset's name;
     ``dataset_hash`` the content hash of the whole dataset (every split, see
@@ -90,6 +102,8 @@ class FewShotVectorEnv(MetaVectorEnv):
         validate_actions: check that actions are in range (one host read per step);
             None checks on CPU, where it is free, and skips on CUDA to keep the step sync-free.
         data_seed: seed of the dataset's class split and rendering.
+        class_transforms: 1, 4 or 8 symmetries of the square drawn per task and class on the train split (see
+            "Class transforms"); 1 shows every image as it is.
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
@@ -112,11 +126,15 @@ class FewShotVectorEnv(MetaVectorEnv):
         validate_actions: bool | None = None,
         data_seed: int = 0,
         render_mode: str | None = None,
+        class_transforms: int = 1,
     ) -> None:
         if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}.")
         if feedback not in FEEDBACK_MODES:
             raise ValueError(f"unknown feedback mode {feedback!r}; expected one of {FEEDBACK_MODES}.")
+        if type(class_transforms) is not int or class_transforms not in CLASS_TRANSFORMS:
+            raise ValueError(f"class_transforms must be one of {CLASS_TRANSFORMS} (none, quarter turns, quarter turns "
+                             f"and mirror images), got {class_transforms!r}.")
         self.device = env_device(device, render_mode)
         data = resolve_split(dataset, split, image_size=image_size, seed=data_seed)
         self.dataset_name = dataset_name(dataset)
@@ -138,6 +156,11 @@ class FewShotVectorEnv(MetaVectorEnv):
         self.render_mode = None
 
         c, h, w = self.sampler.dataset.image_shape
+        if class_transforms > 1 and h != w:
+            raise ValueError(f"class_transforms = {class_transforms} turns images by quarter turns, which needs square "
+                             f"images; this dataset's are {h}x{w}. Use class_transforms = 1 or a square image_size.")
+        #: Symmetries drawn per task and class (1: none): the setting on the train split, 1 on held-out splits.
+        self.class_transforms = class_transforms if split == "train" else 1
         single_obs: dict[str, spaces.Space[Any]] = {"image": spaces.Box(0, 255, (c, h, w), np.uint8)}
         if feedback != "reward":
             single_obs["label"] = spaces.Discrete(n_way + 1)
@@ -154,6 +177,7 @@ class FewShotVectorEnv(MetaVectorEnv):
         self._no_label = torch.full((num_envs,), n_way, dtype=torch.int64, device=self.device)
         self._t = 0  # step within the episode; identical for all B tasks (fixed length)
         self._episode = self.sampler.sample(num_envs, self._generator)
+        self._transforms = torch.zeros((num_envs, n_way), dtype=torch.int64, device=self.device)  # (B, N)
         self._revealed = self._no_label.clone()
 
     # -- gymnasium API -------------------------------------------------------------------
@@ -218,6 +242,9 @@ class FewShotVectorEnv(MetaVectorEnv):
         encode the whole stream once per task instead of once per step.
         """
         shown = self._images[self._episode.image_index]  # (B, T, C, H, W)
+        if self.class_transforms > 1:
+            which = self._transforms.gather(1, self._episode.labels)  # (B, T)
+            shown = transform_images(shown.flatten(0, 1), which.flatten()).view_as(shown)
         return torch.cat([shown, torch.zeros_like(shown[:, :1])], dim=1)  # (B, T + 1, C, H, W)
 
     def episode_labels(self) -> torch.Tensor:
@@ -237,6 +264,10 @@ class FewShotVectorEnv(MetaVectorEnv):
 
     def _new_tasks(self) -> None:
         self._episode = self.sampler.sample(self.num_envs, self._generator)
+        if self.class_transforms > 1:
+            shape = self._transforms.shape
+            self._transforms = torch.randint(0, self.class_transforms, shape, generator=self._generator,
+                                             device=self.device)
         self._revealed = self._no_label.clone()
         self._t = 0
 
@@ -246,6 +277,9 @@ class FewShotVectorEnv(MetaVectorEnv):
             image = torch.zeros((self.num_envs, c, h, w), dtype=torch.uint8, device=self.device)
         else:
             image = self._images[self._episode.image_index[:, self._t]]  # (B, C, H, W)
+            if self.class_transforms > 1:
+                which = self._transforms[self._rows, self._episode.labels[:, self._t]]  # (B,)
+                image = transform_images(image, which)
         obs = {"image": image}
         if self.feedback != "reward":
             obs["label"] = self._revealed
@@ -254,6 +288,23 @@ class FewShotVectorEnv(MetaVectorEnv):
     def _check_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
         n = int(self.single_action_space.n)  # type: ignore[attr-defined]
         return check_discrete_actions(self, actions, n, bool(self.validate_actions), noun="label")
+
+
+def transform_images(images: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """Each image turned by one symmetry of the square: (N, C, H, W) images (H = W), (N,) ``which`` in [0, 8).
+
+    ``which`` = 4·m + k: k quarter turns counter-clockwise (``torch.rot90`` over H, W), after a left-right mirror
+    image where m = 1. No host read: every symmetry is computed and the image's own kept.
+    """
+    out = images
+    mirrored = images.flip(-1)
+    for m, source in enumerate((images, mirrored)):
+        for k in range(4):
+            if m == 0 and k == 0:
+                continue
+            turned = torch.rot90(source, k, dims=(-2, -1))
+            out = torch.where((which == 4 * m + k).view(-1, 1, 1, 1), turned, out)
+    return out
 
 
 class FewShotEnv(SingleTaskEnv):
