@@ -14,7 +14,11 @@ The steps (:func:`step_table`), in order:
 * ``switches``: ``bench.py switches``, one process per speed switch (off and on alternated in it);
 * ``time_to_accuracy``: ``bench.py time-to-accuracy`` on the default task, its training cap what the budget
   leaves after the steps behind it (at most 3 minutes);
-* ``suite_bandit`` and ``suite_mdp``: ``suite.py`` on ``bandit-k5-n100`` and ``mdp-n10`` for a minute each.
+* ``suite_bandit`` and ``suite_mdp``: ``suite.py`` on ``bandit-k5-n100`` and ``mdp-n10`` for a minute each;
+* ``plateau`` (only when ``--steps`` names it: a second call, ``--steps plateau``): issue 35's decisive run on
+  where 2nd-instance accuracy stops, ``bench.py time-to-accuracy`` at B = 1024 for 3 minutes with the default task
+  as it is, then with its training classes turned (``env_kwargs.class_transforms=8``), 1000 val tasks an
+  evaluation (BENCHMARKS.md § "Where the GPU plateau comes from").
 
 Each command's stdout is read as JSON lines (or the JSON file it writes, or pytest's counts); a command that fails
 or runs past its step's cap is recorded (exit status, seconds, the tails of its stdout and stderr) and the next runs.
@@ -42,7 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FULL", "STEP_NAMES", "TINY", "Command", "Sizes", "Step", "main", "probe", "run_checks", "step_table"]
+__all__ = [
+    "DEFAULT_STEPS", "FULL", "PLATEAU_RUNS", "STEP_NAMES", "TINY", "Command", "Sizes",
+    "Step", "main", "probe", "run_checks", "step_table",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -145,6 +152,10 @@ class Sizes:
     suite_minutes: float
     suite_trials: int
     suite_s: float
+    plateau_minutes: float
+    plateau_eval_seconds: float
+    plateau_eval_episodes: int
+    plateau_s: float
 
 
 #: The GPU run (an H100 or H200 with 16 cores). Expected there: setup about 25 s (the glyphs built in about 17 s),
@@ -153,15 +164,22 @@ class Sizes:
 FULL = Sizes(threads=8, setup_s=45, tests_s=75, throughput_batches=(4096, 16384), throughput_seconds=2.0,
              throughput_warmup=1.0, throughput_s=80, switch_batch=4096, switch_seconds=2.0, switch_warmup=1.0,
              switch_repeats=3, switches_s=110, tta_envs=1024, tta_max_minutes=3.0, tta_overhead_s=25, tta_min_s=75,
-             tta_eval_seconds=10.0, tta_eval_episodes=256, suite_minutes=1.0, suite_trials=1000, suite_s=80)
+             tta_eval_seconds=10.0, tta_eval_episodes=256, suite_minutes=1.0, suite_trials=1000, suite_s=80,
+             plateau_minutes=3.0, plateau_eval_seconds=20.0, plateau_eval_episodes=1000, plateau_s=460)
 #: Every budget shrunk for a test of the whole run on a CPU (``--tiny``): 45 s of CPU time on 2 cores (87 s of wall
 #: time where they were shared with other work), nearly all of it the start of each command's process.
 TINY = Sizes(threads=1, setup_s=30, tests_s=60, throughput_batches=(8,), throughput_seconds=0.2,
              throughput_warmup=0.1, throughput_s=40, switch_batch=4, switch_seconds=0.2, switch_warmup=0.1,
              switch_repeats=2, switches_s=40, tta_envs=4, tta_max_minutes=0.05, tta_overhead_s=10, tta_min_s=11,
-             tta_eval_seconds=0.2, tta_eval_episodes=4, suite_minutes=0.02, suite_trials=20, suite_s=40)
+             tta_eval_seconds=0.2, tta_eval_episodes=4, suite_minutes=0.02, suite_trials=20, suite_s=40,
+             plateau_minutes=0.02, plateau_eval_seconds=0.2, plateau_eval_episodes=4, plateau_s=60)
 
-STEP_NAMES = ("setup", "cuda_tests", "throughput", "switches", "time_to_accuracy", "suite_bandit", "suite_mdp")
+STEP_NAMES = ("setup", "cuda_tests", "throughput", "switches", "time_to_accuracy", "suite_bandit", "suite_mdp",
+              "plateau")
+#: The steps run without ``--steps``: all but ``plateau``, which needs a call of its own.
+DEFAULT_STEPS = STEP_NAMES[:-1]
+#: The two runs of the plateau step: the default task as it is, and with its training classes turned.
+PLATEAU_RUNS = ((), ("env_kwargs.class_transforms=8",))
 #: The speed switches timed by default on CUDA (each a RunConfig / ModelConfig / AlgorithmConfig key) and on a CPU.
 CUDA_SWITCHES = ("encoder_precision=float32:bfloat16", "cuda_graphs=false:true", "compile_update=false:true")
 CPU_SWITCHES = ("encoder_precision=float32:bfloat16",)
@@ -217,6 +235,11 @@ def step_table(sizes: Sizes, device: str, work: Path, switches: Sequence[str] | 
         Step("time_to_accuracy", s.tta_overhead_s + 60 * s.tta_max_minutes, tta, min_s=s.tta_min_s),
         suite("suite_bandit", "bandit-k5-n100"),
         suite("suite_mdp", "mdp-n10"),
+        Step("plateau", s.plateau_s, fixed(*(
+            Command((*bench, "time-to-accuracy", "--json", "--no-sb3", "--device", device, "--num-envs",
+                     str(s.tta_envs), "--target", "0.99", "--cap-minutes", str(s.plateau_minutes), "--eval-seconds",
+                     str(s.plateau_eval_seconds), "--eval-episodes", str(s.plateau_eval_episodes), *threads, *extra))
+            for extra in PLATEAU_RUNS))),
     ]
 
 
@@ -398,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, help="the JSON file to write (required unless --probe)")
     parser.add_argument("--budget-minutes", type=float, default=8.0, help="for all the steps together (default 8)")
-    parser.add_argument("--steps", help=f"comma-separated subset of {', '.join(STEP_NAMES)} (default: all)")
+    parser.add_argument("--steps", help=f"comma-separated subset of {', '.join(STEP_NAMES)} (default: all but "
+                        "plateau)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="where the steps train")
     parser.add_argument("--tiny", action="store_true", help="shrink every budget (seconds, batches, minutes) to "
                         "test the whole run on a CPU in well under a minute")
@@ -410,13 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def selected_steps(text: str | None) -> list[str]:
-    """The names ``--steps`` gives (all when None).
+    """The names ``--steps`` gives (:data:`DEFAULT_STEPS` when None).
 
     Raises:
         ValueError: a name that is not a step, or no name at all.
     """
     if text is None:
-        return list(STEP_NAMES)
+        return list(DEFAULT_STEPS)
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in STEP_NAMES]
     if unknown or not names:

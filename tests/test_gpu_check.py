@@ -122,6 +122,18 @@ def test_the_gpu_table_lists_the_cuda_switches_and_sizes_the_time_to_accuracy_ca
             assert "cpu" not in command.argv and "device=cpu" not in command.argv
 
 
+def test_the_plateau_step_runs_only_when_named_and_compares_plain_and_turned_classes(tmp_path: Path) -> None:
+    assert "plateau" in gpu_check.STEP_NAMES and "plateau" not in gpu_check.selected_steps(None)
+    assert gpu_check.selected_steps("plateau") == ["plateau"]
+    steps = {s.name: s for s in gpu_check.step_table(gpu_check.FULL, "cuda", tmp_path)}
+    plain, turned = steps["plateau"].commands(steps["plateau"].cap_s)
+    assert plain.argv[plain.argv.index("--cap-minutes") + 1] == "3.0"
+    assert plain.argv[plain.argv.index("--num-envs") + 1] == "1024"
+    assert turned.argv[: len(plain.argv)] == plain.argv and turned.argv[len(plain.argv):] == (
+        "env_kwargs.class_transforms=8",)
+    assert steps["plateau"].cap_s >= 2 * 60 * gpu_check.FULL.plateau_minutes
+
+
 def test_steps_names_only_known_steps(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\['nope'\] is not a step; choose from setup, cuda_tests"):
         gpu_check.main(["--steps", "setup,nope", "--out", str(tmp_path / "x.json")])
