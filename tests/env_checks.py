@@ -7,7 +7,9 @@ class name; :func:`bad_action_cases` gives the rest).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -19,7 +21,21 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from meta_rl.envs import SingleTaskEnv
 
-__all__ = ["assert_bad_resets_refused", "assert_single_env_passes_checkers", "bad_action_cases"]
+__all__ = ["assert_bad_resets_refused", "assert_single_env_passes_checkers", "bad_action_cases", "no_host_sync"]
+
+
+@contextlib.contextmanager
+def no_host_sync() -> Iterator[None]:
+    """Inside, any wait of the host for a CUDA device raises (``set_sync_debug_mode("error")``): the work queued before
+    is finished first, and the work queued inside is finished after (CUDA tests only)."""
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    torch.cuda.synchronize()
 
 
 def assert_single_env_passes_checkers(env_id: str) -> None:

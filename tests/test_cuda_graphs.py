@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import make_synthetic_dataset
+from env_checks import no_host_sync
 from gymnasium.vector import VectorEnv
 from tiny_runs import tiny_config
 
@@ -235,13 +236,8 @@ def test_cuda_graphed_rollout_never_syncs_with_the_host() -> None:
     generator = torch.Generator(device="cuda").manual_seed(0)
     steps = 2 * env.episode_length  # images encoded step by step, inside the graph
     collect(env, policy, steps, generator, reset_seed=0, graphed=True)  # the capture synchronises, once
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         ro = collect(env, policy, steps, generator, reset_seed=1, graphed=True)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
     assert ro.actions.device.type == "cuda" and len(_GRAPHS[policy]) == 1
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import tiny_runs
 import torch
+from env_checks import no_host_sync
 from tiny_runs import NUM_ENVS, K  # 3-way, K instances per class: T = 9
 
 from meta_rl.algorithms import make_algorithm
@@ -257,11 +258,6 @@ def test_cuda_rollout_step_loop_never_syncs_with_the_host(proto_dataset: str) ->
     collect(vec, policy, steps, gen, reset_seed=0)  # warm-up: lazy initialisation may sync once
     # reset() seeds the env's generator from a host int (a host-to-device copy, not a sync); run
     # the whole collect, reset included, under the check.
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         ro = collect(vec, policy, steps, gen, reset_seed=1, embed_with_grad=True)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
     assert ro.actions.device.type == "cuda" and ro.rewards.shape == (steps, NUM_ENVS)

@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from env_checks import no_host_sync
 from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from gymnasium.vector import AutoresetMode, VectorEnv
@@ -637,14 +638,10 @@ def test_cuda_step_loop_has_no_host_sync(synthetic: ImageDataset) -> None:
     n = int(env.single_action_space.n)
     actions = torch.randint(0, n, (2 * env.episode_length, 64), device="cuda")
     total = torch.zeros((), device="cuda")
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         for t in range(2 * env.episode_length):
             obs, reward, terminated, _, info = env.step(actions[t])
             total += reward.sum()
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
     assert obs["image"].device.type == "cuda" and reward.device.type == "cuda"
     assert "final_obs" in info and bool(terminated.all())
     assert torch.isfinite(total).item()
