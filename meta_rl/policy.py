@@ -143,6 +143,9 @@ class MetaPolicy(nn.Module):
         else:
             self.main_key, self.context_keys, main_space = None, [], observation_space
         self.context_spaces = {k: observation_space[k] for k in self.context_keys}  # type: ignore[index]
+        # The number of values of each Discrete part, as Python ints read once here (a numpy int read per step would
+        # be a graph break under torch.compile).
+        self.context_classes = {k: int(s.n) for k, s in self.context_spaces.items() if isinstance(s, spaces.Discrete)}
         for k, s in self.context_spaces.items():
             if not isinstance(s, (spaces.Discrete, spaces.Box)):
                 raise TypeError(f"observation entry {k!r} has space {s}; only Discrete and Box entries are supported.")
@@ -150,6 +153,7 @@ class MetaPolicy(nn.Module):
                 _check_zero_start(s, f"observation entry {k!r}")
         self.image_input = main_space is not None and _is_image(main_space)
         self.main_space = main_space
+        self.main_classes = int(main_space.n) if isinstance(main_space, spaces.Discrete) else 0
         self.encoder_precision = model.encoder_precision
         self.encoder: nn.Module | None = None
         self.encoder_name = "no"  #: the encoder built (``auto`` resolved), for reports
@@ -225,10 +229,10 @@ class MetaPolicy(nn.Module):
         """Encode main observations with leading shape ``lead`` (e.g. (T, B)) into (*lead, E)."""
         if self.encoder is None or x is None:
             return torch.zeros(*lead, 0, device=self.value_head.weight.device)
-        n = int(np.prod(lead))
+        n = math.prod(lead)
         flat = x.reshape(n, *x.shape[len(lead) :])  # (N, *obs_shape)
         if isinstance(self.main_space, spaces.Discrete):
-            flat = F.one_hot(flat.long(), int(self.main_space.n)).float()  # (N, n)
+            flat = F.one_hot(flat.long(), self.main_classes).float()  # (N, n)
         elif self.image_input:
             flat = flat.float() / 255.0  # (N, C, H, W)
         else:
@@ -260,7 +264,7 @@ class MetaPolicy(nn.Module):
         for k, s in self.context_spaces.items():
             v = obs[k]  # type: ignore[index]
             if isinstance(s, spaces.Discrete):
-                parts.append(F.one_hot(v.long(), int(s.n)).float())  # (*lead, n)
+                parts.append(F.one_hot(v.long(), self.context_classes[k]).float())  # (*lead, n)
             else:
                 parts.append(v.float().reshape(*starts.shape, -1))  # (*lead, d)
         a = self.head.encode(prev_action, starts.shape)  # (*lead, A)
