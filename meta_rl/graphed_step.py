@@ -36,6 +36,7 @@ from torch import nn
 
 from meta_rl.cores import State
 from meta_rl.errors import ConfigError
+from meta_rl.step_layouts import LayoutCache, layout_entries, module_tensors
 
 if TYPE_CHECKING:
     from meta_rl.policy import MetaPolicy
@@ -44,7 +45,6 @@ __all__ = ["GraphedStep", "StepInputs", "StepOutputs", "acting_step", "graphed_s
 
 #: Eager steps run on a side stream before a capture (lazy initialisation of cuBLAS/cuDNN must not be captured).
 WARMUP_STEPS = 3
-_MAX_LAYOUTS = 8  # graphs kept per policy (a new layout beyond these starts the cache afresh)
 
 
 class StepInputs(NamedTuple):
@@ -204,7 +204,7 @@ class GraphedStep:
 
 
 #: Graphed steps per policy (weakly keyed), by layout, each with the modules and tensors its layout names.
-_GRAPHS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[GraphedStep, Any]]] = weakref.WeakKeyDictionary()
+_GRAPHS: LayoutCache[GraphedStep] = weakref.WeakKeyDictionary()
 
 
 def _layout(policy: MetaPolicy, x: StepInputs) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
@@ -213,7 +213,7 @@ def _layout(policy: MetaPolicy, x: StepInputs) -> tuple[tuple[Any, ...], tuple[A
     device), and what that key names, kept alive with the graph (no other module or storage can then take an
     ``id`` or address of the key; the policy itself is the cache's key)."""
     modules: list[nn.Module] = list(policy.modules())
-    tensors = [t for m in modules for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+    tensors = module_tensors(modules)
     inputs = tuple(None if t is None else (t.shape, t.dtype) for t in _tensors(x))
     key = (inputs, tuple(x.extras), tuple(map(id, modules)), tuple(m.training for m in modules),
            tuple((id(t), t.data_ptr()) for t in tensors), policy.value_head.weight.device)
@@ -223,10 +223,8 @@ def _layout(policy: MetaPolicy, x: StepInputs) -> tuple[tuple[Any, ...], tuple[A
 def graphed_step(policy: MetaPolicy, x: StepInputs) -> GraphedStep:
     """The :class:`GraphedStep` of ``policy`` for inputs laid out as ``x`` (made on first use, kept with the policy):
     captured as a CUDA graph where the policy is on CUDA, eager on static buffers elsewhere."""
-    graphs = _GRAPHS.setdefault(policy, {})
     key, named = _layout(policy, x)
+    graphs = layout_entries(_GRAPHS, policy, key)
     if key not in graphs:
-        if len(graphs) >= _MAX_LAYOUTS:
-            graphs.clear()
         graphs[key] = (GraphedStep(policy, x, capture=policy.value_head.weight.device.type == "cuda"), named)
     return graphs[key][0]

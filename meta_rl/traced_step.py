@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from meta_rl.cores import State
+from meta_rl.step_layouts import LayoutCache, layout_entries, module_tensors
 
 __all__ = ["policy_step"]
 
@@ -34,9 +35,7 @@ MetaPolicy = Any
 
 #: Recordings per policy (weakly keyed: a policy's recordings go with it), by input layout (None: step eagerly),
 #: each with the modules and tensors its layout names.
-_RECORDINGS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[torch.jit.ScriptModule | None, Any]]] = (
-    weakref.WeakKeyDictionary())
-_MAX_LAYOUTS = 8  # recordings kept per policy (a new layout beyond these starts the cache afresh)
+_RECORDINGS: LayoutCache[torch.jit.ScriptModule | None] = weakref.WeakKeyDictionary()
 #: Packages whose module classes record faithfully (they branch on shapes only; tests/test_sb3_predict.py).
 _RECORDABLE = ("meta_rl.", "torch.")
 
@@ -71,7 +70,7 @@ def _layout(policy: MetaPolicy, modules: list[nn.Module], inputs: tuple[torch.Te
     """What a recording is valid for (the input shapes and dtypes; the identity of the policy's modules, parameters
     and buffers; their device and dtype), and what that key names, to be kept alive with the recording (so that no
     other module or tensor can take an ``id`` of the key while it is in use; the policy itself is the cache's key)."""
-    tensors = [t for m in modules for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+    tensors = module_tensors(modules)
     weight = policy.value_head.weight
     key = (tuple((t.shape, t.dtype) for t in inputs), tuple(map(id, modules)), tuple(map(id, tensors)),
            weight.device, weight.dtype)
@@ -113,11 +112,9 @@ def policy_step(policy: MetaPolicy, modules: list[nn.Module], prev_action: torch
         state: the core's state for the B envs.
     """
     inputs = (prev_action, prev_reward, starts, *extras, *(() if main is None else (main,)), *state)
-    recordings = _RECORDINGS.setdefault(policy, {})
     key, named = _layout(policy, modules, inputs)
+    recordings = layout_entries(_RECORDINGS, policy, key)
     if key not in recordings:
-        if len(recordings) >= _MAX_LAYOUTS:
-            recordings.clear()
         recording, out = _record(_Step(policy, main is not None), inputs, modules)
         recordings[key] = (recording, named)
     else:
